@@ -1,0 +1,18 @@
+//! barge's wire formats as pure code: bytes in, frames out; no sockets, no files, no clock.
+//!
+//! The IO crate (`barge`) owns every socket and file and drives these types. Keeping them free of
+//! IO means every split and merge of reads can be tested exhaustively, and fuzzed, in memory.
+//!
+//! # Modules
+//! - [`legacy`]: the lesson's upload format, `[i32 LE length][JSON header][raw body]`, repeated.
+//! - [`name`]: the rule that turns a peer-supplied file name into one safe path component.
+//!
+//! # Limits
+//! | what | limit | why |
+//! |---|---|---|
+//! | lesson header length | 1..=65536 bytes | checked before buffering the header |
+//! | `file_size` | a JSON integer in 0..=2^64-1 | the receiver applies its own size policy |
+//! | stored file name | 1..=255 bytes, one component | see [`name::validate_file_name`] |
+
+pub mod legacy;
+pub mod name;

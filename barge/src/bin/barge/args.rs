@@ -1,0 +1,152 @@
+//! Command-line arguments as clap parses them, plus the small value parsers they need.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Move big files over the network, fast and without losing a byte.
+#[derive(Debug, Parser)]
+#[command(name = "barge", version, about)]
+pub struct Opts {
+    /// More log output (-v debug, -vv trace). RUST_LOG, when set, takes precedence.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Receive uploads in the lesson's format and store them in a folder.
+    Serve(ServeArgs),
+    /// Upload files, one after another on one connection.
+    Send(SendArgs),
+    /// The lesson's menu: list a folder, choose files by number, upload each.
+    Pick(PickArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Folder to store received files in (created if missing).
+    #[arg(long, default_value = "barge-inbox")]
+    pub dir: PathBuf,
+    /// Address to listen on, e.g. 0.0.0.0:8080 or [::1]:8080 (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    /// What to do when a received name already exists.
+    #[arg(long, value_enum, default_value_t = Conflict::Rename)]
+    pub on_conflict: Conflict,
+    /// Refuse files larger than this (e.g. 500M, 4G); checked before any byte is written.
+    #[arg(long, value_parser = parse_size)]
+    pub max_file_size: Option<u64>,
+    /// Connections served at once; more clients wait their turn.
+    #[arg(long, default_value_t = 512)]
+    pub max_connections: usize,
+    /// Seconds a client may stay silent before its connection is closed.
+    #[arg(long, default_value_t = 300.0)]
+    pub idle_timeout: f64,
+    /// On Ctrl-C/SIGTERM, seconds to let transfers in flight finish before cancelling them.
+    #[arg(long, default_value_t = 30.0)]
+    pub shutdown_grace: f64,
+    /// Do not fsync files before publishing them (faster; a power loss may then lose data).
+    #[arg(long)]
+    pub no_fsync: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Conflict {
+    /// Keep both: store as "name (1).ext".
+    Rename,
+    /// Replace the existing file.
+    Overwrite,
+    /// Refuse the upload.
+    Fail,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ClientArgs {
+    /// Server address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub to: String,
+    /// Progress bars on stderr: auto shows them only when stderr is a terminal.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+    /// Seconds to wait for the connection to open.
+    #[arg(long, default_value_t = 10.0)]
+    pub connect_timeout: f64,
+    /// Seconds the server may leave a send or receive waiting before giving up.
+    #[arg(long, default_value_t = 300.0)]
+    pub timeout: f64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SendArgs {
+    /// Files to upload.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PickArgs {
+    /// Folder whose files are offered.
+    pub dir: PathBuf,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    Auto,
+    Always,
+    Never,
+}
+
+/// Parses `123`, `64K`, `500M`, `4G`, `1T` (binary multiples; an optional `B`/`iB` is allowed).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let upper = s.trim().to_ascii_uppercase();
+    let t = upper
+        .strip_suffix("IB")
+        .or_else(|| upper.strip_suffix('B'))
+        .unwrap_or(&upper);
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("unknown size suffix in {s:?}")),
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 500M or 4G"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_size_units() {
+        assert_eq!(parse_size("123"), Ok(123));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("500M"), Ok(500 << 20));
+        assert_eq!(parse_size("4GiB"), Ok(4 << 30));
+        assert_eq!(parse_size("1tb"), Ok(1 << 40));
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("5Q").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+}

@@ -1,0 +1,82 @@
+//! Turns client [`Event`]s into what a person or a script sees: an indicatif bar per file on
+//! stderr (when wanted), and one plain line per finished file on stdout.
+
+use std::io::IsTerminal;
+
+use barge::client::Event;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::args::ProgressMode;
+
+/// Renders one client session's events.
+pub struct Renderer {
+    bars: bool,
+    current: Option<ProgressBar>,
+}
+
+impl Renderer {
+    pub fn new(mode: ProgressMode) -> Self {
+        let bars = match mode {
+            ProgressMode::Always => true,
+            ProgressMode::Never => false,
+            ProgressMode::Auto => std::io::stderr().is_terminal(),
+        };
+        Self {
+            bars,
+            current: None,
+        }
+    }
+
+    pub fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Start { name, size } if self.bars => {
+                let bar = ProgressBar::with_draw_target(Some(size), ProgressDrawTarget::stderr());
+                if let Ok(style) = ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+                ) {
+                    bar.set_style(style.progress_chars("=> "));
+                }
+                bar.set_message(printable(&name));
+                self.current = Some(bar);
+            }
+            Event::Start { .. } => {}
+            Event::Progress { sent } => {
+                if let Some(bar) = &self.current {
+                    bar.set_position(sent);
+                }
+            }
+            Event::Done {
+                name,
+                size,
+                elapsed,
+            } => {
+                if let Some(bar) = self.current.take() {
+                    bar.finish_and_clear();
+                }
+                let secs = elapsed.as_secs_f64();
+                println!(
+                    "sent {} ({size} bytes) in {secs:.2}s, {:.1} MB/s",
+                    printable(&name),
+                    size as f64 / secs.max(1e-9) / 1e6
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Renderer {
+    fn drop(&mut self) {
+        if let Some(bar) = self.current.take() {
+            bar.abandon();
+        }
+    }
+}
+
+/// A name safe to print on a terminal: control characters (escape sequences) are shown escaped.
+pub fn printable(name: &str) -> String {
+    if name.chars().any(char::is_control) {
+        name.escape_debug().to_string()
+    } else {
+        name.to_owned()
+    }
+}

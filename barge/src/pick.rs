@@ -1,0 +1,120 @@
+//! The lesson's menu: list a folder's files numbered from 1 and turn the user's answer into a
+//! choice, with the lesson's own answers to bad input ("must be a number", "not in range").
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// One file offered in the menu.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Full path of the file.
+    pub path: PathBuf,
+    /// Its name as shown.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// The regular files directly in `dir`, sorted by name (the lesson used `os.listdir`, whose order
+/// is arbitrary; a stable order lets a user pick the same number twice). Hidden files are skipped.
+pub fn list_files(dir: &Path) -> io::Result<Vec<Entry>> {
+    let mut entries = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        // Follow symlinks here: the user chose this folder, and sends what a link points to.
+        let meta = std::fs::metadata(entry.path())?;
+        if meta.is_file() {
+            entries.push(Entry {
+                path: entry.path(),
+                name,
+                size: meta.len(),
+            });
+        }
+    }
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(entries)
+}
+
+/// What the user answered at the prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    /// Upload the entry at this index (0-based).
+    Index(usize),
+    /// Leave the menu.
+    Quit,
+}
+
+/// Why an answer is not a choice; the messages are the lesson's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ChoiceError {
+    /// Not digits.
+    #[error("must be a number")]
+    NotANumber,
+    /// A number outside 1..=count.
+    #[error("not in range")]
+    NotInRange,
+}
+
+/// Parses one answer for a menu of `count` entries numbered from 1.
+pub fn parse_choice(answer: &str, count: usize) -> Result<Choice, ChoiceError> {
+    let answer = answer.trim();
+    if answer.eq_ignore_ascii_case("q") {
+        return Ok(Choice::Quit);
+    }
+    // Like Python's str.isdigit() in the lesson: digits only, no sign.
+    if answer.is_empty() || !answer.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ChoiceError::NotANumber);
+    }
+    match answer.parse::<usize>() {
+        Ok(n) if (1..=count).contains(&n) => Ok(Choice::Index(n - 1)),
+        _ => Err(ChoiceError::NotInRange),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_choice_follows_the_lesson() {
+        assert_eq!(parse_choice("1", 3), Ok(Choice::Index(0)));
+        assert_eq!(parse_choice(" 3\n", 3), Ok(Choice::Index(2)));
+        assert_eq!(parse_choice("q", 3), Ok(Choice::Quit));
+        assert_eq!(parse_choice("Q\n", 3), Ok(Choice::Quit));
+        for bad in ["", "abc", "-1", "+1", "1.5", "一"] {
+            assert_eq!(
+                parse_choice(bad, 3),
+                Err(ChoiceError::NotANumber),
+                "{bad:?}"
+            );
+        }
+        for out in ["0", "4", "99999999999999999999999"] {
+            assert_eq!(
+                parse_choice(out, 3),
+                Err(ChoiceError::NotInRange),
+                "{out:?}"
+            );
+        }
+        assert_eq!(ChoiceError::NotANumber.to_string(), "must be a number");
+        assert_eq!(ChoiceError::NotInRange.to_string(), "not in range");
+    }
+
+    #[test]
+    fn list_files_is_sorted_and_skips_dirs_and_hidden() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("b.mp4"), b"bb").unwrap();
+        std::fs::write(d.path().join("a.mp4"), b"a").unwrap();
+        std::fs::write(d.path().join(".hidden"), b"").unwrap();
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        let got: Vec<_> = list_files(d.path())
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name, e.size))
+            .collect();
+        assert_eq!(got, vec![("a.mp4".into(), 1), ("b.mp4".into(), 2)]);
+    }
+}

@@ -1,0 +1,168 @@
+//! The lesson's upload service: reads `[i32 LE length][JSON header][body]` uploads, one after
+//! another, from a connection and stores each through [`Storage`].
+//!
+//! The lesson's format has no reply, so the only thing a receiver can do with a bad upload is log
+//! why and close the connection; the sender then sees its connection reset. Nothing of a refused or
+//! unfinished upload is published.
+
+use std::time::Instant;
+
+use barge_proto::legacy::{DecodeError, Decoder, Frame, Header};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tracing::{info, warn};
+
+use crate::server::{Connection, Handler};
+use crate::storage::{Storage, StorageError};
+
+/// Socket reads are sized to this: large enough that per-read overhead vanishes next to the copy,
+/// small enough that hundreds of concurrent uploads stay within a modest memory budget.
+pub const READ_CHUNK: usize = 256 * 1024;
+
+/// Why an upload connection was closed early.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// The bytes are not a valid lesson upload.
+    #[error("bad upload header: {0}")]
+    Decode(#[from] DecodeError),
+    /// The upload was refused or could not be stored.
+    #[error("upload of {name:?} ({size} bytes) not stored: {source}")]
+    Storage {
+        /// Name the peer asked for (printed escaped).
+        name: String,
+        /// Size the peer declared.
+        size: u64,
+        /// Why.
+        source: StorageError,
+    },
+    /// The peer closed the connection inside a header.
+    #[error("connection closed after {0} bytes of a header")]
+    TruncatedHeader(usize),
+    /// The peer closed the connection inside a body.
+    #[error("connection closed after {received} of {expected} bytes of {name:?}")]
+    TruncatedBody {
+        /// Name the peer asked for.
+        name: String,
+        /// Body bytes received.
+        received: u64,
+        /// Body bytes declared.
+        expected: u64,
+    },
+    /// The connection failed (reset, idle timeout, ...).
+    #[error("connection error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Receives uploads in the lesson's format into a [`Storage`].
+#[derive(Debug, Clone)]
+pub struct UploadService {
+    storage: Storage,
+}
+
+impl UploadService {
+    /// A service storing into `storage`.
+    pub fn new(storage: Storage) -> Self {
+        Self { storage }
+    }
+}
+
+impl Handler for UploadService {
+    type Error = UploadError;
+
+    async fn handle<S>(&self, conn: Connection<S>) -> Result<(), UploadError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let Connection {
+            mut stream,
+            shutdown,
+            ..
+        } = conn;
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let mut decoder = Decoder::new();
+        loop {
+            // Between uploads: a clean end of stream, or shutdown, ends the conversation.
+            let header = loop {
+                if let Some(frame) = decoder.decode(&mut buf)? {
+                    match frame {
+                        Frame::Header(h) => break h,
+                        // Only headers come between uploads.
+                        Frame::Body(_) | Frame::End => unreachable_frame()?,
+                    }
+                }
+                buf.reserve(READ_CHUNK);
+                let n = tokio::select! {
+                    n = stream.read_buf(&mut buf) => n?,
+                    () = shutdown.cancelled(), if buf.is_empty() => return Ok(()),
+                };
+                if n == 0 {
+                    return if buf.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(UploadError::TruncatedHeader(buf.len()))
+                    };
+                }
+            };
+            receive_body(&self.storage, &mut stream, &mut buf, &mut decoder, header).await?;
+        }
+    }
+}
+
+/// Receives one body into storage and publishes it.
+async fn receive_body<S: AsyncRead + Unpin>(
+    storage: &Storage,
+    stream: &mut S,
+    buf: &mut BytesMut,
+    decoder: &mut Decoder,
+    header: Header,
+) -> Result<(), UploadError> {
+    let started = Instant::now();
+    let storage_err = |source| UploadError::Storage {
+        name: header.file_name.clone(),
+        size: header.file_size,
+        source,
+    };
+    let mut file = storage
+        .begin(&header.file_name, header.file_size)
+        .await
+        .map_err(storage_err)?;
+    loop {
+        match decoder.decode(buf)? {
+            Some(Frame::Body(chunk)) => file.write(chunk).await.map_err(storage_err)?,
+            Some(Frame::End) => break,
+            Some(Frame::Header(_)) => unreachable_frame()?,
+            None => {
+                buf.reserve(READ_CHUNK);
+                if stream.read_buf(buf).await? == 0 {
+                    return Err(UploadError::TruncatedBody {
+                        name: header.file_name.clone(),
+                        received: file.written(),
+                        expected: header.file_size,
+                    });
+                }
+            }
+        }
+    }
+    let stored = file.commit().await.map_err(storage_err)?;
+    let secs = started.elapsed().as_secs_f64();
+    info!(
+        name = ?stored.name,
+        bytes = stored.size,
+        secs = format_args!("{secs:.3}"),
+        mb_per_s = format_args!("{:.1}", stored.size as f64 / secs.max(1e-9) / 1e6),
+        msg = header.msg.as_ref().map(|m| m.to_string()).unwrap_or_default(),
+        "upload complete"
+    );
+    if stored.name != header.file_name {
+        warn!(asked = ?header.file_name, stored = ?stored.name, "name taken: stored under another");
+    }
+    Ok(())
+}
+
+/// The decoder only yields body frames after a header; anything else is a bug here, reported as a
+/// connection error rather than a panic.
+fn unreachable_frame() -> Result<(), UploadError> {
+    Err(UploadError::Io(std::io::Error::other(
+        "decoder produced a frame out of order",
+    )))
+}

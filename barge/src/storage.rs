@@ -1,0 +1,569 @@
+//! Where received files go: validated names, a hidden temporary file that becomes visible under its
+//! final name only after the last byte, conflict policy, and size and free-space checks.
+//!
+//! Layout of a storage directory:
+//! ```text
+//! DIR/                      published files, each complete
+//! DIR/.barge/               barge's own state; never a published name
+//! DIR/.barge/.upload-XXXX   a file being received (removed if the transfer does not finish)
+//! ```
+//! Publishing is a `rename` inside one file system: atomic, so a reader of `DIR` never sees a
+//! partial file. Without overwrite it is `renameat2(RENAME_NOREPLACE)` (via `tempfile`), so two
+//! uploads of the same name at once cannot both take it. A symlink in `DIR` is never followed:
+//! rename replaces or skips the link itself.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use barge_proto::name::{NameError, validate_file_name};
+use bytes::Bytes;
+use tempfile::TempPath;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+/// Name of barge's state folder inside the storage directory.
+pub const STATE_DIR: &str = ".barge";
+const TEMP_PREFIX: &str = ".upload-";
+/// How many `name (n).ext` candidates to try before giving up on a name.
+const MAX_RENAME_ATTEMPTS: u32 = 10_000;
+
+/// What to do when a file with the received name already exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnConflict {
+    /// Keep both: store as `name (1).ext`, `name (2).ext`, ...
+    #[default]
+    Rename,
+    /// Replace the existing file (atomically; a symlink is replaced, not followed).
+    Overwrite,
+    /// Refuse the upload.
+    Fail,
+}
+
+/// How a storage directory behaves.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// Where published files go.
+    pub dir: PathBuf,
+    /// Policy for a name that is already taken.
+    pub on_conflict: OnConflict,
+    /// Largest file accepted, checked against the declared size before any byte is written.
+    pub max_file_size: Option<u64>,
+    /// Flush file data and the directory entry to disk before reporting a file as stored, so a
+    /// power loss cannot leave a published name with missing content.
+    pub fsync: bool,
+}
+
+impl StorageConfig {
+    /// Defaults for `dir`: rename on conflict, no size cap, fsync on.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            on_conflict: OnConflict::default(),
+            max_file_size: None,
+            fsync: true,
+        }
+    }
+}
+
+/// Why a file cannot be stored.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The peer's name is not one safe path component.
+    #[error("name rejected: {0}")]
+    Name(#[from] NameError),
+    /// The declared size is over [`StorageConfig::max_file_size`].
+    #[error("{size} bytes is over the limit of {max} bytes per file")]
+    TooLarge {
+        /// Declared size.
+        size: u64,
+        /// The configured limit.
+        max: u64,
+    },
+    /// The file system does not have room for the declared size.
+    #[error("{size} bytes do not fit: {available} bytes free")]
+    NoSpace {
+        /// Declared size.
+        size: u64,
+        /// Free bytes seen when checking.
+        available: u64,
+    },
+    /// The name is taken and the policy is [`OnConflict::Fail`] (or no free variant was found).
+    #[error("{0:?} already exists")]
+    Conflict(String),
+    /// The bytes written do not match the declared size.
+    #[error("{written} bytes written but {expected} declared")]
+    SizeMismatch {
+        /// Bytes actually written.
+        written: u64,
+        /// Bytes declared.
+        expected: u64,
+    },
+    /// The storage directory is not usable (e.g. its state folder is a symlink).
+    #[error("storage directory unusable: {0}")]
+    BadDirectory(String),
+    /// Any other file-system failure.
+    #[error("storage I/O error: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// A storage directory. Cheap to clone; clones share the directory.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: StorageConfig,
+    /// `dir/.barge`, where temporary files live until published.
+    temp_dir: PathBuf,
+}
+
+/// A file published under its final name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// The final name (differs from the requested one after a conflict rename).
+    pub name: String,
+    /// Full path of the published file.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+impl Storage {
+    /// Opens (creating if needed) the storage directory and its state folder, and removes
+    /// temporary files a crashed earlier run left behind.
+    pub fn open(config: StorageConfig) -> Result<Self, StorageError> {
+        std::fs::create_dir_all(&config.dir)?;
+        let temp_dir = config.dir.join(STATE_DIR);
+        match std::fs::create_dir(&temp_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e.into()),
+        }
+        // A planted symlink here would send every upload somewhere else.
+        if !std::fs::symlink_metadata(&temp_dir)?.is_dir() {
+            return Err(StorageError::BadDirectory(format!(
+                "{} is not a directory",
+                temp_dir.display()
+            )));
+        }
+        let mut stale = 0;
+        for entry in std::fs::read_dir(&temp_dir)? {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                std::fs::remove_file(entry.path())?;
+                stale += 1;
+            }
+        }
+        if stale > 0 {
+            info!(
+                count = stale,
+                "removed unfinished uploads left by an earlier run"
+            );
+        }
+        Ok(Self {
+            inner: Arc::new(Inner { config, temp_dir }),
+        })
+    }
+
+    /// The directory files are published in.
+    pub fn dir(&self) -> &Path {
+        &self.inner.config.dir
+    }
+
+    /// Checks `name` and `size` against the rules and opens a temporary file for the upload.
+    /// Nothing is written and no space is reserved if this fails.
+    pub async fn begin(&self, name: &str, size: u64) -> Result<PartialFile, StorageError> {
+        let name = validate_file_name(name)?.to_owned();
+        let config = &self.inner.config;
+        if let Some(max) = config.max_file_size
+            && size > max
+        {
+            return Err(StorageError::TooLarge { size, max });
+        }
+        if config.on_conflict == OnConflict::Fail {
+            // Early refusal saves receiving the body; the final rename re-checks without races.
+            let target = config.dir.join(&name);
+            if std::fs::symlink_metadata(&target).is_ok() {
+                return Err(StorageError::Conflict(name));
+            }
+        }
+        let temp_dir = self.inner.temp_dir.clone();
+        let (file, temp) = blocking(move || create_temp(&temp_dir, size)).await??;
+        Ok(PartialFile {
+            storage: self.clone(),
+            name,
+            expected: size,
+            written: 0,
+            file: Some(file),
+            pending: None,
+            temp,
+        })
+    }
+}
+
+/// Creates the temporary file and reserves `size` bytes for it, refusing sizes the file system
+/// cannot hold before a byte is written.
+fn create_temp(temp_dir: &Path, size: u64) -> Result<(File, TempPath), StorageError> {
+    let stat = rustix::fs::statvfs(temp_dir).map_err(io::Error::from)?;
+    let available = stat.f_bavail.saturating_mul(stat.f_frsize);
+    if size > available {
+        return Err(StorageError::NoSpace { size, available });
+    }
+    // 0o666 filtered by the umask, like any newly created file: a published upload should be as
+    // readable as one the user copied in by hand (tempfile's own default is 0o600).
+    let named = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        .tempfile_in(temp_dir)?;
+    let (file, temp) = named.into_parts();
+    if size > 0 {
+        // Reserving the blocks makes concurrent uploads unable to overcommit the disk together,
+        // and keeps the file contiguous. File systems without fallocate fall back to the check above.
+        match rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::KEEP_SIZE, 0, size) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::NOSPC) | Err(rustix::io::Errno::FBIG) => {
+                return Err(StorageError::NoSpace { size, available });
+            }
+            Err(e) => warn!(error = %e, "cannot preallocate; continuing without"),
+        }
+    }
+    Ok((file, temp))
+}
+
+/// A file being received. Dropping it without [`PartialFile::commit`] removes the temporary file,
+/// so a failed or cancelled transfer publishes nothing.
+#[derive(Debug)]
+pub struct PartialFile {
+    storage: Storage,
+    name: String,
+    expected: u64,
+    written: u64,
+    /// The open temporary file; `None` while a write holds it on a blocking thread.
+    file: Option<File>,
+    /// The write in flight: it overlaps with receiving the next chunk from the network.
+    pending: Option<JoinHandle<(File, io::Result<()>)>>,
+    /// Removes the temporary file on drop unless persisted.
+    temp: TempPath,
+}
+
+impl PartialFile {
+    /// The validated name the upload asked for.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Bytes handed to [`PartialFile::write`] so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Appends `chunk`. Returns once the previous chunk is on its way to disk, so one write
+    /// overlaps with the caller receiving the next chunk.
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
+        let new_total = self.written + chunk.len() as u64;
+        if new_total > self.expected {
+            return Err(StorageError::SizeMismatch {
+                written: new_total,
+                expected: self.expected,
+            });
+        }
+        let mut file = self.settle().await?;
+        self.written = new_total;
+        self.pending = Some(tokio::task::spawn_blocking(move || {
+            let result = file.write_all(&chunk);
+            (file, result)
+        }));
+        Ok(())
+    }
+
+    /// Waits for the write in flight and takes the file back.
+    async fn settle(&mut self) -> Result<File, StorageError> {
+        if let Some(pending) = self.pending.take() {
+            let (file, result) = pending.await.map_err(join_error)?;
+            self.file = Some(file);
+            result?;
+        }
+        self.file
+            .take()
+            .ok_or_else(|| io::Error::other("file lost by an earlier failed write").into())
+    }
+
+    /// Finishes the file and publishes it under its final name, following the conflict policy.
+    pub async fn commit(mut self) -> Result<Stored, StorageError> {
+        let file = self.settle().await?;
+        if self.written != self.expected {
+            return Err(StorageError::SizeMismatch {
+                written: self.written,
+                expected: self.expected,
+            });
+        }
+        let config = self.storage.inner.config.clone();
+        let (name, size, temp) = (self.name, self.written, self.temp);
+        blocking(move || publish(&config, file, temp, name, size)).await?
+    }
+}
+
+fn publish(
+    config: &StorageConfig,
+    file: File,
+    temp: TempPath,
+    name: String,
+    size: u64,
+) -> Result<Stored, StorageError> {
+    if config.fsync {
+        file.sync_all()?;
+    }
+    drop(file);
+    let stored = match config.on_conflict {
+        OnConflict::Overwrite => {
+            let path = config.dir.join(&name);
+            temp.persist(&path).map_err(|e| e.error)?;
+            Stored { name, path, size }
+        }
+        OnConflict::Fail => {
+            let path = config.dir.join(&name);
+            match temp.persist_noclobber(&path) {
+                Ok(()) => Stored { name, path, size },
+                Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {
+                    return Err(StorageError::Conflict(name));
+                }
+                Err(e) => return Err(e.error.into()),
+            }
+        }
+        OnConflict::Rename => {
+            let mut temp = temp;
+            let mut n = 0;
+            loop {
+                let candidate = if n == 0 {
+                    name.clone()
+                } else {
+                    numbered(&name, n)
+                };
+                if n > MAX_RENAME_ATTEMPTS || validate_file_name(&candidate).is_err() {
+                    return Err(StorageError::Conflict(name));
+                }
+                let path = config.dir.join(&candidate);
+                match temp.persist_noclobber(&path) {
+                    Ok(()) => {
+                        break Stored {
+                            name: candidate,
+                            path,
+                            size,
+                        };
+                    }
+                    Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => temp = e.path,
+                    Err(e) => return Err(e.error.into()),
+                }
+                n += 1;
+            }
+        }
+    };
+    if config.fsync {
+        // The rename itself is only durable once the directory is.
+        File::open(&config.dir)?.sync_all()?;
+    }
+    Ok(stored)
+}
+
+/// `movie.mp4` -> `movie (n).mp4`; names without an extension (or dot-files) get the suffix at
+/// the end.
+pub fn numbered(name: &str, n: u32) -> String {
+    match name.rfind('.') {
+        Some(dot) if dot > 0 => format!("{} ({n}){}", &name[..dot], &name[dot..]),
+        _ => format!("{name} ({n})"),
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(join_error)
+}
+
+fn join_error(e: tokio::task::JoinError) -> io::Error {
+    io::Error::other(format!("storage task failed: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbered_puts_counter_before_extension() {
+        assert_eq!(numbered("movie.mp4", 1), "movie (1).mp4");
+        assert_eq!(numbered("a.tar.gz", 2), "a.tar (2).gz");
+        assert_eq!(numbered("README", 3), "README (3)");
+        assert_eq!(numbered(".hidden", 1), ".hidden (1)");
+        assert_eq!(
+            numbered("性感荷官在线发牌.,mp4", 1),
+            "性感荷官在线发牌 (1).,mp4"
+        );
+    }
+
+    fn storage(dir: &Path, on_conflict: OnConflict) -> Storage {
+        Storage::open(StorageConfig {
+            on_conflict,
+            ..StorageConfig::new(dir)
+        })
+        .unwrap()
+    }
+
+    async fn put(s: &Storage, name: &str, body: &[u8]) -> Result<Stored, StorageError> {
+        let mut p = s.begin(name, body.len() as u64).await?;
+        for chunk in body.chunks(3) {
+            p.write(Bytes::copy_from_slice(chunk)).await?;
+        }
+        p.commit().await
+    }
+
+    fn temp_files(dir: &Path) -> usize {
+        std::fs::read_dir(dir.join(STATE_DIR)).unwrap().count()
+    }
+
+    #[tokio::test]
+    async fn commit_publishes_only_complete_files() {
+        let d = tempfile::tempdir().unwrap();
+        let s = storage(d.path(), OnConflict::Rename);
+        let stored = put(&s, "a.bin", b"hello world").await.unwrap();
+        assert_eq!(stored.name, "a.bin");
+        assert_eq!(
+            std::fs::read(d.path().join("a.bin")).unwrap(),
+            b"hello world"
+        );
+
+        let mut p = s.begin("b.bin", 10).await.unwrap();
+        p.write(Bytes::from_static(b"12345")).await.unwrap();
+        assert_eq!(temp_files(d.path()), 1);
+        assert!(matches!(
+            p.commit().await,
+            Err(StorageError::SizeMismatch {
+                written: 5,
+                expected: 10
+            })
+        ));
+        assert!(!d.path().join("b.bin").exists());
+        assert_eq!(temp_files(d.path()), 0);
+    }
+
+    #[tokio::test]
+    async fn dropped_partial_leaves_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let s = storage(d.path(), OnConflict::Rename);
+        let mut p = s.begin("x", 4).await.unwrap();
+        p.write(Bytes::from_static(b"ab")).await.unwrap();
+        drop(p);
+        assert_eq!(temp_files(d.path()), 0);
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1); // only .barge
+    }
+
+    #[tokio::test]
+    async fn write_past_declared_size_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let s = storage(d.path(), OnConflict::Rename);
+        let mut p = s.begin("x", 2).await.unwrap();
+        assert!(matches!(
+            p.write(Bytes::from_static(b"abc")).await,
+            Err(StorageError::SizeMismatch { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn conflict_policies() {
+        let d = tempfile::tempdir().unwrap();
+        let rename = storage(d.path(), OnConflict::Rename);
+        put(&rename, "m.mp4", b"one").await.unwrap();
+        assert_eq!(
+            put(&rename, "m.mp4", b"two").await.unwrap().name,
+            "m (1).mp4"
+        );
+        assert_eq!(
+            put(&rename, "m.mp4", b"three").await.unwrap().name,
+            "m (2).mp4"
+        );
+        assert_eq!(std::fs::read(d.path().join("m.mp4")).unwrap(), b"one");
+        assert_eq!(std::fs::read(d.path().join("m (2).mp4")).unwrap(), b"three");
+
+        let fail = storage(d.path(), OnConflict::Fail);
+        assert!(matches!(
+            put(&fail, "m.mp4", b"x").await,
+            Err(StorageError::Conflict(_))
+        ));
+        // The race the early check cannot see: the name appears while the body is in flight.
+        let mut p = fail.begin("late.txt", 1).await.unwrap();
+        std::fs::write(d.path().join("late.txt"), b"first").unwrap();
+        p.write(Bytes::from_static(b"2")).await.unwrap();
+        assert!(matches!(p.commit().await, Err(StorageError::Conflict(_))));
+        assert_eq!(std::fs::read(d.path().join("late.txt")).unwrap(), b"first");
+
+        let over = storage(d.path(), OnConflict::Overwrite);
+        put(&over, "m.mp4", b"new").await.unwrap();
+        assert_eq!(std::fs::read(d.path().join("m.mp4")).unwrap(), b"new");
+    }
+
+    #[tokio::test]
+    async fn symlink_in_dir_is_never_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        std::os::unix::fs::symlink(&victim, d.path().join("link.txt")).unwrap();
+
+        let rename = storage(d.path(), OnConflict::Rename);
+        assert_eq!(
+            put(&rename, "link.txt", b"evil").await.unwrap().name,
+            "link (1).txt"
+        );
+        let over = storage(d.path(), OnConflict::Overwrite);
+        put(&over, "link.txt", b"evil").await.unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(
+            !std::fs::symlink_metadata(d.path().join("link.txt"))
+                .unwrap()
+                .is_symlink()
+        );
+    }
+
+    #[tokio::test]
+    async fn state_dir_symlink_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), d.path().join(STATE_DIR)).unwrap();
+        assert!(matches!(
+            Storage::open(StorageConfig::new(d.path())),
+            Err(StorageError::BadDirectory(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn size_limits_refuse_before_creating_anything() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Storage::open(StorageConfig {
+            max_file_size: Some(10),
+            ..StorageConfig::new(d.path())
+        })
+        .unwrap();
+        assert!(matches!(
+            s.begin("big", 11).await,
+            Err(StorageError::TooLarge { size: 11, max: 10 })
+        ));
+        let s = storage(d.path(), OnConflict::Rename);
+        assert!(matches!(
+            s.begin("petabyte", 1 << 50).await,
+            Err(StorageError::NoSpace { .. })
+        ));
+        assert_eq!(temp_files(d.path()), 0);
+    }
+
+    #[tokio::test]
+    async fn open_removes_stale_temp_files() {
+        let d = tempfile::tempdir().unwrap();
+        let s = storage(d.path(), OnConflict::Rename);
+        let p = s.begin("x", 1).await.unwrap();
+        std::mem::forget(p); // as if the process had died
+        assert_eq!(temp_files(d.path()), 1);
+        storage(d.path(), OnConflict::Rename);
+        assert_eq!(temp_files(d.path()), 0);
+    }
+}

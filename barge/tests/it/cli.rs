@@ -1,0 +1,204 @@
+//! The `barge` binary as a user runs it: serve, send, pick, errors and exit codes.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use crate::support::*;
+
+/// `barge serve` on an ephemeral port; returns the process and the address it printed.
+fn spawn_serve(dir: &Path, extra: &[&str]) -> (ChildGuard, SocketAddr) {
+    let mut child = barge()
+        .args(["serve", "--addr", "127.0.0.1:0", "--no-fsync", "--dir"])
+        .arg(dir)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn barge serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let guard = ChildGuard(child);
+    let mut line = String::new();
+    // Blocks until the server has bound its port; a server that died yields EOF.
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read serve stdout");
+    let addr = line
+        .strip_prefix("barge: listening on ")
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .expect("address");
+    (guard, addr)
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null()).output().expect("run barge")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Sends SIGTERM to a child we started and waits for its exit status.
+fn terminate(guard: &mut ChildGuard) -> std::process::ExitStatus {
+    let status = Command::new("kill")
+        .args(["-TERM", &guard.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    guard.0.wait().expect("wait")
+}
+
+#[test]
+fn serve_and_send_round_trip_then_sigterm_exits_cleanly() {
+    let src = tempfile::tempdir().unwrap();
+    let inbox = tempfile::tempdir().unwrap();
+    let a = src.path().join("movie.mp4");
+    let b = src.path().join("性感荷官在线发牌.,mp4");
+    std::fs::write(&a, content(1, 2_500_000)).unwrap();
+    std::fs::write(&b, content(2, 10)).unwrap();
+    let (mut server, addr) = spawn_serve(inbox.path(), &[]);
+    let out = run(barge()
+        .arg("send")
+        .arg(&a)
+        .arg(&b)
+        .args(["--to", &addr.to_string()]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("sent movie.mp4 (2500000 bytes)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("sent 性感荷官在线发牌.,mp4 (10 bytes)"),
+        "{stdout}"
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "no progress bars when stderr is not a terminal"
+    );
+    assert_eq!(
+        std::fs::read(inbox.path().join("movie.mp4")).unwrap(),
+        content(1, 2_500_000)
+    );
+    assert_eq!(
+        std::fs::read(inbox.path().join("性感荷官在线发牌.,mp4")).unwrap(),
+        content(2, 10)
+    );
+    let status = terminate(&mut server);
+    assert!(status.success(), "serve exited with {status:?} on SIGTERM");
+}
+
+#[test]
+fn send_to_unreachable_server_fails_clearly() {
+    let src = tempfile::tempdir().unwrap();
+    let f = src.path().join("f");
+    std::fs::write(&f, b"x").unwrap();
+    let port = free_port();
+    let out = run(barge()
+        .arg("send")
+        .arg(&f)
+        .args(["--to", &format!("127.0.0.1:{port}")]));
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("cannot connect to 127.0.0.1:"), "{err}");
+    assert_eq!(
+        err.matches("refused").count(),
+        1,
+        "cause printed once: {err}"
+    );
+}
+
+#[test]
+fn send_missing_file_fails_before_connecting() {
+    let out = run(barge().args(["send", "/nonexistent/file.bin", "--to", "127.0.0.1:9"]));
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("/nonexistent/file.bin"), "{err}");
+    assert!(!err.contains("connect"), "{err}");
+}
+
+#[test]
+fn send_reports_a_connection_dropped_by_the_server() {
+    let src = tempfile::tempdir().unwrap();
+    let inbox = tempfile::tempdir().unwrap();
+    let big = src.path().join("big.bin");
+    std::fs::write(&big, content(3, 8 << 20)).unwrap();
+    let (_server, addr) = spawn_serve(inbox.path(), &["--max-file-size", "1K"]);
+    let out = run(barge()
+        .arg("send")
+        .arg(&big)
+        .args(["--to", &addr.to_string()]));
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("connection"), "{err}");
+    assert_eq!(published(inbox.path()), Vec::<String>::new());
+}
+
+#[test]
+fn pick_answers_like_the_lesson_and_uploads_the_choice() {
+    let src = tempfile::tempdir().unwrap();
+    let inbox = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("a.mp4"), content(1, 1000)).unwrap();
+    std::fs::write(src.path().join("b.mp4"), content(2, 2000)).unwrap();
+    let (_server, addr) = spawn_serve(inbox.path(), &[]);
+    let mut child = barge()
+        .arg("pick")
+        .arg(src.path())
+        .args(["--to", &addr.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"abc\n7\n2\n1\nq\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("1 a.mp4 (1000 B)"), "{stdout}");
+    assert!(stdout.contains("2 b.mp4 (1.95 KiB)"), "{stdout}");
+    let must = stdout.find("must be a number").expect("must be a number");
+    let range = stdout.find("not in range").expect("not in range");
+    assert!(must < range);
+    assert_eq!(
+        std::fs::read(inbox.path().join("b.mp4")).unwrap(),
+        content(2, 2000)
+    );
+    assert_eq!(
+        std::fs::read(inbox.path().join("a.mp4")).unwrap(),
+        content(1, 1000)
+    );
+}
+
+#[test]
+fn pick_ends_at_end_of_input() {
+    let src = tempfile::tempdir().unwrap();
+    let inbox = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("only"), b"1").unwrap();
+    let (_server, addr) = spawn_serve(inbox.path(), &[]);
+    let out = run(barge()
+        .arg("pick")
+        .arg(src.path())
+        .args(["--to", &addr.to_string()]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(published(inbox.path()).is_empty());
+}
+
+#[test]
+fn serve_refuses_a_planted_state_symlink() {
+    let inbox = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(elsewhere.path(), inbox.path().join(".barge")).unwrap();
+    let out = run(barge()
+        .args(["serve", "--addr", "127.0.0.1:0", "--dir"])
+        .arg(inbox.path()));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("not a directory"));
+}

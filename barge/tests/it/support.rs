@@ -1,0 +1,265 @@
+//! Test fixtures: an in-process server that reports how each connection ended, raw lesson-format
+//! bytes, deterministic file contents, child processes that are always reaped, and the seed peers.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use barge::server::{Connection, Handler, ServerConfig, serve};
+use barge::service::upload::UploadService;
+use barge::storage::{STATE_DIR, Storage, StorageConfig};
+use barge_proto::legacy::Header;
+use tempfile::TempDir;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// Upper bound for any single wait in a test; generous so a loaded CI machine does not flake.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Awaits `f`, failing the test if it takes longer than [`WAIT`].
+pub async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// Polls `cond` until it holds, for state only the file system shows (a temporary file appearing).
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    within(what, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+/// Wraps a handler and reports each connection's outcome, so tests can await "the server is done
+/// with that connection" instead of sleeping.
+struct Reporting<H> {
+    inner: H,
+    ended: mpsc::UnboundedSender<Result<(), String>>,
+}
+
+impl<H: Handler> Handler for Reporting<H> {
+    type Error = H::Error;
+
+    async fn handle<S>(&self, conn: Connection<S>) -> Result<(), H::Error>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let result = self.inner.handle(conn).await;
+        let _ = self
+            .ended
+            .send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        result
+    }
+}
+
+/// An upload server on 127.0.0.1:0 storing into a temporary folder.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub dir: TempDir,
+    ended: mpsc::UnboundedReceiver<Result<(), String>>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|s| s, ServerConfig::default(), "127.0.0.1:0").await
+    }
+
+    pub async fn start_with(
+        storage: impl FnOnce(StorageConfig) -> StorageConfig,
+        config: ServerConfig,
+        addr: &str,
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // fsync off: tests check behaviour, not durability, and fsync makes them slow.
+        let storage = Storage::open(storage(StorageConfig {
+            fsync: false,
+            ..StorageConfig::new(dir.path())
+        }))
+        .expect("storage");
+        let listener = barge::net::bind_tcp(addr.parse().expect("addr")).expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (ended_tx, ended) = mpsc::unbounded_channel();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let handler = Arc::new(Reporting {
+            inner: UploadService::new(storage),
+            ended: ended_tx,
+        });
+        let task = tokio::spawn(serve(listener, handler, config, async {
+            let _ = stop_rx.await;
+        }));
+        Self {
+            addr,
+            dir,
+            ended,
+            stop: Some(stop_tx),
+            task: Some(task),
+        }
+    }
+
+    /// How the next connection to finish ended (`Err` carries the server's reason).
+    pub async fn next_end(&mut self) -> Result<(), String> {
+        within("a connection to end", self.ended.recv())
+            .await
+            .expect("server gone")
+    }
+
+    /// Asks the server to shut down without waiting for it.
+    pub fn request_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Asks the server to shut down and waits until it has.
+    pub async fn stop(&mut self) {
+        self.request_stop();
+        if let Some(task) = self.task.take() {
+            within("server shutdown", task).await.expect("server task");
+        }
+    }
+
+    /// Published file names, sorted (the state folder excluded).
+    pub fn published(&self) -> Vec<String> {
+        published(self.dir.path())
+    }
+
+    /// Files in the state folder (unfinished uploads).
+    pub fn temp_files(&self) -> usize {
+        std::fs::read_dir(self.dir.path().join(STATE_DIR))
+            .expect("state dir")
+            .count()
+    }
+
+    pub fn read(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.dir.path().join(name)).expect("published file")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.request_stop();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+pub fn published(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n != STATE_DIR)
+        .collect();
+    names.sort();
+    names
+}
+
+/// One upload as the lesson frames it.
+pub fn lesson_upload(name: &str, body: &[u8]) -> Vec<u8> {
+    let mut wire = Header::new(name, body.len() as u64)
+        .to_bytes()
+        .expect("header");
+    wire.extend_from_slice(body);
+    wire
+}
+
+/// A length prefix followed by `json`, for hand-made (often broken) headers.
+pub fn raw_header(json: &str) -> Vec<u8> {
+    let mut wire = (json.len() as i32).to_le_bytes().to_vec();
+    wire.extend_from_slice(json.as_bytes());
+    wire
+}
+
+/// Deterministic pseudo-random bytes (xorshift), distinct per seed.
+pub fn content(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Connects, writes `bytes`, closes the write side and waits for the server to close: the way a
+/// lesson client ends, made observable.
+pub async fn send_raw(addr: SocketAddr, bytes: &[u8]) {
+    let mut s = within("connect", TcpStream::connect(addr))
+        .await
+        .expect("connect");
+    // The server may refuse part-way and reset the connection; that is an outcome, not a failure.
+    let _ = s.write_all(bytes).await;
+    let _ = s.shutdown().await;
+    drain(&mut s).await;
+}
+
+/// Reads until the peer closes (or resets) the connection.
+pub async fn drain(s: &mut TcpStream) {
+    let mut sink = [0u8; 4096];
+    within("the server to close", async {
+        while let Ok(n) = s.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// A child process that is killed (by its own PID) and reaped when the test ends, pass or fail.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The folder holding the lesson's Python programs.
+pub fn seed_dir() -> PathBuf {
+    let dir = std::env::var_os("BARGE_SEED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/seed"));
+    assert!(
+        dir.join("seed_server.py").is_file(),
+        "the lesson's peers are not at {} (set BARGE_SEED_DIR)",
+        dir.display()
+    );
+    dir
+}
+
+pub fn python_seed(script: &str) -> Command {
+    let mut cmd = Command::new("python3");
+    cmd.arg(seed_dir().join(script))
+        .stdin(Stdio::null())
+        .env("PYTHONUNBUFFERED", "1");
+    cmd
+}
+
+/// The barge binary built for this test run.
+pub fn barge() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_barge"));
+    cmd.env_remove("RUST_LOG");
+    cmd
+}
+
+/// A port that was free a moment ago, for peers (the lesson's programs) that cannot bind port 0
+/// and report it.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
