@@ -202,3 +202,75 @@ fn serve_refuses_a_planted_state_symlink() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("not a directory"));
 }
+
+#[test]
+fn accept_errors_back_off_and_the_server_recovers() {
+    use std::io::Read;
+    use std::net::TcpStream;
+    use std::sync::mpsc;
+
+    let inbox = tempfile::tempdir().unwrap();
+    // A low descriptor limit makes accept() fail with EMFILE once enough clients are connected.
+    let mut child = Command::new("prlimit")
+        .arg("--nofile=64:64")
+        .arg(env!("CARGO_BIN_EXE_barge"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--no-fsync", "--dir"])
+        .arg(inbox.path())
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("prlimit runs barge");
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut server = ChildGuard(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let addr: SocketAddr = line
+        .strip_prefix("barge: listening on ")
+        .and_then(|r| r.split(',').next())
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .parse()
+        .unwrap();
+    let (log_tx, log_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if log_tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+
+    let idle: Vec<TcpStream> = (0..100)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
+    let saw_accept_error = (|| loop {
+        match log_rx.recv_timeout(WAIT) {
+            Ok(l) if l.contains("accept failed") => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    })();
+    assert!(saw_accept_error, "server never hit the descriptor limit");
+
+    // Queued behind the exhausted server; served once the idle clients leave.
+    let uploader = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        s.write_all(&lesson_upload("after-emfile", b"recovered"))
+            .unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest)
+    });
+    drop(idle);
+    uploader
+        .join()
+        .unwrap()
+        .expect("upload served after recovery");
+    assert_eq!(
+        std::fs::read(inbox.path().join("after-emfile")).unwrap(),
+        b"recovered"
+    );
+    assert!(terminate(&mut server).success());
+}
