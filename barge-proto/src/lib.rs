@@ -6,6 +6,8 @@
 //! # Modules
 //! - [`legacy`]: the lesson's upload format, `[i32 LE length][JSON header][raw body]`, repeated.
 //! - [`name`]: the rule that turns a peer-supplied file name into one safe path component.
+//! - [`line`]: newline-delimited messages with a length cap (the echo service).
+//! - [`datagram`]: UDP payload limits and fragmentation.
 //!
 //! # Limits
 //! | what | limit | why |
@@ -13,6 +15,10 @@
 //! | lesson header length | 1..=65536 bytes | checked before buffering the header |
 //! | `file_size` | a JSON integer in 0..=2^64-1 | the receiver applies its own size policy |
 //! | stored file name | 1..=255 bytes, one component | see [`name::validate_file_name`] |
+//! | echo line | configurable cap, checked as bytes arrive | see [`line::LineDecoder`] |
+//! | UDP payload | 65,507 (IPv4) / 65,527 (IPv6) bytes | see [`datagram::check_payload`] |
 
+pub mod datagram;
 pub mod legacy;
+pub mod line;
 pub mod name;

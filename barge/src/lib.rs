@@ -4,11 +4,12 @@
 //!
 //! # Layout
 //! - [`server`]: the server framework (socketserver's `TCPServer` + `BaseRequestHandler` split):
-//!   accept loop, connection cap, idle timeout, back-off, graceful shutdown. Knows nothing of files.
-//! - [`service`]: one [`server::Handler`] per service; [`service::upload`] speaks the lesson's
-//!   upload format.
+//!   accept loop, connection cap, idle timeout, back-off, graceful shutdown; and its datagram
+//!   counterpart for UDP. Knows nothing of files.
+//! - [`service`]: one handler per service: [`service::upload`] (the lesson's upload format),
+//!   [`service::echo`] (upper-case echo), [`service::udp`] (datagram request/reply).
 //! - [`storage`]: safe names, temporary file then atomic rename, conflicts, space checks.
-//! - [`client`]: sending files, reporting progress as events (the binary renders them).
+//! - [`client`]: upload, echo and UDP clients, reporting progress as events (the binary renders them).
 //! - [`pick`]: the lesson's numbered menu.
 //! - [`net`]: listeners, connecting with a deadline, the idle-timeout stream wrapper.
 //!

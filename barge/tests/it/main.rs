@@ -1,8 +1,13 @@
 //! barge's integration tests, one binary layered by cost: in-memory, real sockets, the CLI, and the
 //! lesson's Python peers.
 
+// A failed step in a test helper should fail the test on the spot.
+#![allow(clippy::unwrap_used)]
+
 mod cli;
+mod echo;
 mod interop;
 mod memory;
 mod support;
+mod udp;
 mod upload;

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use barge::client::{Event, Outgoing, send_files};
+use barge::client::upload::{Event, Outgoing, send_files};
 use barge::net::IdleTimeout;
 use barge::server::{Connection, Handler};
 use barge::service::upload::{UploadError, UploadService};

@@ -85,12 +85,22 @@ impl TestServer {
             ..StorageConfig::new(dir.path())
         }))
         .expect("storage");
+        Self::start_service(UploadService::new(storage), config, addr, dir)
+    }
+
+    /// Any service on the framework (the folder is only used by upload services).
+    pub fn start_service(
+        service: impl Handler,
+        config: ServerConfig,
+        addr: &str,
+        dir: TempDir,
+    ) -> Self {
         let listener = barge::net::bind_tcp(addr.parse().expect("addr")).expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (ended_tx, ended) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let handler = Arc::new(Reporting {
-            inner: UploadService::new(storage),
+            inner: service,
             ended: ended_tx,
         });
         let task = tokio::spawn(serve(listener, handler, config, async {

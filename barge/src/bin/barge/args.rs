@@ -27,6 +27,117 @@ pub enum Command {
     Send(SendArgs),
     /// The lesson's menu: list a folder, choose files by number, upload each.
     Pick(PickArgs),
+    /// UDP request/reply: a server that answers every datagram, and a ping-like client.
+    #[command(subcommand)]
+    Udp(UdpCommand),
+    /// The upper-case echo service (the lesson's socketserver example) and its client.
+    #[command(subcommand)]
+    Echo(EchoCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UdpCommand {
+    /// Answer every datagram (hi, like the lesson, unless told otherwise).
+    Serve(UdpServeArgs),
+    /// Send a datagram and wait for the reply, with timeout and retries; --count for a ping-like run.
+    Send(UdpSendArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EchoCommand {
+    /// Answer each line upper-cased.
+    Serve(EchoServeArgs),
+    /// Send messages (arguments, or stdin lines) and print the replies.
+    Send(EchoSendArgs),
+}
+
+/// Policy of the server framework, shared by every TCP service.
+#[derive(Debug, clap::Args)]
+pub struct FrameworkArgs {
+    /// Connections served at once; more clients wait their turn.
+    #[arg(long, default_value_t = 512)]
+    pub max_connections: usize,
+    /// Seconds a client may stay silent before its connection is closed.
+    #[arg(long, default_value_t = 300.0)]
+    pub idle_timeout: f64,
+    /// On Ctrl-C/SIGTERM, seconds to let connections finish before cancelling them.
+    #[arg(long, default_value_t = 30.0)]
+    pub shutdown_grace: f64,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group = clap::ArgGroup::new("mode").multiple(false))]
+pub struct UdpServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    pub addr: SocketAddr,
+    /// Reply with the datagram itself.
+    #[arg(long, group = "mode")]
+    pub echo: bool,
+    /// Reply with the datagram upper-cased.
+    #[arg(long, group = "mode")]
+    pub upper: bool,
+    /// Reply with this text.
+    #[arg(long, group = "mode", value_name = "TEXT")]
+    pub reply: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UdpSendArgs {
+    /// [HOST:PORT] [MESSAGE]: the server (default 127.0.0.1:9000) and the message (default hello).
+    /// A single argument is the server if it is an IP:port, else the message.
+    #[arg(num_args = 0..=2, value_name = "ARGS")]
+    pub args: Vec<String>,
+    /// Requests to make, one after another.
+    #[arg(long, default_value_t = 1)]
+    pub count: u64,
+    /// Milliseconds to pause between requests.
+    #[arg(long, default_value_t = 0)]
+    pub interval: u64,
+    /// Milliseconds to wait for each reply.
+    #[arg(long, default_value_t = 1000)]
+    pub timeout: u64,
+    /// Extra transmissions of a request that got no reply.
+    #[arg(long, default_value_t = 2)]
+    pub retries: u32,
+    /// Payload size in bytes: the message repeated (or cut) to this length.
+    #[arg(long, value_parser = parse_size)]
+    pub size: Option<u64>,
+    /// One JSON object per line on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EchoServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:9999")]
+    pub addr: SocketAddr,
+    /// Longest accepted line (e.g. 4M); a longer one gets an ERROR line and the connection closes.
+    #[arg(long, value_parser = parse_size, default_value = "4M")]
+    pub max_line: u64,
+    /// Behave exactly like the lesson: one message per connection, reply without newline.
+    #[arg(long)]
+    pub lesson: bool,
+    #[command(flatten)]
+    pub framework: FrameworkArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EchoSendArgs {
+    /// [HOST:PORT] [MESSAGE...]: the server (default 127.0.0.1:9999; recognised when it is an
+    /// IP:port) and messages; with no message, stdin lines are sent one by one.
+    #[arg(value_name = "ARGS")]
+    pub args: Vec<String>,
+    /// Longest accepted reply line.
+    #[arg(long, value_parser = parse_size, default_value = "4M")]
+    pub max_line: u64,
+    /// Seconds to wait for the connection to open.
+    #[arg(long, default_value_t = 10.0)]
+    pub connect_timeout: f64,
+    /// Seconds to wait for each reply.
+    #[arg(long, default_value_t = 30.0)]
+    pub timeout: f64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -43,15 +154,8 @@ pub struct ServeArgs {
     /// Refuse files larger than this (e.g. 500M, 4G); checked before any byte is written.
     #[arg(long, value_parser = parse_size)]
     pub max_file_size: Option<u64>,
-    /// Connections served at once; more clients wait their turn.
-    #[arg(long, default_value_t = 512)]
-    pub max_connections: usize,
-    /// Seconds a client may stay silent before its connection is closed.
-    #[arg(long, default_value_t = 300.0)]
-    pub idle_timeout: f64,
-    /// On Ctrl-C/SIGTERM, seconds to let transfers in flight finish before cancelling them.
-    #[arg(long, default_value_t = 30.0)]
-    pub shutdown_grace: f64,
+    #[command(flatten)]
+    pub framework: FrameworkArgs,
     /// Do not fsync files before publishing them (faster; a power loss may then lose data).
     #[arg(long)]
     pub no_fsync: bool,
@@ -107,6 +211,16 @@ pub enum ProgressMode {
     Never,
 }
 
+/// Splits `[HOST:PORT] REST...`: the first argument is an address if it parses as an IP:port.
+pub fn split_target(args: &[String], default: &str) -> (String, Vec<String>) {
+    match args.split_first() {
+        Some((first, rest)) if first.parse::<SocketAddr>().is_ok() => {
+            (first.clone(), rest.to_vec())
+        }
+        _ => (default.to_owned(), args.to_vec()),
+    }
+}
+
 /// Parses `123`, `64K`, `500M`, `4G`, `1T` (binary multiples; an optional `B`/`iB` is allowed).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let upper = s.trim().to_ascii_uppercase();
@@ -137,6 +251,24 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_target_recognises_addresses() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            split_target(&v(&["127.0.0.1:9", "hi"]), "d:1"),
+            ("127.0.0.1:9".into(), v(&["hi"]))
+        );
+        assert_eq!(
+            split_target(&v(&["[::1]:9"]), "d:1"),
+            ("[::1]:9".into(), v(&[]))
+        );
+        assert_eq!(
+            split_target(&v(&["hello"]), "d:1"),
+            ("d:1".into(), v(&["hello"]))
+        );
+        assert_eq!(split_target(&v(&[]), "d:1"), ("d:1".into(), v(&[])));
+    }
 
     #[test]
     fn parse_size_units() {

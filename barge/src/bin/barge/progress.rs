@@ -3,7 +3,7 @@
 
 use std::io::IsTerminal;
 
-use barge::client::Event;
+use barge::client::upload::Event;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::args::ProgressMode;
@@ -78,5 +78,18 @@ pub fn printable(name: &str) -> String {
         name.escape_debug().to_string()
     } else {
         name.to_owned()
+    }
+}
+
+/// Bytes from a peer made safe to print: text as is when it is UTF-8 without control characters,
+/// otherwise escaped; cut after `max` characters.
+pub fn printable_bytes(bytes: &[u8], max: usize) -> String {
+    let text = match std::str::from_utf8(bytes) {
+        Ok(s) => printable(s),
+        Err(_) => bytes.escape_ascii().to_string(),
+    };
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}... ({} bytes)", &text[..cut], bytes.len()),
+        None => text,
     }
 }

@@ -1,4 +1,4 @@
-//! Sending files in the lesson's format: header then body, file after file on one connection.
+//! Uploading files in the lesson's format: header then body, file after file on one connection.
 //! Reports progress as [`Event`]s and never prints; the binary decides how to show them.
 //!
 //! The file is read on a blocking thread in large chunks (the lesson read it line by line: ~4 M

@@ -7,6 +7,11 @@
 //! ("finish what you are doing, take nothing new"); handlers still running after
 //! [`ServerConfig::shutdown_grace`] are then dropped, which runs their destructors (an unfinished
 //! upload removes its temporary file).
+//!
+//! [`datagram`] is the same split for UDP: the framework receives and sends, a handler computes
+//! replies.
+
+pub mod datagram;
 
 use std::fmt::Display;
 use std::future::Future;

@@ -1,0 +1,135 @@
+//! `barge serve`, `barge send` and `barge pick`: the lesson's big-file upload.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use barge::client::upload::{self, ClientError, LegacySender, Outgoing};
+use barge::pick::{self, Choice};
+use barge::server;
+use barge::service::upload::UploadService;
+use barge::storage::{OnConflict, Storage, StorageConfig};
+use std::io::Write;
+
+use tokio::io::AsyncBufReadExt;
+use tokio::net::TcpStream;
+
+use crate::args::{ClientArgs, Conflict, PickArgs, SendArgs, ServeArgs};
+use crate::progress::{self, Renderer};
+use crate::{exit, seconds};
+
+pub async fn serve(a: ServeArgs) -> Result<u8> {
+    let storage = Storage::open(StorageConfig {
+        on_conflict: match a.on_conflict {
+            Conflict::Rename => OnConflict::Rename,
+            Conflict::Overwrite => OnConflict::Overwrite,
+            Conflict::Fail => OnConflict::Fail,
+        },
+        max_file_size: a.max_file_size,
+        fsync: !a.no_fsync,
+        ..StorageConfig::new(&a.dir)
+    })
+    .with_context(|| format!("cannot use {} for storage", a.dir.display()))?;
+    let config = crate::server_config(&a.framework)?;
+    let dir = std::fs::canonicalize(storage.dir()).unwrap_or_else(|_| storage.dir().to_owned());
+    let listener = crate::listen(a.addr, &format!(", storing files in {}", dir.display()))?;
+    server::serve(
+        listener,
+        Arc::new(UploadService::new(storage)),
+        config,
+        server::shutdown_signal(),
+    )
+    .await;
+    Ok(exit::SUCCESS)
+}
+
+async fn connect(c: &ClientArgs) -> Result<barge::net::IdleTimeout<TcpStream>> {
+    let stream = barge::net::connect(&c.to, seconds(c.connect_timeout, "--connect-timeout")?)
+        .await
+        .map_err(|source| ClientError::Connect {
+            addr: c.to.clone(),
+            source,
+        })?;
+    Ok(barge::net::IdleTimeout::new(
+        stream,
+        seconds(c.timeout, "--timeout")?,
+    ))
+}
+
+pub async fn send(a: SendArgs) -> Result<u8> {
+    // Check every file before connecting, so a typo fails fast and sends nothing.
+    let files = a
+        .files
+        .iter()
+        .map(|p| Outgoing::open(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let stream = connect(&a.client).await?;
+    let mut renderer = Renderer::new(a.client.progress);
+    upload::send_files(stream, files, |e| renderer.on_event(e)).await?;
+    Ok(exit::SUCCESS)
+}
+
+pub async fn pick(a: PickArgs) -> Result<u8> {
+    let entries =
+        pick::list_files(&a.dir).with_context(|| format!("cannot list {}", a.dir.display()))?;
+    if entries.is_empty() {
+        bail!("{} has no files to upload", a.dir.display());
+    }
+    let mut renderer = Renderer::new(a.client.progress);
+    // Connect first, as the lesson does, so an unreachable server is reported before any question.
+    let mut sender = Some(LegacySender::new(connect(&a.client).await?));
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut out = std::io::stdout();
+    loop {
+        for (i, e) in entries.iter().enumerate() {
+            writeln!(
+                out,
+                "{} {} ({})",
+                i + 1,
+                progress::printable(&e.name),
+                indicatif::HumanBytes(e.size)
+            )?;
+        }
+        write!(out, "please choose a file to upload (q to quit)>>>: ")?;
+        out.flush()?;
+        let Some(line) = lines.next_line().await? else {
+            writeln!(out)?;
+            break;
+        };
+        let index = match pick::parse_choice(&line, entries.len()) {
+            Ok(Choice::Quit) => break,
+            Ok(Choice::Index(i)) => i,
+            Err(e) => {
+                writeln!(out, "{e}")?;
+                continue;
+            }
+        };
+        if let Err(e) =
+            upload_one(&a.client, &mut sender, &entries[index].path, &mut renderer).await
+        {
+            // The connection is gone; the next choice opens a new one.
+            sender = None;
+            eprintln!("barge: error: {}", crate::describe(&e));
+        }
+    }
+    if let Some(sender) = sender {
+        sender.finish().await?;
+    }
+    Ok(exit::SUCCESS)
+}
+
+async fn upload_one(
+    c: &ClientArgs,
+    sender: &mut Option<LegacySender<barge::net::IdleTimeout<TcpStream>>>,
+    path: &Path,
+    renderer: &mut Renderer,
+) -> Result<()> {
+    let file = Outgoing::open(path)?;
+    if sender.is_none() {
+        *sender = Some(LegacySender::new(connect(c).await?));
+    }
+    if let Some(s) = sender.as_mut() {
+        s.send(file, &mut |e| renderer.on_event(e)).await?;
+    }
+    Ok(())
+}

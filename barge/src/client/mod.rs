@@ -1,0 +1,6 @@
+//! barge's clients, one module per service. They report what happens as values or events and
+//! never print: the binary decides how things look.
+
+pub mod echo;
+pub mod udp;
+pub mod upload;
