@@ -101,7 +101,11 @@ fn send_to_unreachable_server_fails_clearly() {
         .arg("send")
         .arg(&f)
         .args(["--to", &format!("127.0.0.1:{port}")]));
-    assert_eq!(out.status.code(), Some(3), "unreachable has its own exit code");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "unreachable has its own exit code"
+    );
     let err = text(&out.stderr);
     assert!(err.contains("cannot connect to 127.0.0.1:"), "{err}");
     assert_eq!(
