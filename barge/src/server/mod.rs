@@ -15,11 +15,13 @@ pub mod datagram;
 
 use std::fmt::Display;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -58,6 +60,23 @@ pub struct Connection<S> {
     pub peer: SocketAddr,
     /// Cancelled when the server is shutting down: finish the current request, start no new one.
     pub shutdown: CancellationToken,
+}
+
+impl<S: AsyncRead + Unpin> Connection<S> {
+    /// Reads more bytes into `buf` (reserving `reserve` first). Between requests — `buf` empty —
+    /// a shutdown request ends the wait with `Ok(None)`; inside a request reading carries on, so the
+    /// request can finish. `Ok(Some(0))` is the end of the stream.
+    pub async fn read_more(
+        &mut self,
+        buf: &mut BytesMut,
+        reserve: usize,
+    ) -> io::Result<Option<usize>> {
+        buf.reserve(reserve);
+        tokio::select! {
+            n = self.stream.read_buf(buf) => n.map(Some),
+            () = self.shutdown.cancelled(), if buf.is_empty() => Ok(None),
+        }
+    }
 }
 
 /// Serves one connection. One value is shared by every connection of a server.

@@ -10,7 +10,7 @@
 
 use barge_proto::line::{LineDecoder, LineError, upper_in_place};
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
 use crate::server::{Connection, Handler};
@@ -65,15 +65,10 @@ impl EchoService {
 impl Handler for EchoService {
     type Error = EchoError;
 
-    async fn handle<S>(&self, conn: Connection<S>) -> Result<(), EchoError>
+    async fn handle<S>(&self, mut conn: Connection<S>) -> Result<(), EchoError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let Connection {
-            mut stream,
-            shutdown,
-            ..
-        } = conn;
         let mut decoder = LineDecoder::new(self.config.max_line);
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut answered = 0u64;
@@ -81,22 +76,19 @@ impl Handler for EchoService {
             let line = match decoder.decode(&mut buf) {
                 Ok(Some(line)) => Some(line),
                 Ok(None) => {
-                    buf.reserve(READ_CHUNK);
-                    let n = tokio::select! {
-                        n = stream.read_buf(&mut buf) => n?,
-                        () = shutdown.cancelled(), if buf.is_empty() => return Ok(()),
-                    };
-                    if n > 0 {
-                        continue;
+                    match conn.read_more(&mut buf, READ_CHUNK).await? {
+                        None => return Ok(()), // shutting down between messages
+                        Some(0) => {}
+                        Some(_) => continue,
                     }
                     // End of input: a last line without newline still gets its answer.
                     match decoder.decode_eof(&mut buf) {
                         Ok(Some(line)) => Some(line),
                         Ok(None) => None,
-                        Err(e) => return refuse(&mut stream, e).await,
+                        Err(e) => return refuse(&mut conn.stream, e).await,
                     }
                 }
-                Err(e) => return refuse(&mut stream, e).await,
+                Err(e) => return refuse(&mut conn.stream, e).await,
             };
             let Some(mut line) = line else {
                 debug!(answered, "end of input");
@@ -106,12 +98,14 @@ impl Handler for EchoService {
             if self.config.lesson {
                 let mut reply = line.trim_ascii().to_vec();
                 upper_in_place(&mut reply);
-                stream.write_all(&reply).await?;
-                stream.shutdown().await?;
+                conn.stream.write_all(&reply).await?;
+                conn.stream.shutdown().await?;
                 return Ok(());
             }
             upper_in_place(&mut line);
-            stream.write_all_buf(&mut line.chain(&b"\n"[..])).await?;
+            conn.stream
+                .write_all_buf(&mut line.chain(&b"\n"[..]))
+                .await?;
         }
     }
 }

@@ -69,15 +69,10 @@ impl UploadService {
 impl Handler for UploadService {
     type Error = UploadError;
 
-    async fn handle<S>(&self, conn: Connection<S>) -> Result<(), UploadError>
+    async fn handle<S>(&self, mut conn: Connection<S>) -> Result<(), UploadError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let Connection {
-            mut stream,
-            shutdown,
-            ..
-        } = conn;
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut decoder = Decoder::new();
         loop {
@@ -90,10 +85,8 @@ impl Handler for UploadService {
                         Frame::Body(_) | Frame::End => unreachable_frame()?,
                     }
                 }
-                buf.reserve(READ_CHUNK);
-                let n = tokio::select! {
-                    n = stream.read_buf(&mut buf) => n?,
-                    () = shutdown.cancelled(), if buf.is_empty() => return Ok(()),
+                let Some(n) = conn.read_more(&mut buf, READ_CHUNK).await? else {
+                    return Ok(()); // shutting down between uploads
                 };
                 if n == 0 {
                     return if buf.is_empty() {
@@ -103,7 +96,14 @@ impl Handler for UploadService {
                     };
                 }
             };
-            receive_body(&self.storage, &mut stream, &mut buf, &mut decoder, header).await?;
+            receive_body(
+                &self.storage,
+                &mut conn.stream,
+                &mut buf,
+                &mut decoder,
+                header,
+            )
+            .await?;
         }
     }
 }

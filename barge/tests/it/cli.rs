@@ -9,28 +9,12 @@ use crate::support::*;
 
 /// `barge serve` on an ephemeral port; returns the process and the address it printed.
 fn spawn_serve(dir: &Path, extra: &[&str]) -> (ChildGuard, SocketAddr) {
-    let mut child = barge()
-        .args(["serve", "--addr", "127.0.0.1:0", "--no-fsync", "--dir"])
+    let mut cmd = barge();
+    cmd.args(["serve", "--addr", "127.0.0.1:0", "--no-fsync", "--dir"])
         .arg(dir)
         .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn barge serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let guard = ChildGuard(child);
-    let mut line = String::new();
-    // Blocks until the server has bound its port; a server that died yields EOF.
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read serve stdout");
-    let addr = line
-        .strip_prefix("barge: listening on ")
-        .and_then(|rest| rest.split(',').next())
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .expect("address");
-    (guard, addr)
+        .stderr(Stdio::null());
+    spawn_announced(cmd)
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -215,27 +199,15 @@ fn accept_errors_back_off_and_the_server_recovers() {
 
     let inbox = tempfile::tempdir().unwrap();
     // A low descriptor limit makes accept() fail with EMFILE once enough clients are connected.
-    let mut child = Command::new("prlimit")
-        .arg("--nofile=64:64")
+    let mut cmd = Command::new("prlimit");
+    cmd.arg("--nofile=64:64")
         .arg(env!("CARGO_BIN_EXE_barge"))
         .args(["serve", "--addr", "127.0.0.1:0", "--no-fsync", "--dir"])
         .arg(inbox.path())
         .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("prlimit runs barge");
-    let stdout = child.stdout.take().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut server = ChildGuard(child);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let addr: SocketAddr = line
-        .strip_prefix("barge: listening on ")
-        .and_then(|r| r.split(',').next())
-        .unwrap_or_else(|| panic!("{line:?}"))
-        .parse()
-        .unwrap();
+        .stderr(Stdio::piped());
+    let (mut server, addr) = spawn_announced(cmd);
+    let stderr = server.0.stderr.take().unwrap();
     let (log_tx, log_rx) = mpsc::channel();
     std::thread::spawn(move || {
         for l in BufReader::new(stderr).lines().map_while(Result::ok) {

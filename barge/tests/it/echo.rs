@@ -1,7 +1,7 @@
 //! The upper-case echo service: line framing, limits, garbage, concurrency, idle timeout, the CLI,
 //! and the lesson's socketserver programs in both directions.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
@@ -175,24 +175,11 @@ async fn a_message_with_a_newline_is_refused_by_the_client() {
 }
 
 fn spawn_echo_serve(extra: &[&str]) -> (ChildGuard, SocketAddr) {
-    let mut child = barge()
-        .args(["echo", "serve", "--addr", "127.0.0.1:0"])
+    let mut cmd = barge();
+    cmd.args(["echo", "serve", "--addr", "127.0.0.1:0"])
         .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let guard = ChildGuard(child);
-    let mut line = String::new();
-    BufReader::new(out).read_line(&mut line).unwrap();
-    let addr = line
-        .strip_prefix("barge: listening on ")
-        .and_then(|r| r.split(',').next())
-        .unwrap_or_else(|| panic!("{line:?}"))
-        .parse()
-        .unwrap();
-    (guard, addr)
+        .stderr(Stdio::null());
+    spawn_announced(cmd)
 }
 
 #[test]

@@ -265,6 +265,28 @@ pub fn barge() -> Command {
     cmd
 }
 
+/// Spawns a barge server command (with `--addr 127.0.0.1:0` or similar already in it) and reads
+/// the address it announces on its first stdout line. Stderr is left as the caller set it.
+pub fn spawn_announced(mut cmd: Command) -> (ChildGuard, SocketAddr) {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd.stdout(Stdio::piped()).spawn().expect("spawn barge");
+    let stdout = child.stdout.take().expect("stdout");
+    let guard = ChildGuard(child);
+    let mut line = String::new();
+    // Blocks until the server has bound its port; a server that died yields EOF.
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read server stdout");
+    let addr = line
+        .split_once("listening on ")
+        .and_then(|(_, rest)| rest.split(',').next())
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .trim()
+        .parse()
+        .expect("address");
+    (guard, addr)
+}
+
 /// A port that was free a moment ago, for peers (the lesson's programs) that cannot bind port 0
 /// and report it.
 pub fn free_port() -> u16 {

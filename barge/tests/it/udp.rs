@@ -195,25 +195,11 @@ fn free_udp_port() -> u16 {
 }
 
 fn spawn_udp_serve(extra: &[&str]) -> (ChildGuard, SocketAddr) {
-    use std::io::{BufRead, BufReader};
-    let mut child = barge()
-        .args(["udp", "serve", "--addr", "127.0.0.1:0"])
+    let mut cmd = barge();
+    cmd.args(["udp", "serve", "--addr", "127.0.0.1:0"])
         .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let guard = ChildGuard(child);
-    let mut line = String::new();
-    BufReader::new(out).read_line(&mut line).unwrap();
-    let addr = line
-        .strip_prefix("barge: udp listening on ")
-        .and_then(|r| r.split(',').next())
-        .unwrap_or_else(|| panic!("{line:?}"))
-        .parse()
-        .unwrap();
-    (guard, addr)
+        .stderr(Stdio::null());
+    spawn_announced(cmd)
 }
 
 #[test]
