@@ -8,6 +8,8 @@
 //! - [`name`]: the rule that turns a peer-supplied file name into one safe path component.
 //! - [`line`]: newline-delimited messages with a length cap (the echo service).
 //! - [`datagram`]: UDP payload limits and fragmentation.
+//! - [`wire`]: barge's own protocol (v1): preface, frames, requests and replies.
+//! - [`tree`]: BLAKE3 over 1 MiB chunks: per-chunk chaining values and the file digest.
 //!
 //! # Limits
 //! | what | limit | why |
@@ -22,3 +24,5 @@ pub mod datagram;
 pub mod legacy;
 pub mod line;
 pub mod name;
+pub mod tree;
+pub mod wire;

@@ -18,6 +18,7 @@
 //! [i32 little-endian JSON length][JSON {"file_name", "file_size", "msg"}][file_size raw bytes]
 //! ```
 
+pub mod chunks;
 pub mod client;
 pub mod net;
 pub mod pick;

@@ -2,5 +2,6 @@
 //! [`crate::server::Handler`] (TCP), [`udp`] on [`crate::server::datagram::DatagramHandler`].
 
 pub mod echo;
+pub mod transfer;
 pub mod udp;
 pub mod upload;

@@ -1,5 +1,6 @@
-//! The lesson's upload service: reads `[i32 LE length][JSON header][body]` uploads, one after
-//! another, from a connection and stores each through [`Storage`].
+//! The file service on barge's upload port. A connection's first four bytes tell which protocol it
+//! speaks: barge's own preface (see [`super::transfer`]), or the lesson's format,
+//! `[i32 LE length][JSON header][body]` uploads one after another, handled here.
 //!
 //! The lesson's format has no reply, so the only thing a receiver can do with a bad upload is log
 //! why and close the connection; the sender then sees its connection reset. Nothing of a refused or
@@ -8,6 +9,7 @@
 use std::time::Instant;
 
 use barge_proto::legacy::{DecodeError, Decoder, Frame, Header};
+use barge_proto::wire::MAGIC;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tracing::{info, warn};
@@ -48,21 +50,45 @@ pub enum UploadError {
         /// Body bytes declared.
         expected: u64,
     },
+    /// The peer broke barge's protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
     /// The connection failed (reset, idle timeout, ...).
     #[error("connection error: {0}")]
     Io(#[from] std::io::Error),
 }
 
-/// Receives uploads in the lesson's format into a [`Storage`].
+/// Receives uploads (barge's protocol or the lesson's) into a [`Storage`], and serves listings
+/// and downloads from it over barge's protocol.
 #[derive(Debug, Clone)]
 pub struct UploadService {
     storage: Storage,
+    downloads: bool,
 }
 
 impl UploadService {
-    /// A service storing into `storage`.
+    /// A service storing into `storage`, with listing and downloads allowed.
     pub fn new(storage: Storage) -> Self {
-        Self { storage }
+        Self {
+            storage,
+            downloads: true,
+        }
+    }
+
+    /// Allows or forbids listing and downloading.
+    pub fn with_downloads(mut self, allowed: bool) -> Self {
+        self.downloads = allowed;
+        self
+    }
+
+    /// The storage uploads go to.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// Whether listing and downloading are allowed.
+    pub fn downloads_allowed(&self) -> bool {
+        self.downloads
     }
 }
 
@@ -74,6 +100,28 @@ impl Handler for UploadService {
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        // Four bytes decide the protocol: barge's magic is never a valid lesson length prefix.
+        while buf.len() < MAGIC.len() {
+            match conn.read_more(&mut buf, READ_CHUNK).await? {
+                None => return Ok(()),
+                Some(0) if buf.is_empty() => return Ok(()),
+                Some(0) => return Err(UploadError::TruncatedHeader(buf.len())),
+                Some(_) => {}
+            }
+        }
+        if buf[..MAGIC.len()] == MAGIC {
+            return super::transfer::serve(self, conn, buf).await;
+        }
+        self.lesson(conn, buf).await
+    }
+}
+
+impl UploadService {
+    /// Serves the lesson's format; `buf` holds the first bytes already read.
+    async fn lesson<S>(&self, mut conn: Connection<S>, mut buf: BytesMut) -> Result<(), UploadError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
         let mut decoder = Decoder::new();
         loop {
             // Between uploads: a clean end of stream, or shutdown, ends the conversation.

@@ -142,10 +142,18 @@ impl TestServer {
         published(self.dir.path())
     }
 
-    /// Files in the state folder (unfinished uploads).
+    /// Temporary files of unfinished lesson-format uploads.
     pub fn temp_files(&self) -> usize {
         std::fs::read_dir(self.dir.path().join(STATE_DIR))
             .expect("state dir")
+            .filter(|e| e.as_ref().expect("entry").path().is_file())
+            .count()
+    }
+
+    /// Files kept for resumable barge-protocol uploads.
+    pub fn partial_files(&self) -> usize {
+        std::fs::read_dir(self.dir.path().join(STATE_DIR).join("partial"))
+            .expect("partial dir")
             .count()
     }
 

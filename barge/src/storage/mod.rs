@@ -12,10 +12,16 @@
 //! uploads of the same name at once cannot both take it. A symlink in `DIR` is never followed:
 //! rename replaces or skips the link itself.
 
+mod resume;
+
+pub use resume::{Listing, ProbeResult, Upload, digest_of};
+
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use barge_proto::name::{NameError, validate_file_name};
 use bytes::Bytes;
@@ -53,6 +59,8 @@ pub struct StorageConfig {
     /// Flush file data and the directory entry to disk before reporting a file as stored, so a
     /// power loss cannot leave a published name with missing content.
     pub fsync: bool,
+    /// How long an interrupted resumable upload is kept for its sender to come back.
+    pub partial_ttl: Duration,
 }
 
 impl StorageConfig {
@@ -63,6 +71,7 @@ impl StorageConfig {
             on_conflict: OnConflict::default(),
             max_file_size: None,
             fsync: true,
+            partial_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -103,6 +112,21 @@ pub enum StorageError {
     /// The storage directory is not usable (e.g. its state folder is a symlink).
     #[error("storage directory unusable: {0}")]
     BadDirectory(String),
+    /// Data did not match its digest.
+    #[error("integrity check failed: {0}")]
+    Integrity(String),
+    /// A request that does not fit the transfer's state (wrong offset, chunk out of order).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The same resumable transfer is in progress elsewhere.
+    #[error("{0:?} is being transferred by another connection")]
+    Busy(String),
+    /// No such file or folder.
+    #[error("{0:?} not found")]
+    NotFound(String),
+    /// A path component exists but is not a real folder (a file, or a symlink).
+    #[error("{0:?} is not a folder")]
+    NotAFolder(String),
     /// Any other file-system failure.
     #[error("storage I/O error: {0}")]
     Io(#[from] io::Error),
@@ -119,6 +143,10 @@ struct Inner {
     config: StorageConfig,
     /// `dir/.barge`, where temporary files live until published.
     temp_dir: PathBuf,
+    /// `dir/.barge/partial`, where resumable uploads keep their data and verified chunk list.
+    partial_dir: PathBuf,
+    /// Keys of resumable transfers in progress: one writer per partial file.
+    busy: Mutex<HashSet<String>>,
 }
 
 /// A file published under its final name.
@@ -130,6 +158,8 @@ pub struct Stored {
     pub path: PathBuf,
     /// Its size in bytes.
     pub size: u64,
+    /// Its BLAKE3 digest, when the transfer computed one.
+    pub digest: Option<barge_proto::tree::Cv>,
 }
 
 impl Storage {
@@ -150,6 +180,18 @@ impl Storage {
                 temp_dir.display()
             )));
         }
+        let partial_dir = temp_dir.join("partial");
+        match std::fs::create_dir(&partial_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e.into()),
+        }
+        if !std::fs::symlink_metadata(&partial_dir)?.is_dir() {
+            return Err(StorageError::BadDirectory(format!(
+                "{} is not a directory",
+                partial_dir.display()
+            )));
+        }
         let mut stale = 0;
         for entry in std::fs::read_dir(&temp_dir)? {
             let entry = entry?;
@@ -164,9 +206,16 @@ impl Storage {
                 "removed unfinished uploads left by an earlier run"
             );
         }
-        Ok(Self {
-            inner: Arc::new(Inner { config, temp_dir }),
-        })
+        let storage = Self {
+            inner: Arc::new(Inner {
+                config,
+                temp_dir,
+                partial_dir,
+                busy: Mutex::new(HashSet::new()),
+            }),
+        };
+        storage.expire_partials()?;
+        Ok(storage)
     }
 
     /// The directory files are published in.
@@ -303,31 +352,42 @@ impl PartialFile {
         }
         let config = self.storage.inner.config.clone();
         let (name, size, temp) = (self.name, self.written, self.temp);
-        blocking(move || publish(&config, file, temp, name, size)).await?
+        blocking(move || {
+            if config.fsync {
+                file.sync_all()?;
+            }
+            drop(file);
+            publish(&config, &config.dir, temp, name, size)
+        })
+        .await?
     }
 }
 
+/// Renames a finished (and, if configured, already synced) temporary file to `name` in `dir`,
+/// following the conflict policy.
 fn publish(
     config: &StorageConfig,
-    file: File,
+    dir: &Path,
     temp: TempPath,
     name: String,
     size: u64,
 ) -> Result<Stored, StorageError> {
-    if config.fsync {
-        file.sync_all()?;
-    }
-    drop(file);
+    let stored = |name, path| Stored {
+        name,
+        path,
+        size,
+        digest: None,
+    };
     let stored = match config.on_conflict {
         OnConflict::Overwrite => {
-            let path = config.dir.join(&name);
+            let path = dir.join(&name);
             temp.persist(&path).map_err(|e| e.error)?;
-            Stored { name, path, size }
+            stored(name, path)
         }
         OnConflict::Fail => {
-            let path = config.dir.join(&name);
+            let path = dir.join(&name);
             match temp.persist_noclobber(&path) {
-                Ok(()) => Stored { name, path, size },
+                Ok(()) => stored(name, path),
                 Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {
                     return Err(StorageError::Conflict(name));
                 }
@@ -346,15 +406,9 @@ fn publish(
                 if n > MAX_RENAME_ATTEMPTS || validate_file_name(&candidate).is_err() {
                     return Err(StorageError::Conflict(name));
                 }
-                let path = config.dir.join(&candidate);
+                let path = dir.join(&candidate);
                 match temp.persist_noclobber(&path) {
-                    Ok(()) => {
-                        break Stored {
-                            name: candidate,
-                            path,
-                            size,
-                        };
-                    }
+                    Ok(()) => break stored(candidate, path),
                     Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => temp = e.path,
                     Err(e) => return Err(e.error.into()),
                 }
@@ -364,7 +418,7 @@ fn publish(
     };
     if config.fsync {
         // The rename itself is only durable once the directory is.
-        File::open(&config.dir)?.sync_all()?;
+        File::open(dir)?.sync_all()?;
     }
     Ok(stored)
 }
@@ -419,7 +473,16 @@ mod tests {
     }
 
     fn temp_files(dir: &Path) -> usize {
-        std::fs::read_dir(dir.join(STATE_DIR)).unwrap().count()
+        std::fs::read_dir(dir.join(STATE_DIR))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(TEMP_PREFIX)
+            })
+            .count()
     }
 
     #[tokio::test]

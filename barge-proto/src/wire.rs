@@ -1,0 +1,448 @@
+//! barge's own protocol, version 1: a preface, then typed, length-prefixed frames; requests and
+//! replies are JSON, file data travels in 1 MiB chunks each carrying its BLAKE3 chaining value.
+//! `docs/PROTOCOL.md` is the byte-level specification; its test vectors are checked against this
+//! module.
+//!
+//! ```text
+//! preface (8 bytes, each side once):  "BRG" 0xFF | version u16 BE | flags u16 BE (0)
+//! frame:                              kind u8 | length u32 BE | payload (length bytes)
+//!   kind 1 request  payload = JSON object, 1..=65536 bytes
+//!   kind 2 reply    payload = JSON object, 1..=65536 bytes
+//!   kind 3 data     payload = 32-byte chunk CV | chunk bytes (0..=1 MiB)
+//! ```
+//!
+//! The preface's first four bytes, read as the lesson's little-endian int32 length prefix, are
+//! negative (0xFF in the top byte), which no valid lesson upload starts with: a server tells the two
+//! formats apart from a connection's first four bytes.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use crate::tree::{CHUNK, Cv};
+
+/// The first four bytes of every barge v1 connection, in both directions.
+pub const MAGIC: [u8; 4] = *b"BRG\xff";
+/// Length of the preface: magic, version, flags.
+pub const PREFACE_LEN: usize = 8;
+/// The protocol version this code speaks.
+pub const VERSION: u16 = 1;
+/// Largest JSON payload of a request or reply.
+pub const MAX_JSON: usize = 65536;
+/// Largest data payload: a CV and one chunk.
+pub const MAX_DATA: usize = 32 + CHUNK as usize;
+/// Frame header: kind and length.
+pub const FRAME_HEADER: usize = 5;
+
+const KIND_REQUEST: u8 = 1;
+const KIND_REPLY: u8 = 2;
+const KIND_DATA: u8 = 3;
+
+/// Why bytes are not valid barge v1.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The preface does not start with [`MAGIC`].
+    #[error("not a barge connection (bad preface)")]
+    BadMagic,
+    /// An unknown frame kind.
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    /// A frame longer than its kind allows.
+    #[error("frame of kind {kind} is {len} bytes, over the limit of {max}")]
+    TooLong {
+        /// The frame kind.
+        kind: u8,
+        /// Its declared length.
+        len: u32,
+        /// The kind's limit.
+        max: usize,
+    },
+    /// A data frame too short to hold its CV, or an empty JSON frame.
+    #[error("frame of kind {kind} is too short ({len} bytes)")]
+    TooShort {
+        /// The frame kind.
+        kind: u8,
+        /// Its length.
+        len: u32,
+    },
+    /// A request or reply that is not valid JSON for its kind.
+    #[error("bad message: {0}")]
+    BadJson(String),
+}
+
+/// A request from client to server. Every request gets exactly one reply (a listing may span
+/// several reply frames, the last with `more: false`); `end` is part of its `put`, not a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// How much of `path` (of `size` bytes) is already kept from an interrupted upload.
+    Probe {
+        /// Request id, echoed in the reply.
+        id: u64,
+        /// Relative path, `/`-separated.
+        path: String,
+        /// The file's size.
+        size: u64,
+    },
+    /// Upload `path`: data frames from byte `from` (a chunk boundary) follow, then `end`.
+    Put {
+        /// Request id, echoed in the reply.
+        id: u64,
+        /// Relative path, `/`-separated.
+        path: String,
+        /// The file's size.
+        size: u64,
+        /// First byte sent: 0, or the offset a `probe` returned.
+        from: u64,
+    },
+    /// The last frame of a `put`: the whole file's BLAKE3 digest (hex).
+    End {
+        /// The `put`'s id.
+        id: u64,
+        /// BLAKE3 of the whole file, 64 hex digits.
+        digest: String,
+    },
+    /// Create a folder (and its parents).
+    Mkdir {
+        /// Request id.
+        id: u64,
+        /// Relative path.
+        path: String,
+    },
+    /// List a folder (or one file).
+    List {
+        /// Request id.
+        id: u64,
+        /// Relative path; empty for the top.
+        path: String,
+        /// Include everything below, with relative paths.
+        recursive: bool,
+    },
+    /// Download `path` from byte `from` (a chunk boundary).
+    Get {
+        /// Request id.
+        id: u64,
+        /// Relative path.
+        path: String,
+        /// First byte wanted.
+        from: u64,
+    },
+}
+
+impl Request {
+    /// The request's id.
+    pub fn id(&self) -> u64 {
+        match self {
+            Request::Probe { id, .. }
+            | Request::Put { id, .. }
+            | Request::End { id, .. }
+            | Request::Mkdir { id, .. }
+            | Request::List { id, .. }
+            | Request::Get { id, .. } => *id,
+        }
+    }
+}
+
+/// Outcome of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Done.
+    Ok,
+    /// Malformed or out-of-order request.
+    BadRequest,
+    /// A path component is not a safe name.
+    NameRejected,
+    /// Over the server's size limit.
+    TooLarge,
+    /// Not enough free space.
+    NoSpace,
+    /// The name exists and the server does not overwrite.
+    Conflict,
+    /// No such file or folder.
+    NotFound,
+    /// Data did not match its digest.
+    Integrity,
+    /// Not allowed on this server (downloads disabled).
+    Forbidden,
+    /// The same upload is in progress on another connection.
+    Busy,
+    /// Server-side failure.
+    Internal,
+}
+
+/// One entry of a listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Path relative to the listed folder, `/`-separated.
+    pub path: String,
+    /// True for a folder.
+    pub dir: bool,
+    /// Size in bytes (0 for folders).
+    pub size: u64,
+    /// Modification time, seconds since the Unix epoch.
+    pub mtime: i64,
+    /// BLAKE3 hex digest of a file (absent for folders).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+/// A reply. Which optional fields are present depends on the request (see PROTOCOL.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Reply {
+    /// The request's id.
+    pub id: u64,
+    /// Outcome.
+    pub status: Status,
+    /// Human-readable explanation of an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// probe: bytes already kept; put error: bytes verified so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// probe: digest of the kept chunks' CVs (see `tree::prefix_digest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// put: the final stored path (may differ after a conflict rename).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// put, get: size in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// put, get: BLAKE3 hex digest of the whole file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// get: modification time, seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime: Option<i64>,
+    /// list: a page of entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries: Option<Vec<Entry>>,
+    /// list: more pages follow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub more: Option<bool>,
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Status::Ok
+    }
+}
+
+impl Reply {
+    /// A success reply for `id` with no fields yet.
+    pub fn ok(id: u64) -> Self {
+        Self {
+            id,
+            ..Self::default()
+        }
+    }
+
+    /// An error reply.
+    pub fn error(id: u64, status: Status, message: impl Into<String>) -> Self {
+        Self {
+            id,
+            status,
+            message: Some(message.into()),
+            ..Self::default()
+        }
+    }
+}
+
+/// A decoded frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// A request (client to server).
+    Request(Request),
+    /// A reply (server to client).
+    Reply(Reply),
+    /// A chunk of file data and its chaining value.
+    Data {
+        /// BLAKE3 chaining value of the chunk at its position.
+        cv: Cv,
+        /// The chunk's bytes.
+        data: Bytes,
+    },
+}
+
+/// The preface for `version`.
+pub fn preface(version: u16) -> [u8; PREFACE_LEN] {
+    let mut p = [0u8; PREFACE_LEN];
+    p[..4].copy_from_slice(&MAGIC);
+    p[4..6].copy_from_slice(&version.to_be_bytes());
+    p
+}
+
+/// Parses a preface: `Ok(None)` if `buf` is shorter than [`PREFACE_LEN`], else the version.
+pub fn parse_preface(buf: &[u8]) -> Result<Option<u16>, WireError> {
+    if buf.len() >= MAGIC.len() && buf[..4] != MAGIC {
+        return Err(WireError::BadMagic);
+    }
+    if buf.len() < PREFACE_LEN {
+        return Ok(None);
+    }
+    Ok(Some(u16::from_be_bytes([buf[4], buf[5]])))
+}
+
+/// Appends a request frame.
+pub fn encode_request(req: &Request, dst: &mut impl BufMut) {
+    encode_json(KIND_REQUEST, req, dst);
+}
+
+/// Appends a reply frame.
+pub fn encode_reply(reply: &Reply, dst: &mut impl BufMut) {
+    encode_json(KIND_REPLY, reply, dst);
+}
+
+fn encode_json<T: Serialize>(kind: u8, msg: &T, dst: &mut impl BufMut) {
+    // Serialising these plain structs cannot fail; an empty object stands in if it ever did.
+    let json = serde_json::to_vec(msg).unwrap_or_else(|_| b"{}".to_vec());
+    dst.put_u8(kind);
+    dst.put_u32(json.len() as u32);
+    dst.put_slice(&json);
+}
+
+/// Appends a data frame's header and CV; the caller writes the `len` chunk bytes after it (so
+/// they need not be copied into the same buffer).
+pub fn encode_data_header(cv: &Cv, len: usize, dst: &mut impl BufMut) {
+    dst.put_u8(KIND_DATA);
+    dst.put_u32((32 + len) as u32);
+    dst.put_slice(cv);
+}
+
+/// Incremental frame decoder. `Ok(None)`: `buf` holds no complete frame and nothing was consumed.
+pub fn decode_frame(buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
+    let Some(head) = buf.get(..FRAME_HEADER) else {
+        return Ok(None);
+    };
+    let kind = head[0];
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+    let max = match kind {
+        KIND_REQUEST | KIND_REPLY => MAX_JSON,
+        KIND_DATA => MAX_DATA,
+        other => return Err(WireError::UnknownKind(other)),
+    };
+    if len as usize > max {
+        return Err(WireError::TooLong { kind, len, max });
+    }
+    let min = if kind == KIND_DATA { 32 } else { 1 };
+    if (len as usize) < min {
+        return Err(WireError::TooShort { kind, len });
+    }
+    if buf.len() < FRAME_HEADER + len as usize {
+        // Make room once for the whole frame rather than growing step by step.
+        buf.reserve(FRAME_HEADER + len as usize - buf.len());
+        return Ok(None);
+    }
+    buf.advance(FRAME_HEADER);
+    let payload = buf.split_to(len as usize);
+    let bad = |e: serde_json::Error| WireError::BadJson(e.to_string());
+    Ok(Some(match kind {
+        KIND_REQUEST => Frame::Request(serde_json::from_slice(&payload).map_err(bad)?),
+        KIND_REPLY => Frame::Reply(serde_json::from_slice(&payload).map_err(bad)?),
+        _ => {
+            let mut payload = payload.freeze();
+            let mut cv = [0u8; 32];
+            payload.copy_to_slice(&mut cv);
+            Frame::Data { cv, data: payload }
+        }
+    }))
+}
+
+/// Splits a `/`-separated relative path into components, each checked with
+/// [`crate::name::validate_file_name`]. The empty path is the top folder (no components).
+pub fn split_path(path: &str) -> Result<Vec<&str>, crate::name::NameError> {
+    if path.is_empty() {
+        return Ok(Vec::new());
+    }
+    path.split('/')
+        .map(crate::name::validate_file_name)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preface_is_never_a_lesson_length() {
+        let p = preface(VERSION);
+        let as_lesson = i32::from_le_bytes([p[0], p[1], p[2], p[3]]);
+        assert!(as_lesson <= 0 || as_lesson > 65536);
+        assert_eq!(parse_preface(&p), Ok(Some(1)));
+        assert_eq!(parse_preface(&p[..5]), Ok(None));
+        assert_eq!(parse_preface(b"GET / HTTP/1.1"), Err(WireError::BadMagic));
+    }
+
+    #[test]
+    fn frames_round_trip_split_at_every_byte() {
+        let mut wire = BytesMut::new();
+        let req = Request::Put {
+            id: 7,
+            path: "dir/荷官.mp4".into(),
+            size: 3,
+            from: 0,
+        };
+        encode_request(&req, &mut wire);
+        let cv = crate::tree::chunk_cv(0, b"abc");
+        encode_data_header(&cv, 3, &mut wire);
+        wire.put_slice(b"abc");
+        let reply = Reply {
+            offset: Some(0),
+            ..Reply::ok(7)
+        };
+        encode_reply(&reply, &mut wire);
+        let want = vec![
+            Frame::Request(req),
+            Frame::Data {
+                cv,
+                data: Bytes::from_static(b"abc"),
+            },
+            Frame::Reply(reply),
+        ];
+        for cut in 0..=wire.len() {
+            let mut buf = BytesMut::new();
+            let mut got = Vec::new();
+            for piece in [&wire[..cut], &wire[cut..]] {
+                buf.extend_from_slice(piece);
+                while let Some(f) = decode_frame(&mut buf).unwrap() {
+                    got.push(f);
+                }
+            }
+            assert_eq!(got, want, "cut {cut}");
+            assert!(buf.is_empty());
+        }
+    }
+
+    #[test]
+    fn lengths_are_bounded_before_buffering() {
+        let mut buf = BytesMut::from(&[1u8, 0, 1, 0, 1][..]);
+        assert!(matches!(
+            decode_frame(&mut buf),
+            Err(WireError::TooLong { .. })
+        ));
+        let mut buf = BytesMut::from(&[3u8, 0, 0, 0, 31][..]);
+        assert!(matches!(
+            decode_frame(&mut buf),
+            Err(WireError::TooShort { .. })
+        ));
+        let mut buf = BytesMut::from(&[9u8, 0, 0, 0, 1][..]);
+        assert_eq!(decode_frame(&mut buf), Err(WireError::UnknownKind(9)));
+        let mut buf = BytesMut::from(&[1u8, 0, 0, 0, 2, b'{', b'}'][..]);
+        assert!(matches!(decode_frame(&mut buf), Err(WireError::BadJson(_))));
+        let mut buf =
+            BytesMut::from(&br#"xxxxx{"op":"get","id":1,"path":"a","from":0,"evil":1}"#[..]);
+        buf[0] = 1;
+        let len = (buf.len() - 5) as u32;
+        buf[1..5].copy_from_slice(&len.to_be_bytes());
+        assert!(matches!(decode_frame(&mut buf), Err(WireError::BadJson(_))));
+    }
+
+    #[test]
+    fn split_path_validates_every_component() {
+        assert_eq!(split_path(""), Ok(vec![]));
+        assert_eq!(split_path("a/b.txt"), Ok(vec!["a", "b.txt"]));
+        for bad in ["../x", "a//b", "/abs", "a/./b", "a/", "a\\b/c"] {
+            assert!(split_path(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! The server side of barge's own protocol (v1) on an upload connection: verified, resumable
+//! uploads, folders, listings and downloads. Every request gets a reply; a refused upload's data
+//! frames are skipped up to its `end`, so a pipelining client's later files are still served.
+
+use std::time::Instant;
+
+use barge_proto::tree::{CHUNK, hex, parse_hex};
+use barge_proto::wire::{
+    self, Frame, MAX_JSON, PREFACE_LEN, Reply, Request, Status, VERSION, WireError,
+};
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tracing::{info, warn};
+
+use super::upload::{READ_CHUNK, UploadError, UploadService};
+use crate::server::Connection;
+use crate::storage::{StorageError, Upload};
+
+/// Listing entries are sent in pages whose JSON stays well inside [`MAX_JSON`].
+const PAGE_BUDGET: usize = MAX_JSON / 2;
+
+/// Where the conversation is between frames.
+enum State {
+    /// Between requests.
+    Idle,
+    /// Receiving the data of put `id`.
+    Receiving {
+        id: u64,
+        path: String,
+        upload: Upload,
+        started: Instant,
+        from: u64,
+    },
+    /// Put `id` was refused or failed (and its reply sent): its frames are dropped up to `end`.
+    Skipping { id: u64 },
+}
+
+/// The reply status for a storage error.
+pub fn status_of(e: &StorageError) -> Status {
+    match e {
+        StorageError::Name(_) => Status::NameRejected,
+        StorageError::TooLarge { .. } => Status::TooLarge,
+        StorageError::NoSpace { .. } => Status::NoSpace,
+        StorageError::Conflict(_) | StorageError::NotAFolder(_) => Status::Conflict,
+        StorageError::SizeMismatch { .. } | StorageError::BadRequest(_) => Status::BadRequest,
+        StorageError::Integrity(_) => Status::Integrity,
+        StorageError::Busy(_) => Status::Busy,
+        StorageError::NotFound(_) => Status::NotFound,
+        StorageError::BadDirectory(_) | StorageError::Io(_) => Status::Internal,
+    }
+}
+
+fn refusal(id: u64, e: &StorageError) -> Reply {
+    Reply::error(id, status_of(e), e.to_string())
+}
+
+/// Serves a connection that began with barge's preface; `buf` holds what was read so far.
+pub async fn serve<S>(
+    service: &UploadService,
+    mut conn: Connection<S>,
+    mut buf: BytesMut,
+) -> Result<(), UploadError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    while buf.len() < PREFACE_LEN {
+        if read(&mut conn, &mut buf, false).await? == 0 {
+            return Err(UploadError::TruncatedHeader(buf.len()));
+        }
+    }
+    let version = wire::parse_preface(&buf)?.unwrap_or(0);
+    buf.advance(PREFACE_LEN);
+    conn.stream.write_all(&wire::preface(VERSION)).await?;
+    if version < 1 {
+        send(
+            &mut conn,
+            &Reply::error(0, Status::BadRequest, "unsupported protocol version"),
+        )
+        .await?;
+        return Err(UploadError::Protocol(format!(
+            "client speaks version {version}"
+        )));
+    }
+    let mut state = State::Idle;
+    let result = converse(service, &mut conn, &mut buf, &mut state).await;
+    if let State::Receiving { upload, path, .. } = state {
+        // Connection lost mid-file: keep the verified part for a resume.
+        let kept = upload.verified();
+        upload.suspend().await;
+        info!(path = ?path, kept, "upload interrupted; resumable");
+    }
+    result
+}
+
+/// Reads more bytes; between requests a shutdown request ends the conversation (`Ok(0)` is then
+/// reported as a clean end by the caller's state).
+async fn read<S: AsyncRead + Unpin>(
+    conn: &mut Connection<S>,
+    buf: &mut BytesMut,
+    idle: bool,
+) -> Result<usize, UploadError> {
+    if idle {
+        Ok(conn.read_more(buf, READ_CHUNK).await?.unwrap_or(0))
+    } else {
+        buf.reserve(READ_CHUNK);
+        Ok(conn.stream.read_buf(buf).await?)
+    }
+}
+
+async fn send<S: AsyncWrite + Unpin>(
+    conn: &mut Connection<S>,
+    reply: &Reply,
+) -> Result<(), UploadError> {
+    let mut out = BytesMut::with_capacity(256);
+    wire::encode_reply(reply, &mut out);
+    conn.stream.write_all(&out).await?;
+    Ok(())
+}
+
+async fn converse<S>(
+    service: &UploadService,
+    conn: &mut Connection<S>,
+    buf: &mut BytesMut,
+    state: &mut State,
+) -> Result<(), UploadError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let storage = service.storage();
+    loop {
+        let frame = loop {
+            if let Some(frame) = wire::decode_frame(buf)? {
+                break frame;
+            }
+            let idle = matches!(state, State::Idle);
+            if read(conn, buf, idle).await? == 0 {
+                return if idle && buf.is_empty() {
+                    Ok(())
+                } else {
+                    Err(UploadError::Protocol(
+                        "connection closed inside a request".into(),
+                    ))
+                };
+            }
+        };
+        match frame {
+            Frame::Data { cv, data } => match state {
+                State::Receiving { upload, id, .. } => {
+                    if let Err(e) = upload.write_chunk(cv, data).await {
+                        let mut reply = refusal(*id, &e);
+                        reply.offset = Some(upload.verified());
+                        warn!(error = %e, "upload failed; skipping its remaining data");
+                        send(conn, &reply).await?;
+                        let id = *id;
+                        if let State::Receiving { upload, .. } =
+                            std::mem::replace(state, State::Skipping { id })
+                        {
+                            upload.suspend().await;
+                        }
+                    }
+                }
+                State::Skipping { .. } => {}
+                State::Idle => return Err(UploadError::Protocol("data outside an upload".into())),
+            },
+            Frame::Reply(_) => return Err(UploadError::Protocol("a client sent a reply".into())),
+            Frame::Request(Request::End { id, digest }) => {
+                match std::mem::replace(state, State::Idle) {
+                    State::Receiving {
+                        id: put_id,
+                        path,
+                        upload,
+                        started,
+                        from,
+                    } if put_id == id => {
+                        let Some(digest) = parse_hex(&digest) else {
+                            send(
+                                conn,
+                                &Reply::error(
+                                    id,
+                                    Status::BadRequest,
+                                    "digest is not 64 hex digits",
+                                ),
+                            )
+                            .await?;
+                            upload.suspend().await;
+                            continue;
+                        };
+                        let reply = match upload.commit(digest).await {
+                            Ok(stored) => {
+                                let secs = started.elapsed().as_secs_f64();
+                                let final_path = match path.rsplit_once('/') {
+                                    Some((dir, _)) => format!("{dir}/{}", stored.name),
+                                    None => stored.name.clone(),
+                                };
+                                info!(
+                                    path = ?final_path,
+                                    bytes = stored.size,
+                                    resumed_from = from,
+                                    secs = format_args!("{secs:.3}"),
+                                    mb_per_s = format_args!("{:.1}", (stored.size - from) as f64 / secs.max(1e-9) / 1e6),
+                                    digest = %hex(&digest),
+                                    "upload complete"
+                                );
+                                Reply {
+                                    path: Some(final_path),
+                                    size: Some(stored.size),
+                                    digest: Some(hex(&digest)),
+                                    ..Reply::ok(id)
+                                }
+                            }
+                            Err(e) => {
+                                warn!(path = ?path, error = %e, "upload not stored");
+                                refusal(id, &e)
+                            }
+                        };
+                        send(conn, &reply).await?;
+                    }
+                    State::Skipping { id: skip_id } if skip_id == id => {}
+                    other => {
+                        *state = other;
+                        send(
+                            conn,
+                            &Reply::error(id, Status::BadRequest, "end without a matching put"),
+                        )
+                        .await?;
+                    }
+                }
+            }
+            Frame::Request(req) if !matches!(state, State::Idle) => {
+                return Err(UploadError::Protocol(format!(
+                    "request {} inside an upload",
+                    req.id()
+                )));
+            }
+            Frame::Request(Request::Probe { id, path, size }) => {
+                let reply = match storage.probe(&path, size, "").await {
+                    Ok(p) => Reply {
+                        offset: Some(p.offset),
+                        prefix: Some(hex(&p.prefix)),
+                        ..Reply::ok(id)
+                    },
+                    Err(e) => refusal(id, &e),
+                };
+                send(conn, &reply).await?;
+            }
+            Frame::Request(Request::Put {
+                id,
+                path,
+                size,
+                from,
+            }) => {
+                let begun = if from % CHUNK != 0 && from != size || from > size {
+                    Err(StorageError::BadRequest(format!(
+                        "cannot start at byte {from}"
+                    )))
+                } else {
+                    storage.begin_upload(&path, size, "", from).await
+                };
+                match begun {
+                    Ok(upload) => {
+                        *state = State::Receiving {
+                            id,
+                            path,
+                            upload,
+                            started: Instant::now(),
+                            from,
+                        };
+                    }
+                    Err(e) => {
+                        warn!(path = ?path, size, error = %e, "upload refused");
+                        send(conn, &refusal(id, &e)).await?;
+                        *state = State::Skipping { id };
+                    }
+                }
+            }
+            Frame::Request(Request::Mkdir { id, path }) => {
+                let reply = match storage.mkdir(&path).await {
+                    Ok(()) => Reply::ok(id),
+                    Err(e) => refusal(id, &e),
+                };
+                send(conn, &reply).await?;
+            }
+            Frame::Request(Request::List {
+                id,
+                path,
+                recursive,
+            }) => {
+                if !service.downloads_allowed() {
+                    send(
+                        conn,
+                        &Reply::error(id, Status::Forbidden, "listing is disabled on this server"),
+                    )
+                    .await?;
+                    continue;
+                }
+                match storage.list(&path, recursive).await {
+                    Ok(entries) => send_listing(conn, id, entries).await?,
+                    Err(e) => send(conn, &refusal(id, &e)).await?,
+                }
+            }
+            Frame::Request(Request::Get { id, path, from }) => {
+                if !service.downloads_allowed() {
+                    send(
+                        conn,
+                        &Reply::error(
+                            id,
+                            Status::Forbidden,
+                            "downloads are disabled on this server",
+                        ),
+                    )
+                    .await?;
+                    continue;
+                }
+                send_file(conn, storage, id, &path, from).await?;
+            }
+        }
+    }
+}
+
+async fn send_listing<S: AsyncWrite + Unpin>(
+    conn: &mut Connection<S>,
+    id: u64,
+    entries: Vec<wire::Entry>,
+) -> Result<(), UploadError> {
+    let mut rest = entries.into_iter().peekable();
+    // Always at least one page, so an empty folder gets its reply too.
+    loop {
+        let mut page = Vec::new();
+        let mut page_bytes = 0;
+        while let Some(e) = rest.next_if(|_| page_bytes < PAGE_BUDGET) {
+            page_bytes += e.path.len() * 6 + 160; // worst case: every byte escaped as \uXXXX
+            page.push(e);
+        }
+        let more = rest.peek().is_some();
+        let reply = Reply {
+            entries: Some(page),
+            more: Some(more),
+            ..Reply::ok(id)
+        };
+        send(conn, &reply).await?;
+        if !more {
+            return Ok(());
+        }
+    }
+}
+
+async fn send_file<S: AsyncWrite + Unpin>(
+    conn: &mut Connection<S>,
+    storage: &crate::storage::Storage,
+    id: u64,
+    path: &str,
+    from: u64,
+) -> Result<(), UploadError> {
+    let (file, size, mtime, digest) = match storage.open_read(path).await {
+        Ok(opened) => opened,
+        Err(e) => return send(conn, &refusal(id, &e)).await,
+    };
+    if from > size || (from % CHUNK != 0 && from != size) {
+        let reply = Reply::error(
+            id,
+            Status::BadRequest,
+            format!("cannot start at byte {from}"),
+        );
+        return send(conn, &reply).await;
+    }
+    let reply = Reply {
+        size: Some(size),
+        digest: Some(hex(&digest)),
+        mtime: Some(mtime),
+        offset: Some(from),
+        ..Reply::ok(id)
+    };
+    send(conn, &reply).await?;
+    let started = Instant::now();
+    let mut chunks = crate::chunks::read_chunks(file, size, from);
+    let mut head = BytesMut::with_capacity(64);
+    while let Some(chunk) = chunks.recv().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                // Mid-stream the only honest thing left is to stop: the client sees a short file.
+                return Err(UploadError::Io(e));
+            }
+        };
+        head.clear();
+        wire::encode_data_header(&chunk.cv, chunk.data.len(), &mut head);
+        let mut data = chunk.data;
+        conn.stream
+            .write_all_buf(&mut (&mut head).chain(&mut data))
+            .await?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    info!(path = ?path, bytes = size - from, from, secs = format_args!("{secs:.3}"), "download complete");
+    Ok(())
+}
+
+impl From<WireError> for UploadError {
+    fn from(e: WireError) -> Self {
+        UploadError::Protocol(e.to_string())
+    }
+}

@@ -1,0 +1,768 @@
+//! Resumable, verified transfers into a storage directory, and the read side (listing, reading,
+//! digests) that downloads use.
+//!
+//! A resumable transfer lives in `.barge/partial/` under a key derived from its relative path, size
+//! and a tag (a download's expected digest):
+//! ```text
+//! KEY.part   the data received so far (chunks at their offsets)
+//! KEY.cvs    the 32-byte chaining values of the verified chunks, in order: the resume point
+//! KEY.meta   the path and size, for people looking at the folder
+//! ```
+//! One writer thread per transfer verifies each chunk against its CV, writes it, and at every
+//! checkpoint makes the data durable *before* appending the CVs that vouch for it, so after a crash
+//! `KEY.cvs` never claims bytes the disk does not have. A transfer that is dropped without commit
+//! (disconnect, cancellation, shutdown) checkpoints and keeps its partial for the sender's return;
+//! partials untouched for [`super::StorageConfig::partial_ttl`] are removed.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use barge_proto::name::NameError;
+use barge_proto::tree::{
+    CHUNK, Cv, chunk_count, chunk_cv, chunk_len, file_digest, hex, prefix_digest,
+};
+use barge_proto::wire::{Entry, split_path};
+use bytes::Bytes;
+use tempfile::TempPath;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use super::{OnConflict, Storage, StorageError, Stored, blocking, publish};
+
+/// Verified bytes between two checkpoints: bounds what a crash can cost a resumed transfer.
+const CHECKPOINT_BYTES: u64 = 64 << 20;
+/// Chunks queued for a writer: enough to overlap network and disk, little enough to keep 100
+/// concurrent uploads within a few hundred MiB at worst.
+const QUEUED_CHUNKS: usize = 2;
+/// Extended attribute caching a file's digest, with the size and mtime it was computed for.
+const DIGEST_XATTR: &str = "user.barge.blake3";
+
+/// What a receiver already has of an interrupted transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeResult {
+    /// Verified bytes kept (a chunk boundary, or the whole size).
+    pub offset: u64,
+    /// Digest of the kept chunks' CVs.
+    pub prefix: Cv,
+}
+
+/// One page-able listing.
+pub type Listing = Vec<Entry>;
+
+/// The on-disk files of one partial transfer.
+struct PartialPaths {
+    part: PathBuf,
+    cvs: PathBuf,
+    meta: PathBuf,
+}
+
+impl Storage {
+    fn partial_key(path: &str, size: u64, tag: &str) -> String {
+        let mut h = blake3::Hasher::new();
+        h.update(path.as_bytes());
+        h.update(&[0]);
+        h.update(&size.to_le_bytes());
+        h.update(tag.as_bytes());
+        hex(h.finalize().as_bytes())[..32].to_owned()
+    }
+
+    fn partial_paths(&self, key: &str) -> PartialPaths {
+        let d = &self.inner.partial_dir;
+        PartialPaths {
+            part: d.join(format!("{key}.part")),
+            cvs: d.join(format!("{key}.cvs")),
+            meta: d.join(format!("{key}.meta")),
+        }
+    }
+
+    /// Walks `path`'s folders under the storage directory without following symlinks, creating
+    /// missing ones if `create`. Returns the parent folder and the final component.
+    fn resolve(&self, path: &str, create: bool) -> Result<(PathBuf, String), StorageError> {
+        let parts = split_path(path)?;
+        let Some((name, folders)) = parts.split_last() else {
+            return Err(NameError::Empty.into());
+        };
+        let mut dir = self.inner.config.dir.clone();
+        for (i, folder) in folders.iter().enumerate() {
+            dir.push(folder);
+            let shown = || folders[..=i].join("/");
+            match std::fs::symlink_metadata(&dir) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => return Err(StorageError::NotAFolder(shown())),
+                Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
+                    match std::fs::create_dir(&dir) {
+                        Ok(()) => {}
+                        // Another connection made it meanwhile; check it is a real folder.
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                            if !std::fs::symlink_metadata(&dir)?.is_dir() {
+                                return Err(StorageError::NotAFolder(shown()));
+                            }
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(StorageError::NotFound(shown()));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok((dir, (*name).to_owned()))
+    }
+
+    /// How much of `path` (`size` bytes, `tag`) an interrupted transfer left verified.
+    pub async fn probe(
+        &self,
+        path: &str,
+        size: u64,
+        tag: &str,
+    ) -> Result<ProbeResult, StorageError> {
+        split_path(path)?;
+        let key = Self::partial_key(path, size, tag);
+        if self.is_busy(&key) {
+            return Err(StorageError::Busy(path.to_owned()));
+        }
+        let paths = self.partial_paths(&key);
+        blocking(move || {
+            let cvs = load_cvs(&paths, size)?;
+            Ok(ProbeResult {
+                offset: (cvs.len() as u64 * CHUNK).min(size),
+                prefix: prefix_digest(&cvs),
+            })
+        })
+        .await?
+    }
+
+    fn is_busy(&self, key: &str) -> bool {
+        self.inner.busy.lock().map_or(true, |b| b.contains(key))
+    }
+
+    /// Starts (or resumes, when `from > 0`) a verified transfer of `path`. `from` must be 0 or
+    /// exactly what [`Storage::probe`] reported.
+    pub async fn begin_upload(
+        &self,
+        path: &str,
+        size: u64,
+        tag: &str,
+        from: u64,
+    ) -> Result<Upload, StorageError> {
+        let config = &self.inner.config;
+        if let Some(max) = config.max_file_size
+            && size > max
+        {
+            return Err(StorageError::TooLarge { size, max });
+        }
+        let key = Self::partial_key(path, size, tag);
+        let lock = KeyLock::take(self, &key).ok_or_else(|| StorageError::Busy(path.to_owned()))?;
+        let this = self.clone();
+        let path_owned = path.to_owned();
+        let (dir, name, file, cvs_file, kept, paths) = blocking(move || {
+            let (dir, name) = this.resolve(&path_owned, true)?;
+            if this.inner.config.on_conflict == OnConflict::Fail
+                && std::fs::symlink_metadata(dir.join(&name)).is_ok()
+            {
+                return Err(StorageError::Conflict(path_owned));
+            }
+            let paths = this.partial_paths(&key);
+            let mut kept = load_cvs(&paths, size)?;
+            let kept_bytes = (kept.len() as u64 * CHUNK).min(size);
+            if from != 0 && from != kept_bytes {
+                return Err(StorageError::BadRequest(format!(
+                    "resume from byte {from}, but {kept_bytes} are kept"
+                )));
+            }
+            kept.truncate((from / CHUNK) as usize);
+            let stat = rustix::fs::statvfs(&this.inner.partial_dir).map_err(io::Error::from)?;
+            let available = stat.f_bavail.saturating_mul(stat.f_frsize);
+            if size - from > available {
+                return Err(StorageError::NoSpace { size, available });
+            }
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&paths.part)?;
+            file.set_len(from)?;
+            if size > from
+                && let Err(e) = rustix::fs::fallocate(
+                    &file,
+                    rustix::fs::FallocateFlags::KEEP_SIZE,
+                    from,
+                    size - from,
+                )
+            {
+                if e == rustix::io::Errno::NOSPC {
+                    return Err(StorageError::NoSpace { size, available });
+                }
+                debug!(error = %e, "cannot preallocate");
+            }
+            let cvs_file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&paths.cvs)?;
+            cvs_file.set_len(kept.len() as u64 * 32)?;
+            std::fs::write(
+                &paths.meta,
+                format!("{{\"path\":{:?},\"size\":{size}}}\n", path_owned),
+            )?;
+            Ok((dir, name, file, cvs_file, kept, paths))
+        })
+        .await??;
+        let (tx, rx) = mpsc::channel(QUEUED_CHUNKS);
+        let (done_tx, done) = oneshot::channel();
+        let shared = Arc::new(Shared {
+            failure: Mutex::new(None),
+            verified: AtomicU64::new(from),
+        });
+        let writer = Writer {
+            storage: self.clone(),
+            lock,
+            paths,
+            dir,
+            name,
+            size,
+            file,
+            cvs_file,
+            durable: kept.len(),
+            verified: kept,
+            since_checkpoint: 0,
+            single: None,
+            shared: shared.clone(),
+        };
+        std::thread::Builder::new()
+            .name("barge-writer".into())
+            .spawn(move || {
+                writer.run(rx);
+                let _ = done_tx.send(());
+            })?;
+        Ok(Upload {
+            tx: Some(tx),
+            done,
+            shared,
+            next: from / CHUNK,
+            size,
+        })
+    }
+
+    /// Creates a folder (and missing parents) under the storage directory.
+    pub async fn mkdir(&self, path: &str) -> Result<(), StorageError> {
+        let this = self.clone();
+        let path = path.to_owned();
+        blocking(move || {
+            let (dir, name) = this.resolve(&path, true)?;
+            let full = dir.join(&name);
+            match std::fs::create_dir(&full) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    if std::fs::symlink_metadata(&full)?.is_dir() {
+                        Ok(())
+                    } else {
+                        Err(StorageError::NotAFolder(path))
+                    }
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await?
+    }
+
+    /// Lists a folder (or one file), optionally everything below it, never following symlinks.
+    /// Paths are relative to the listed folder; digests come from the cache or are computed.
+    pub async fn list(&self, path: &str, recursive: bool) -> Result<Listing, StorageError> {
+        let this = self.clone();
+        let path = path.to_owned();
+        blocking(move || {
+            let target = if path.is_empty() {
+                this.inner.config.dir.clone()
+            } else {
+                let (dir, name) = this.resolve(&path, false)?;
+                dir.join(name)
+            };
+            let meta = match std::fs::symlink_metadata(&target) {
+                Ok(m) if m.is_symlink() => return Err(StorageError::NotFound(path)),
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(StorageError::NotFound(path));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let mut out = Vec::new();
+            if meta.is_file() {
+                let name = target
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                out.push(entry(&target, name, &meta)?);
+                return Ok(out);
+            }
+            let mut stack = vec![(target, String::new())];
+            while let Some((dir, prefix)) = stack.pop() {
+                for item in std::fs::read_dir(&dir)? {
+                    let item = item?;
+                    let Ok(name) = item.file_name().into_string() else {
+                        continue; // not UTF-8: cannot be named on the wire
+                    };
+                    if prefix.is_empty() && dir == this.inner.config.dir && name == super::STATE_DIR
+                    {
+                        continue;
+                    }
+                    let meta = item.path().symlink_metadata()?;
+                    if meta.is_symlink() || !(meta.is_dir() || meta.is_file()) {
+                        continue;
+                    }
+                    let rel = if prefix.is_empty() {
+                        name.clone()
+                    } else {
+                        format!("{prefix}/{name}")
+                    };
+                    out.push(entry(&item.path(), rel.clone(), &meta)?);
+                    if meta.is_dir() && recursive {
+                        stack.push((item.path(), rel));
+                    }
+                }
+            }
+            out.sort_by(|a, b| a.path.cmp(&b.path));
+            Ok(out)
+        })
+        .await?
+    }
+
+    /// Opens a stored file for reading: the file, its size, mtime and digest.
+    pub async fn open_read(&self, path: &str) -> Result<(File, u64, i64, Cv), StorageError> {
+        let this = self.clone();
+        let path = path.to_owned();
+        blocking(move || {
+            let (dir, name) = this.resolve(&path, false)?;
+            let full = dir.join(name);
+            match std::fs::symlink_metadata(&full) {
+                Ok(m) if m.is_file() => {}
+                Ok(_) => return Err(StorageError::NotFound(path)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(StorageError::NotFound(path));
+                }
+                Err(e) => return Err(e.into()),
+            }
+            let file = File::open(&full)?;
+            let meta = file.metadata()?;
+            let digest = digest_of(&file)?;
+            Ok((file, meta.len(), mtime_secs(&meta), digest))
+        })
+        .await?
+    }
+
+    /// Removes partial transfers untouched for longer than the configured time.
+    pub fn expire_partials(&self) -> io::Result<usize> {
+        let ttl = self.inner.config.partial_ttl;
+        let now = SystemTime::now();
+        let mut newest: std::collections::HashMap<String, SystemTime> = Default::default();
+        for item in std::fs::read_dir(&self.inner.partial_dir)? {
+            let item = item?;
+            let name = item.file_name().to_string_lossy().into_owned();
+            let Some((key, _)) = name.split_once('.') else {
+                continue;
+            };
+            let modified = item.metadata()?.modified()?;
+            let slot = newest.entry(key.to_owned()).or_insert(modified);
+            *slot = (*slot).max(modified);
+        }
+        let mut removed = 0;
+        for (key, modified) in newest {
+            let expired = now.duration_since(modified).is_ok_and(|age| age > ttl);
+            if expired && !self.is_busy(&key) {
+                let p = self.partial_paths(&key);
+                for f in [&p.part, &p.cvs, &p.meta] {
+                    let _ = std::fs::remove_file(f);
+                }
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            info!(count = removed, "expired abandoned partial transfers");
+        }
+        Ok(removed)
+    }
+}
+
+fn mtime_secs(meta: &std::fs::Metadata) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    meta.mtime()
+}
+
+fn entry(path: &Path, rel: String, meta: &std::fs::Metadata) -> Result<Entry, StorageError> {
+    let digest = if meta.is_file() {
+        Some(hex(&digest_of(&File::open(path)?)?))
+    } else {
+        None
+    };
+    Ok(Entry {
+        path: rel,
+        dir: meta.is_dir(),
+        size: if meta.is_file() { meta.len() } else { 0 },
+        mtime: mtime_secs(meta),
+        digest,
+    })
+}
+
+/// A file's BLAKE3 digest: from the cache attribute when it still matches the file's size and
+/// mtime, else computed (and cached when the file system allows).
+pub fn digest_of(file: &File) -> io::Result<Cv> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata()?;
+    let stamp = format!("{} {}.{}", meta.len(), meta.mtime(), meta.mtime_nsec());
+    let mut buf = [0u8; 160];
+    if let Ok(n) = rustix::fs::fgetxattr(file, DIGEST_XATTR, &mut buf[..])
+        && let Ok(text) = std::str::from_utf8(&buf[..n])
+        && let Some((digest, cached_stamp)) = text.split_once(' ')
+        && cached_stamp == stamp
+        && let Some(cv) = barge_proto::tree::parse_hex(digest)
+    {
+        return Ok(cv);
+    }
+    let mut hasher = blake3::Hasher::new();
+    let mut reader = file;
+    let mut chunk = vec![0u8; CHUNK as usize];
+    loop {
+        let n = reader.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&chunk[..n]);
+    }
+    let cv = *hasher.finalize().as_bytes();
+    cache_digest(file, &cv);
+    Ok(cv)
+}
+
+fn cache_digest(file: &File, cv: &Cv) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = file.metadata() else { return };
+    let value = format!(
+        "{} {} {}.{}",
+        hex(cv),
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec()
+    );
+    if let Err(e) = rustix::fs::fsetxattr(
+        file,
+        DIGEST_XATTR,
+        value.as_bytes(),
+        rustix::fs::XattrFlags::empty(),
+    ) {
+        debug!(error = %e, "cannot cache the digest in an extended attribute");
+    }
+}
+
+/// Reads the verified CVs of a partial, dropping any that the data file does not back (it was
+/// truncated or tampered with by hand).
+fn load_cvs(paths: &PartialPaths, size: u64) -> io::Result<Vec<Cv>> {
+    let raw = match std::fs::read(&paths.cvs) {
+        Ok(raw) => raw,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut cvs: Vec<Cv> = raw
+        .chunks_exact(32)
+        .map(|c| c.try_into().unwrap_or([0; 32]))
+        .collect();
+    cvs.truncate(chunk_count(size) as usize);
+    let part_len = std::fs::metadata(&paths.part).map_or(0, |m| m.len());
+    while !cvs.is_empty() && (cvs.len() as u64 * CHUNK).min(size) > part_len {
+        cvs.pop();
+    }
+    Ok(cvs)
+}
+
+/// Holds a partial's key in the busy set while its writer runs.
+struct KeyLock {
+    storage: Storage,
+    key: String,
+}
+
+impl KeyLock {
+    fn take(storage: &Storage, key: &str) -> Option<Self> {
+        let mut busy = storage.inner.busy.lock().ok()?;
+        busy.insert(key.to_owned()).then(|| Self {
+            storage: storage.clone(),
+            key: key.to_owned(),
+        })
+    }
+}
+
+impl Drop for KeyLock {
+    fn drop(&mut self) {
+        if let Ok(mut busy) = self.storage.inner.busy.lock() {
+            busy.remove(&self.key);
+        }
+    }
+}
+
+/// Why a writer stopped taking chunks; cloneable so every later call can report it.
+#[derive(Debug, Clone)]
+enum Failure {
+    Integrity(String),
+    BadRequest(String),
+    Io(String),
+}
+
+impl From<Failure> for StorageError {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::Integrity(m) => StorageError::Integrity(m),
+            Failure::BadRequest(m) => StorageError::BadRequest(m),
+            Failure::Io(m) => StorageError::Io(io::Error::other(m)),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    failure: Mutex<Option<Failure>>,
+    /// Bytes verified and written so far.
+    verified: AtomicU64,
+}
+
+impl Shared {
+    fn failure(&self) -> Option<Failure> {
+        self.failure.lock().ok().and_then(|f| f.clone())
+    }
+}
+
+enum Cmd {
+    Chunk {
+        index: u64,
+        cv: Cv,
+        data: Bytes,
+    },
+    Commit {
+        digest: Cv,
+        reply: oneshot::Sender<Result<Stored, StorageError>>,
+    },
+}
+
+/// A verified transfer in progress. Chunks go to a writer thread; dropping this without
+/// [`Upload::commit`] keeps the verified part for a later resume.
+#[derive(Debug)]
+pub struct Upload {
+    tx: Option<mpsc::Sender<Cmd>>,
+    done: oneshot::Receiver<()>,
+    shared: Arc<Shared>,
+    next: u64,
+    size: u64,
+}
+
+impl Upload {
+    /// Offset of the next chunk expected.
+    pub fn next_offset(&self) -> u64 {
+        (self.next * CHUNK).min(self.size)
+    }
+
+    /// Bytes verified and written so far.
+    pub fn verified(&self) -> u64 {
+        self.shared.verified.load(Ordering::Acquire)
+    }
+
+    /// Queues the next chunk, which must carry its CV. An earlier chunk's failure (digest
+    /// mismatch, disk error) is reported here, one chunk later at most.
+    pub async fn write_chunk(&mut self, cv: Cv, data: Bytes) -> Result<(), StorageError> {
+        if let Some(f) = self.shared.failure() {
+            return Err(f.into());
+        }
+        let expected = chunk_len(self.size, self.next);
+        if data.len() as u64 != expected {
+            return Err(StorageError::BadRequest(format!(
+                "chunk {} is {} bytes, expected {expected}",
+                self.next,
+                data.len()
+            )));
+        }
+        let index = self.next;
+        self.next += 1;
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| StorageError::BadRequest("upload closed".into()))?;
+        tx.send(Cmd::Chunk { index, cv, data })
+            .await
+            .map_err(|_| self.stopped())
+    }
+
+    fn stopped(&self) -> StorageError {
+        self.shared
+            .failure()
+            .map_or_else(|| io::Error::other("writer stopped").into(), Into::into)
+    }
+
+    /// Checks the whole file against `digest` and publishes it.
+    pub async fn commit(mut self, digest: Cv) -> Result<Stored, StorageError> {
+        let (reply, answer) = oneshot::channel();
+        let tx = self
+            .tx
+            .take()
+            .ok_or_else(|| StorageError::BadRequest("upload closed".into()))?;
+        tx.send(Cmd::Commit { digest, reply })
+            .await
+            .map_err(|_| self.stopped())?;
+        answer.await.map_err(|_| self.stopped())?
+    }
+
+    /// Stops taking chunks and waits until the verified part is durable.
+    pub async fn suspend(mut self) {
+        self.tx = None;
+        let _ = (&mut self.done).await;
+    }
+}
+
+/// The thread that owns a partial transfer's files.
+struct Writer {
+    storage: Storage,
+    lock: KeyLock,
+    paths: PartialPaths,
+    dir: PathBuf,
+    name: String,
+    size: u64,
+    file: File,
+    cvs_file: File,
+    verified: Vec<Cv>,
+    /// How many of `verified` are on disk in the CV file.
+    durable: usize,
+    since_checkpoint: u64,
+    /// The bytes of a file that is a single chunk: its digest is a plain hash, not a merge.
+    single: Option<Bytes>,
+    shared: Arc<Shared>,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
+        while let Some(cmd) = rx.blocking_recv() {
+            match cmd {
+                Cmd::Chunk { index, cv, data } => {
+                    if self.shared.failure().is_some() {
+                        continue; // drain what was queued after the failure
+                    }
+                    if let Err(f) = self.chunk(index, cv, data) {
+                        warn!(name = ?self.name, error = ?f, "transfer stopped");
+                        if let Ok(mut slot) = self.shared.failure.lock() {
+                            *slot = Some(f);
+                        }
+                    }
+                }
+                Cmd::Commit { digest, reply } => {
+                    let result = self.commit(digest);
+                    let _ = reply.send(result);
+                    return;
+                }
+            }
+        }
+        // Dropped without commit: keep what is verified, durably, for a resume.
+        if let Err(e) = self.checkpoint() {
+            warn!(error = %e, "cannot save resume point");
+        }
+        debug!(name = ?self.name, kept = self.verified.len(), "transfer suspended");
+        let _ = &self.lock;
+    }
+
+    fn chunk(&mut self, index: u64, cv: Cv, data: Bytes) -> Result<(), Failure> {
+        if index != self.verified.len() as u64 {
+            return Err(Failure::BadRequest(format!(
+                "chunk {index} out of order (expected {})",
+                self.verified.len()
+            )));
+        }
+        if chunk_cv(index, &data) != cv {
+            return Err(Failure::Integrity(format!(
+                "chunk {index} (bytes {}..{}) does not match its digest",
+                index * CHUNK,
+                index * CHUNK + data.len() as u64
+            )));
+        }
+        self.file
+            .write_all_at(&data, index * CHUNK)
+            .map_err(|e| Failure::Io(e.to_string()))?;
+        if self.size <= CHUNK {
+            self.single = Some(data.clone());
+        }
+        self.verified.push(cv);
+        self.since_checkpoint += data.len() as u64;
+        self.shared.verified.store(
+            (self.verified.len() as u64 * CHUNK).min(self.size),
+            Ordering::Release,
+        );
+        if self.since_checkpoint >= CHECKPOINT_BYTES {
+            self.checkpoint().map_err(|e| Failure::Io(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the verified data durable, then records the CVs that vouch for it.
+    fn checkpoint(&mut self) -> io::Result<()> {
+        if self.durable == self.verified.len() {
+            return Ok(());
+        }
+        let fsync = self.storage.inner.config.fsync;
+        if fsync {
+            self.file.sync_data()?;
+        }
+        let mut new = Vec::with_capacity((self.verified.len() - self.durable) * 32);
+        for cv in &self.verified[self.durable..] {
+            new.extend_from_slice(cv);
+        }
+        self.cvs_file.write_all_at(&new, self.durable as u64 * 32)?;
+        if fsync {
+            self.cvs_file.sync_data()?;
+        }
+        self.durable = self.verified.len();
+        self.since_checkpoint = 0;
+        Ok(())
+    }
+
+    fn discard(&self) {
+        for f in [&self.paths.part, &self.paths.cvs, &self.paths.meta] {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+
+    fn commit(self, digest: Cv) -> Result<Stored, StorageError> {
+        if let Some(f) = self.shared.failure() {
+            return Err(f.into());
+        }
+        let chunks = chunk_count(self.size);
+        if self.verified.len() as u64 != chunks {
+            return Err(StorageError::BadRequest(format!(
+                "end after {} of {chunks} chunks",
+                self.verified.len()
+            )));
+        }
+        let single = if self.size == 0 {
+            Some(Bytes::new())
+        } else {
+            self.single.clone()
+        };
+        let root = file_digest(&self.verified, self.size, single.as_deref());
+        if root != Some(digest) {
+            self.discard();
+            return Err(StorageError::Integrity(
+                "the file's digest does not match the sender's".into(),
+            ));
+        }
+        let config = self.storage.inner.config.clone();
+        if config.fsync {
+            self.file.sync_all()?;
+        }
+        cache_digest(&self.file, &digest);
+        let _ = std::fs::remove_file(&self.paths.cvs);
+        let _ = std::fs::remove_file(&self.paths.meta);
+        let temp = TempPath::try_from_path(&self.paths.part)?;
+        let mut stored = publish(&config, &self.dir, temp, self.name.clone(), self.size)?;
+        stored.digest = Some(digest);
+        drop(self.lock);
+        Ok(stored)
+    }
+}
