@@ -2,5 +2,6 @@
 //! never print: the binary decides how things look.
 
 pub mod echo;
+pub mod transfer;
 pub mod udp;
 pub mod upload;

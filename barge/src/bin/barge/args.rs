@@ -21,10 +21,14 @@ pub struct Opts {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Receive uploads in the lesson's format and store them in a folder.
+    /// Receive uploads (barge's protocol and the lesson's) into a folder; serve listings and downloads.
     Serve(ServeArgs),
-    /// Upload files, one after another on one connection.
+    /// Upload files and folders: verified, resumable, reconnecting (--legacy: the lesson's format).
     Send(SendArgs),
+    /// Download files or folders from a server: verified and resumable.
+    Get(GetArgs),
+    /// List what a server stores: name, size, modification time, BLAKE3 digest.
+    Ls(LsArgs),
     /// The lesson's menu: list a folder, choose files by number, upload each.
     Pick(PickArgs),
     /// UDP request/reply: a server that answers every datagram, and a ping-like client.
@@ -159,6 +163,12 @@ pub struct ServeArgs {
     /// Do not fsync files before publishing them (faster; a power loss may then lose data).
     #[arg(long)]
     pub no_fsync: bool,
+    /// Refuse listing and downloading (uploads only).
+    #[arg(long)]
+    pub no_download: bool,
+    /// Seconds an interrupted upload is kept for its sender to resume.
+    #[arg(long, default_value_t = 86400.0)]
+    pub partial_ttl: f64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -173,8 +183,8 @@ pub enum Conflict {
 
 #[derive(Debug, clap::Args)]
 pub struct ClientArgs {
-    /// Server address.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    /// Server address (host:port).
+    #[arg(long, visible_alias = "from", default_value = "127.0.0.1:8080")]
     pub to: String,
     /// Progress bars on stderr: auto shows them only when stderr is a terminal.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
@@ -187,11 +197,61 @@ pub struct ClientArgs {
     pub timeout: f64,
 }
 
+/// Options of the commands that speak barge's protocol.
+#[derive(Debug, clap::Args)]
+pub struct TransferArgs {
+    /// Reconnections after a lost connection (with back-off), and retries of a corrupted file.
+    #[arg(long, default_value_t = 3)]
+    pub retries: u32,
+    /// One JSON object per line on stdout (events, then a summary) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct SendArgs {
-    /// Files to upload.
+    /// Files and folders to upload (a folder keeps its tree).
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
+    /// Use the lesson's format: files only, no reply, no verification, no resume.
+    #[arg(long)]
+    pub legacy: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(flatten)]
+    pub transfer: TransferArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GetArgs {
+    /// [HOST:PORT] NAME...: the server (default 127.0.0.1:8080; recognised when it is an IP:port)
+    /// and the files or folders to download.
+    #[arg(required = true, value_name = "ARGS")]
+    pub args: Vec<String>,
+    /// Folder to download into.
+    #[arg(short = 'o', long = "out", default_value = ".")]
+    pub out: PathBuf,
+    /// Replace local files of the same name (default: keep both, as "name (1)").
+    #[arg(long)]
+    pub overwrite: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(flatten)]
+    pub transfer: TransferArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LsArgs {
+    /// [HOST:PORT] [PATH]: the server (default 127.0.0.1:8080; recognised when it is an IP:port)
+    /// and the folder or file to list (default: everything at the top).
+    #[arg(num_args = 0..=2, value_name = "ARGS")]
+    pub args: Vec<String>,
+    /// Everything below the folder, with relative paths.
+    #[arg(short, long)]
+    pub recursive: bool,
+    /// One JSON object per entry on stdout.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }

@@ -1,7 +1,9 @@
 //! Exit codes, one per kind of outcome a script may want to tell apart.
 
 use barge::client::echo::EchoClientError;
+use barge::client::transfer::TransferError;
 use barge::client::udp::UdpClientError;
+use barge::storage::StorageError;
 use barge::client::upload::ClientError;
 
 /// Everything worked.
@@ -12,10 +14,28 @@ pub const FAILURE: u8 = 1;
 pub const USAGE: u8 = 2;
 /// The server could not be reached (TCP connect failed; UDP: no request was answered at all).
 pub const UNREACHABLE: u8 = 3;
-/// Some of several requests were not answered (UDP loss).
+/// The server refused the request (its reason is printed).
+pub const REFUSED: u8 = 4;
+/// Data failed verification and retries did not fix it.
+pub const INTEGRITY: u8 = 5;
+/// Some of several files or requests failed while others succeeded.
 pub const PARTIAL: u8 = 6;
 /// Interrupted by Ctrl-C (128 + SIGINT, as shells report it).
 pub const INTERRUPTED: u8 = 130;
+
+/// The code for a finished multi-file transfer.
+pub fn for_report(report: &barge::client::transfer::Report) -> u8 {
+    use barge_proto::wire::Status;
+    if report.failed.is_empty() {
+        SUCCESS
+    } else if report.files + report.folders > 0 {
+        PARTIAL
+    } else if report.failed.iter().any(|(_, s, _)| *s == Status::Integrity) {
+        INTEGRITY
+    } else {
+        REFUSED
+    }
+}
 
 /// The code for an error, from the most specific cause in its chain.
 pub fn code_for(e: &anyhow::Error) -> u8 {
@@ -25,6 +45,12 @@ pub fn code_for(e: &anyhow::Error) -> u8 {
         }
         if let Some(EchoClientError::Connect { .. }) = cause.downcast_ref() {
             return UNREACHABLE;
+        }
+        if let Some(TransferError::Connect { .. }) = cause.downcast_ref() {
+            return UNREACHABLE;
+        }
+        if let Some(TransferError::Storage(StorageError::Integrity(_))) = cause.downcast_ref() {
+            return INTEGRITY;
         }
         if let Some(UdpClientError::TooLarge(_)) = cause.downcast_ref() {
             return USAGE;

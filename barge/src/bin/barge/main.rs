@@ -5,6 +5,7 @@ mod args;
 mod echo_cmd;
 mod exit;
 mod progress;
+mod transfer_cmd;
 mod udp_cmd;
 mod upload_cmd;
 
@@ -35,6 +36,8 @@ fn main() -> ExitCode {
             Command::Serve(a) => upload_cmd::serve(a).await,
             Command::Send(a) => interruptible(upload_cmd::send(a)).await,
             Command::Pick(a) => interruptible(upload_cmd::pick(a)).await,
+            Command::Get(a) => interruptible(transfer_cmd::get(a)).await,
+            Command::Ls(a) => interruptible(transfer_cmd::ls(a)).await,
             Command::Udp(UdpCommand::Serve(a)) => udp_cmd::serve(a).await,
             Command::Udp(UdpCommand::Send(a)) => interruptible(udp_cmd::send(a)).await,
             Command::Echo(EchoCommand::Serve(a)) => echo_cmd::serve(a).await,
@@ -61,7 +64,7 @@ fn main() -> ExitCode {
 /// clients do one small thing at a time; on one thread they avoid a cross-thread wake-up per round
 /// trip (measured: 20,000 UDP round trips in 1.17 s instead of 1.6 s).
 fn runtime_for(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
-    if is_server(command) || matches!(command, Command::Send(_) | Command::Pick(_)) {
+    if is_server(command) || matches!(command, Command::Send(_) | Command::Pick(_) | Command::Get(_)) {
         tokio::runtime::Runtime::new()
     } else {
         tokio::runtime::Builder::new_current_thread()

@@ -27,19 +27,25 @@ pub async fn serve(a: ServeArgs) -> Result<u8> {
         },
         max_file_size: a.max_file_size,
         fsync: !a.no_fsync,
+        partial_ttl: seconds(a.partial_ttl, "--partial-ttl")?,
         ..StorageConfig::new(&a.dir)
     })
     .with_context(|| format!("cannot use {} for storage", a.dir.display()))?;
     let config = crate::server_config(&a.framework)?;
     let dir = std::fs::canonicalize(storage.dir()).unwrap_or_else(|_| storage.dir().to_owned());
     let listener = crate::listen(a.addr, &format!(", storing files in {}", dir.display()))?;
-    server::serve(
-        listener,
-        Arc::new(UploadService::new(storage)),
-        config,
-        server::shutdown_signal(),
-    )
-    .await;
+    // Abandoned partial uploads are swept at start and then regularly.
+    let sweeper = storage.clone();
+    let period = seconds(a.partial_ttl, "--partial-ttl")?.min(std::time::Duration::from_secs(600));
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(period).await;
+            let s = sweeper.clone();
+            let _ = tokio::task::spawn_blocking(move || s.expire_partials()).await;
+        }
+    });
+    let service = UploadService::new(storage).with_downloads(!a.no_download);
+    server::serve(listener, Arc::new(service), config, server::shutdown_signal()).await;
     Ok(exit::SUCCESS)
 }
 
@@ -57,6 +63,9 @@ async fn connect(c: &ClientArgs) -> Result<barge::net::IdleTimeout<TcpStream>> {
 }
 
 pub async fn send(a: SendArgs) -> Result<u8> {
+    if !a.legacy {
+        return crate::transfer_cmd::send(a).await;
+    }
     // Check every file before connecting, so a typo fails fast and sends nothing.
     let files = a
         .files

@@ -1,0 +1,224 @@
+//! `barge send` (barge's protocol), `barge get` and `barge ls`: verified, resumable transfers,
+//! rendered as progress bars and lines for people or JSON lines for scripts.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use barge::client::transfer::{self, Event, Options, Report};
+use barge::storage::OnConflict;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+
+use crate::args::{ClientArgs, GetArgs, LsArgs, ProgressMode, SendArgs, TransferArgs, split_target};
+use crate::progress::printable;
+use crate::{exit, seconds};
+
+
+fn options(c: &ClientArgs, t: &TransferArgs) -> Result<Options> {
+    Ok(Options {
+        connect_timeout: seconds(c.connect_timeout, "--connect-timeout")?,
+        io_timeout: seconds(c.timeout, "--timeout")?,
+        retries: t.retries,
+        backoff: Duration::from_millis(500),
+    })
+}
+
+/// A server given positionally wins over `--to`; `--to` is the default otherwise.
+fn target(args: &[String], c: &ClientArgs) -> (String, Vec<String>) {
+    let (addr, rest) = split_target(args, &c.to);
+    (addr, rest)
+}
+
+pub async fn send(a: SendArgs) -> Result<u8> {
+    let opts = options(&a.client, &a.transfer)?;
+    let mut view = View::new(a.client.progress, a.transfer.json, "sent");
+    let started = Instant::now();
+    let result = transfer::send(&a.client.to, &a.files, &opts, &mut |e| view.event(e)).await;
+    view.finish(result, started)
+}
+
+pub async fn get(a: GetArgs) -> Result<u8> {
+    let (addr, names) = target(&a.args, &a.client);
+    if names.is_empty() {
+        bail!("name at least one file or folder to get");
+    }
+    let opts = options(&a.client, &a.transfer)?;
+    let policy = if a.overwrite { OnConflict::Overwrite } else { OnConflict::Rename };
+    let mut view = View::new(a.client.progress, a.transfer.json, "got");
+    let started = Instant::now();
+    let result = transfer::get(&addr, &names, &a.out, policy, &opts, &mut |e| view.event(e)).await;
+    view.finish(result, started)
+}
+
+pub async fn ls(a: LsArgs) -> Result<u8> {
+    let (addr, rest) = match split_target(&a.args, &a.client.to) {
+        (addr, rest) if rest.len() <= 1 => (addr, rest),
+        _ => bail!("ls takes at most a server and one path"),
+    };
+    let path = rest.first().map_or("", String::as_str).trim_matches('/');
+    let opts = Options {
+        connect_timeout: seconds(a.client.connect_timeout, "--connect-timeout")?,
+        io_timeout: seconds(a.client.timeout, "--timeout")?,
+        ..Options::default()
+    };
+    let entries = match transfer::list(&addr, path, a.recursive, &opts).await? {
+        Ok(entries) => entries,
+        Err((status, message)) => {
+            eprintln!("barge: {addr} refused to list {path:?}: {message}");
+            return Ok(if status == barge_proto::wire::Status::NotFound { exit::FAILURE } else { exit::REFUSED });
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    for e in entries {
+        if a.json {
+            writeln!(out, "{}", serde_json::to_string(&e)?)?;
+        } else {
+            let name = if e.dir { format!("{}/", e.path) } else { e.path.clone() };
+            writeln!(
+                out,
+                "{:>14}  {}  {:64}  {}",
+                if e.dir { "-".to_owned() } else { e.size.to_string() },
+                utc(e.mtime),
+                e.digest.as_deref().unwrap_or("-"),
+                printable(&name)
+            )?;
+        }
+    }
+    Ok(exit::SUCCESS)
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) for seconds since the epoch.
+fn utc(secs: i64) -> String {
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem / 60 % 60, rem % 60)
+}
+
+/// Renders transfer events: JSON lines, or bars on stderr plus a line per file on stdout.
+struct View {
+    json: bool,
+    bars: bool,
+    verb: &'static str,
+    bar: Option<ProgressBar>,
+}
+
+impl View {
+    fn new(mode: ProgressMode, json: bool, verb: &'static str) -> Self {
+        let bars = match mode {
+            ProgressMode::Always => true,
+            ProgressMode::Never => false,
+            ProgressMode::Auto => std::io::stderr().is_terminal(),
+        };
+        Self { json, bars, verb, bar: None }
+    }
+
+    fn event(&mut self, e: Event) {
+        if self.json {
+            if let Ok(line) = serde_json::to_string(&e) {
+                println!("{line}");
+            }
+            return;
+        }
+        match e {
+            Event::Start { path, size, offset } => {
+                if self.bars {
+                    let bar = ProgressBar::with_draw_target(Some(size), ProgressDrawTarget::stderr());
+                    if let Ok(style) = ProgressStyle::with_template(
+                        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+                    ) {
+                        bar.set_style(style.progress_chars("=> "));
+                    }
+                    bar.set_message(printable(&path));
+                    bar.set_position(offset);
+                    bar.reset_eta();
+                    self.bar = Some(bar);
+                }
+            }
+            Event::Progress { done, .. } => {
+                if let Some(bar) = &self.bar {
+                    bar.set_position(done);
+                }
+            }
+            Event::Done { path, stored, size, transferred, digest, secs } => {
+                if let Some(bar) = self.bar.take() {
+                    bar.finish_and_clear();
+                }
+                let renamed = if stored != path { format!(" as {}", printable(&stored)) } else { String::new() };
+                let resumed = if transferred < size { format!(", resumed: {transferred} bytes sent") } else { String::new() };
+                println!(
+                    "{} {}{renamed} ({size} bytes) in {secs:.2}s, {:.1} MB/s{resumed}, blake3 {digest}",
+                    self.verb,
+                    printable(&path),
+                    transferred as f64 / secs.max(1e-9) / 1e6
+                );
+            }
+            Event::Folder { .. } => {}
+            Event::Retry { attempt, of, wait_ms, reason } => {
+                if let Some(bar) = self.bar.take() {
+                    bar.abandon();
+                }
+                eprintln!("barge: {reason}; retry {attempt} of {of} in {:.1}s", wait_ms as f64 / 1000.0);
+            }
+            Event::Failed { path, status, message } => {
+                if let Some(bar) = self.bar.take() {
+                    bar.abandon();
+                }
+                eprintln!("barge: {} not transferred ({}): {}", printable(&path), json!(status).as_str().unwrap_or(""), printable(&message));
+            }
+        }
+    }
+
+    fn finish(mut self, result: Result<Report, transfer::TransferError>, started: Instant) -> Result<u8> {
+        if let Some(bar) = self.bar.take() {
+            bar.abandon();
+        }
+        let secs = started.elapsed().as_secs_f64();
+        match result {
+            Ok(report) => {
+                if self.json {
+                    println!(
+                        "{}",
+                        json!({"event": "summary", "files": report.files, "folders": report.folders,
+                               "bytes": report.bytes, "transferred": report.transferred,
+                               "failed": report.failed.len(), "retries": report.retries, "secs": secs})
+                    );
+                } else if report.files + report.folders > 1 || !report.failed.is_empty() {
+                    eprintln!(
+                        "barge: {} files ({} bytes) and {} folders in {secs:.2}s; {} failed",
+                        report.files,
+                        report.bytes,
+                        report.folders,
+                        report.failed.len()
+                    );
+                }
+                Ok(exit::for_report(&report))
+            }
+            Err(e) => {
+                if self.json {
+                    println!("{}", json!({"event": "error", "message": e.to_string()}));
+                }
+                Err(e.into())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_formats_known_dates() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00");
+        assert_eq!(super::utc(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(super::utc(1_795_000_000), "2026-11-18 09:46:40");
+    }
+}

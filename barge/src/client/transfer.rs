@@ -1,0 +1,858 @@
+//! The client side of barge's own protocol: verified, resumable uploads of files and folders
+//! (small files pipelined), listings, and verified, resumable downloads.
+//!
+//! A transfer survives a lost connection: it reconnects with back-off and asks the server what it
+//! kept (`probe`), checks that its own file still has the same prefix by comparing chunk digests,
+//! and sends only the rest. Downloads keep their partial data on the local side the same way.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use barge_proto::name::NameError;
+use barge_proto::tree::{CHUNK, Cv, chunk_count, file_digest, hex, parse_hex, prefix_digest};
+use barge_proto::wire::{self, Entry, Frame, PREFACE_LEN, Reply, Request, Status, VERSION};
+use bytes::{Buf, BytesMut};
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use crate::chunks::{prefix_cvs, read_chunks};
+use crate::net::IdleTimeout;
+use crate::storage::{OnConflict, Storage, StorageConfig, StorageError};
+
+/// How a client behaves on the network.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Time allowed to open a connection.
+    pub connect_timeout: Duration,
+    /// Time the server may leave a write or an expected reply waiting.
+    pub io_timeout: Duration,
+    /// Reconnections after a lost connection, and retries of a file that failed verification.
+    pub retries: u32,
+    /// First pause before reconnecting; doubles each time.
+    pub backoff: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            io_timeout: Duration::from_secs(300),
+            retries: 3,
+            backoff: Duration::from_millis(500),
+        }
+    }
+}
+
+/// What happens during a transfer, for progress display and `--json` output.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A file transfer begins; `offset` > 0 when it resumes.
+    Start {
+        /// Relative path.
+        path: String,
+        /// Size in bytes.
+        size: u64,
+        /// First byte transferred now.
+        offset: u64,
+    },
+    /// Bytes of the current file done (reported a few times a second at most).
+    Progress {
+        /// Relative path.
+        path: String,
+        /// Bytes of the file now on the other side.
+        done: u64,
+        /// Its size.
+        size: u64,
+    },
+    /// A file arrived and was verified.
+    Done {
+        /// Relative path as asked.
+        path: String,
+        /// Where it was stored (differs after a conflict rename).
+        stored: String,
+        /// Size in bytes.
+        size: u64,
+        /// Bytes that crossed the network for it in this run.
+        transferred: u64,
+        /// BLAKE3 hex digest, checked end to end.
+        digest: String,
+        /// Seconds from start to verified.
+        secs: f64,
+    },
+    /// A folder was created.
+    Folder {
+        /// Relative path.
+        path: String,
+    },
+    /// The connection was lost (or a file failed verification) and will be retried.
+    Retry {
+        /// Which retry this is.
+        attempt: u32,
+        /// Retries allowed.
+        of: u32,
+        /// Pause before it.
+        wait_ms: u64,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A file or folder was refused or failed for good.
+    Failed {
+        /// Relative path.
+        path: String,
+        /// The server's (or local) status.
+        status: Status,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Why a transfer as a whole stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// A local file or folder cannot be read or written.
+    #[error("{}: {source}", path.display())]
+    Local {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A local name cannot be sent as a safe name.
+    #[error("{}: {source}", path.display())]
+    Name {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: NameError,
+    },
+    /// The server cannot be reached.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// Address tried.
+        addr: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// The peer is not a barge server, or broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The connection was lost and retries are used up.
+    #[error("connection lost: {0}")]
+    Lost(io::Error),
+    /// Local storage refused a download.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl TransferError {
+    fn retryable(&self) -> bool {
+        matches!(self, TransferError::Lost(_) | TransferError::Connect { .. })
+    }
+}
+
+/// The outcome of a multi-file transfer.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Report {
+    /// Files transferred and verified.
+    pub files: u64,
+    /// Folders created.
+    pub folders: u64,
+    /// Their total size.
+    pub bytes: u64,
+    /// Bytes that crossed the network (less than `bytes` after a resume).
+    pub transferred: u64,
+    /// Items that failed: path, status, message.
+    pub failed: Vec<(String, Status, String)>,
+    /// Reconnections made.
+    pub retries: u32,
+}
+
+type Reader = mpsc::Receiver<io::Result<Frame>>;
+type Writer = IdleTimeout<WriteHalf<TcpStream>>;
+
+/// An open connection: frames arrive from a reader task; the write half has the idle timeout.
+/// (The read side has none of its own: a server legitimately stays silent while a large file
+/// streams to it; every wait for an expected reply has the timeout instead.)
+struct Link {
+    frames: Reader,
+    out: Writer,
+    io_timeout: Duration,
+    next_id: u64,
+}
+
+impl Link {
+    async fn open(addr: &str, opts: &Options) -> Result<Self, TransferError> {
+        let stream = crate::net::connect(addr, opts.connect_timeout)
+            .await
+            .map_err(|source| TransferError::Connect {
+                addr: addr.to_owned(),
+                source,
+            })?;
+        let (read, write) = tokio::io::split(stream);
+        let mut out = IdleTimeout::new(write, opts.io_timeout);
+        out.write_all(&wire::preface(VERSION)).await.map_err(TransferError::Lost)?;
+        let mut read = read;
+        let mut buf = BytesMut::with_capacity(256 * 1024);
+        let preface = tokio::time::timeout(opts.io_timeout, async {
+            while buf.len() < PREFACE_LEN {
+                if read.read_buf(&mut buf).await? == 0 {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed before its preface"));
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|_| TransferError::Lost(io::Error::new(io::ErrorKind::TimedOut, "no preface")))?;
+        preface.map_err(TransferError::Lost)?;
+        match wire::parse_preface(&buf) {
+            Ok(Some(VERSION)) => {}
+            Ok(Some(v)) => return Err(TransferError::Protocol(format!("server speaks protocol version {v}"))),
+            _ => return Err(TransferError::Protocol("not a barge server".into())),
+        }
+        buf.advance(PREFACE_LEN);
+        let (tx, frames) = mpsc::channel(8);
+        tokio::spawn(read_frames(read, buf, tx));
+        Ok(Self {
+            frames,
+            out,
+            io_timeout: opts.io_timeout,
+            next_id: 1,
+        })
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    async fn request(&mut self, req: &Request) -> Result<(), TransferError> {
+        let mut buf = BytesMut::with_capacity(256);
+        wire::encode_request(req, &mut buf);
+        self.out.write_all(&buf).await.map_err(TransferError::Lost)
+    }
+
+    /// The next frame, waiting at most the I/O timeout.
+    async fn frame(&mut self) -> Result<Frame, TransferError> {
+        match tokio::time::timeout(self.io_timeout, self.frames.recv()).await {
+            Err(_) => Err(TransferError::Lost(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no reply from the server",
+            ))),
+            Ok(None) => Err(TransferError::Lost(io::Error::new(io::ErrorKind::UnexpectedEof, "closed"))),
+            Ok(Some(Err(e))) => Err(TransferError::Lost(e)),
+            Ok(Some(Ok(f))) => Ok(f),
+        }
+    }
+
+    async fn reply(&mut self) -> Result<Reply, TransferError> {
+        match self.frame().await? {
+            Frame::Reply(r) => Ok(r),
+            other => Err(TransferError::Protocol(format!("expected a reply, got {other:?}"))),
+        }
+    }
+
+    /// A reply if one has already arrived.
+    fn ready_reply(&mut self) -> Result<Option<Reply>, TransferError> {
+        match self.frames.try_recv() {
+            Ok(Ok(Frame::Reply(r))) => Ok(Some(r)),
+            Ok(Ok(_)) => Err(TransferError::Protocol("unexpected data frame".into())),
+            Ok(Err(e)) => Err(TransferError::Lost(e)),
+            Err(mpsc::error::TryRecvError::Empty) => Ok(None),
+            Err(mpsc::error::TryRecvError::Disconnected) => {
+                Err(TransferError::Lost(io::Error::new(io::ErrorKind::UnexpectedEof, "closed")))
+            }
+        }
+    }
+}
+
+async fn read_frames(mut read: ReadHalf<TcpStream>, mut buf: BytesMut, tx: mpsc::Sender<io::Result<Frame>>) {
+    loop {
+        match wire::decode_frame(&mut buf) {
+            Ok(Some(frame)) => {
+                if tx.send(Ok(frame)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let _ = tx.send(Err(io::Error::new(io::ErrorKind::InvalidData, e))).await;
+                return;
+            }
+        }
+        buf.reserve(256 * 1024);
+        match read.read_buf(&mut buf).await {
+            Ok(0) => {
+                let _ = tx
+                    .send(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the server closed the connection")))
+                    .await;
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Emits progress at most this often per file.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// One thing to upload.
+#[derive(Debug, Clone)]
+enum Job {
+    Folder { remote: String },
+    File { local: PathBuf, remote: String, size: u64 },
+}
+
+/// Walks what the user named into folders and files with their remote paths. Symlinks are
+/// followed only to files inside the tree being sent; empty folders are kept.
+fn plan(roots: &[PathBuf]) -> Result<Vec<Job>, TransferError> {
+    let local = |path: &Path, source| TransferError::Local { path: path.to_owned(), source };
+    let mut jobs = Vec::new();
+    for root in roots {
+        let meta = std::fs::metadata(root).map_err(|e| local(root, e))?;
+        let name = root
+            .canonicalize()
+            .map_err(|e| local(root, e))?
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_owned)
+            .ok_or_else(|| local(root, io::Error::other("has no UTF-8 file name")))?;
+        check_name(root, &name)?;
+        if meta.is_file() {
+            jobs.push(Job::File { local: root.clone(), remote: name, size: meta.len() });
+            continue;
+        }
+        let top = root.canonicalize().map_err(|e| local(root, e))?;
+        jobs.push(Job::Folder { remote: name.clone() });
+        let mut stack = vec![(root.clone(), name)];
+        while let Some((dir, remote)) = stack.pop() {
+            let mut items: Vec<_> = std::fs::read_dir(&dir)
+                .map_err(|e| local(&dir, e))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| local(&dir, e))?;
+            items.sort_by_key(|e| e.file_name());
+            for item in items {
+                let path = item.path();
+                let name = item
+                    .file_name()
+                    .into_string()
+                    .map_err(|_| local(&path, io::Error::other("name is not valid UTF-8")))?;
+                check_name(&path, &name)?;
+                let child = format!("{remote}/{name}");
+                let lmeta = std::fs::symlink_metadata(&path).map_err(|e| local(&path, e))?;
+                if lmeta.is_symlink() {
+                    // Follow a link only to a file inside the tree: never out of it, never a loop.
+                    let target = path.canonicalize().ok();
+                    match target {
+                        Some(t) if t.starts_with(&top) && t.is_file() => {
+                            let size = std::fs::metadata(&t).map_err(|e| local(&path, e))?.len();
+                            jobs.push(Job::File { local: path, remote: child, size });
+                        }
+                        _ => tracing::warn!(path = %path.display(), "symlink not followed"),
+                    }
+                } else if lmeta.is_dir() {
+                    jobs.push(Job::Folder { remote: child.clone() });
+                    stack.push((path, child));
+                } else if lmeta.is_file() {
+                    jobs.push(Job::File { local: path, remote: child, size: lmeta.len() });
+                }
+            }
+        }
+    }
+    Ok(jobs)
+}
+
+fn check_name(path: &Path, name: &str) -> Result<(), TransferError> {
+    barge_proto::name::validate_file_name(name)
+        .map(|_| ())
+        .map_err(|source| TransferError::Name { path: path.to_owned(), source })
+}
+
+/// Where one job stands across reconnections.
+#[derive(Debug, Clone, Default)]
+struct Progress {
+    finished: bool,
+    tries: u32,
+}
+
+/// Uploads files and folders (each named root keeps its name on the server, folders their tree).
+pub async fn send(
+    addr: &str,
+    roots: &[PathBuf],
+    opts: &Options,
+    on_event: &mut (dyn FnMut(Event) + Send),
+) -> Result<Report, TransferError> {
+    let jobs = plan(roots)?;
+    let mut progress = vec![Progress::default(); jobs.len()];
+    let mut report = Report::default();
+    with_retries(opts, &mut report, on_event, async |report, on_event| {
+        let mut link = Link::open(addr, opts).await?;
+        send_pass(&mut link, &jobs, &mut progress, report, opts, on_event).await
+    })
+    .await?;
+    Ok(report)
+}
+
+/// Runs `pass` until it succeeds, reconnecting with back-off after a lost connection.
+async fn with_retries(
+    opts: &Options,
+    report: &mut Report,
+    on_event: &mut (dyn FnMut(Event) + Send),
+    mut pass: impl AsyncFnMut(&mut Report, &mut (dyn FnMut(Event) + Send)) -> Result<(), TransferError>,
+) -> Result<(), TransferError> {
+    let mut attempt = 0;
+    loop {
+        match pass(report, on_event).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.retryable() && attempt < opts.retries => {
+                attempt += 1;
+                report.retries = attempt;
+                let wait = opts.backoff * 2u32.pow(attempt - 1);
+                on_event(Event::Retry {
+                    attempt,
+                    of: opts.retries,
+                    wait_ms: wait.as_millis() as u64,
+                    reason: e.to_string(),
+                });
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// What a sent request still owes us.
+#[derive(Debug)]
+struct Owed {
+    id: u64,
+    job: usize,
+    digest: Option<Cv>,
+    transferred: u64,
+    started: Instant,
+}
+
+async fn send_pass(
+    link: &mut Link,
+    jobs: &[Job],
+    progress: &mut [Progress],
+    report: &mut Report,
+    opts: &Options,
+    on_event: &mut (dyn FnMut(Event) + Send),
+) -> Result<(), TransferError> {
+    let mut owed: VecDeque<Owed> = VecDeque::new();
+    loop {
+        let Some(index) = (0..jobs.len()).find(|&i| !progress[i].finished && !owed.iter().any(|o| o.job == i)) else {
+            break;
+        };
+        match &jobs[index] {
+            Job::Folder { remote } => {
+                let id = link.id();
+                link.request(&Request::Mkdir { id, path: remote.clone() }).await?;
+                owed.push_back(Owed { id, job: index, digest: None, transferred: 0, started: Instant::now() });
+            }
+            Job::File { local, remote, size } => {
+                let file = File::open(local).map_err(|source| TransferError::Local { path: local.clone(), source })?;
+                // Small files are pipelined without asking; larger ones may resume, so ask first.
+                let from = if *size > CHUNK {
+                    settle_all(link, &mut owed, jobs, progress, report, opts, on_event).await?;
+                    resume_point(link, remote, *size, &file).await?
+                } else {
+                    0
+                };
+                let owed_entry = upload_file(link, index, remote, *size, file, from, on_event).await?;
+                owed.push_back(owed_entry);
+            }
+        }
+        // Take whatever replies have arrived, so events flow while the pipeline stays full.
+        while let Some(reply) = link.ready_reply()? {
+            settle(reply, &mut owed, jobs, progress, report, opts, on_event)?;
+        }
+    }
+    settle_all(link, &mut owed, jobs, progress, report, opts, on_event).await?;
+    // Files that failed verification were put back; another pass sends them again.
+    if progress.iter().any(|p| !p.finished) {
+        return Box::pin(send_pass(link, jobs, progress, report, opts, on_event)).await;
+    }
+    Ok(())
+}
+
+/// Asks the server what it kept of `remote` and checks that our file still starts the same way;
+/// returns where to start. A refusal is left for the `put` to report, in order.
+async fn resume_point(link: &mut Link, remote: &str, size: u64, file: &File) -> Result<u64, TransferError> {
+    let id = link.id();
+    link.request(&Request::Probe { id, path: remote.to_owned(), size }).await?;
+    let reply = link.reply().await?;
+    if reply.status == Status::Busy {
+        // Usually our own previous connection, not yet noticed as gone by the server.
+        return Err(TransferError::Lost(io::Error::other(reply.message.unwrap_or_default())));
+    }
+    let offset = reply.offset.unwrap_or(0);
+    if reply.status != Status::Ok || offset == 0 {
+        return Ok(0);
+    }
+    let theirs = reply.prefix.as_deref().and_then(parse_hex);
+    let cloned = file.try_clone().map_err(TransferError::Lost)?;
+    let ours = tokio::task::spawn_blocking(move || prefix_cvs(&cloned, offset))
+        .await
+        .map_err(|e| TransferError::Lost(io::Error::other(e)))?
+        .map_err(TransferError::Lost)?;
+    Ok(if theirs == Some(prefix_digest(&ours)) { offset } else { 0 })
+}
+
+/// Sends one file from `from`: put, data, end. Returns what the server owes for it.
+async fn upload_file(
+    link: &mut Link,
+    job: usize,
+    remote: &str,
+    size: u64,
+    file: File,
+    from: u64,
+    on_event: &mut (dyn FnMut(Event) + Send),
+) -> Result<Owed, TransferError> {
+    let id = link.id();
+    let started = Instant::now();
+    on_event(Event::Start { path: remote.to_owned(), size, offset: from });
+    link.request(&Request::Put { id, path: remote.to_owned(), size, from }).await?;
+    let cloned = file.try_clone().map_err(TransferError::Lost)?;
+    let mut cvs = if from > 0 {
+        tokio::task::spawn_blocking(move || prefix_cvs(&cloned, from))
+            .await
+            .map_err(|e| TransferError::Lost(io::Error::other(e)))?
+            .map_err(TransferError::Lost)?
+    } else {
+        Vec::new()
+    };
+    let mut single = None;
+    if size <= CHUNK && from == size && size > 0 {
+        // The server kept the whole (single-chunk) file; its root is a plain hash of its bytes.
+        let mut bytes = vec![0u8; size as usize];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, 0)
+            .map_err(|source| TransferError::Local { path: remote.into(), source })?;
+        single = Some(bytes::Bytes::from(bytes));
+    }
+    let mut chunks = read_chunks(file, size, from);
+    let mut head = BytesMut::with_capacity(64);
+    let mut done = from;
+    let mut last_report = Instant::now();
+    while let Some(chunk) = chunks.recv().await {
+        let chunk = chunk.map_err(|source| TransferError::Local { path: remote.into(), source })?;
+        head.clear();
+        wire::encode_data_header(&chunk.cv, chunk.data.len(), &mut head);
+        cvs.push(chunk.cv);
+        if size <= CHUNK {
+            single = Some(chunk.data.clone());
+        }
+        done += chunk.data.len() as u64;
+        let mut data = chunk.data;
+        link.out
+            .write_all_buf(&mut (&mut head).chain(&mut data))
+            .await
+            .map_err(TransferError::Lost)?;
+        if last_report.elapsed() >= PROGRESS_EVERY {
+            last_report = Instant::now();
+            on_event(Event::Progress { path: remote.to_owned(), done, size });
+        }
+    }
+    if size == 0 {
+        single = Some(bytes::Bytes::new());
+    }
+    let digest = file_digest(&cvs, size, single.as_deref())
+        .ok_or_else(|| TransferError::Protocol("cannot compute the file digest".into()))?;
+    link.request(&Request::End { id, digest: hex(&digest) }).await?;
+    Ok(Owed { id, job, digest: Some(digest), transferred: size - from, started })
+}
+
+async fn settle_all(
+    link: &mut Link,
+    owed: &mut VecDeque<Owed>,
+    jobs: &[Job],
+    progress: &mut [Progress],
+    report: &mut Report,
+    opts: &Options,
+    on_event: &mut (dyn FnMut(Event) + Send),
+) -> Result<(), TransferError> {
+    while !owed.is_empty() {
+        let reply = link.reply().await?;
+        settle(reply, owed, jobs, progress, report, opts, on_event)?;
+    }
+    Ok(())
+}
+
+/// Applies one reply to what it answers.
+fn settle(
+    reply: Reply,
+    owed: &mut VecDeque<Owed>,
+    jobs: &[Job],
+    progress: &mut [Progress],
+    report: &mut Report,
+    opts: &Options,
+    on_event: &mut (dyn FnMut(Event) + Send),
+) -> Result<(), TransferError> {
+    let Some(pos) = owed.iter().position(|o| o.id == reply.id) else {
+        return Err(TransferError::Protocol(format!("reply to unknown request {}", reply.id)));
+    };
+    let Some(o) = owed.remove(pos) else {
+        return Ok(());
+    };
+    let (remote, size) = match &jobs[o.job] {
+        Job::Folder { remote } => (remote.clone(), 0),
+        Job::File { remote, size, .. } => (remote.clone(), *size),
+    };
+    let p = &mut progress[o.job];
+    match reply.status {
+        Status::Ok => {
+            p.finished = true;
+            match &jobs[o.job] {
+                Job::Folder { .. } => {
+                    report.folders += 1;
+                    on_event(Event::Folder { path: remote });
+                }
+                Job::File { .. } => {
+                    let theirs = reply.digest.as_deref().and_then(parse_hex);
+                    if theirs != o.digest {
+                        return Err(TransferError::Protocol("the server confirmed a different digest".into()));
+                    }
+                    report.files += 1;
+                    report.bytes += size;
+                    report.transferred += o.transferred;
+                    on_event(Event::Done {
+                        path: remote.clone(),
+                        stored: reply.path.unwrap_or(remote),
+                        size,
+                        transferred: o.transferred,
+                        digest: reply.digest.unwrap_or_default(),
+                        secs: o.started.elapsed().as_secs_f64(),
+                    });
+                }
+            }
+        }
+        Status::Integrity if p.tries < opts.retries => {
+            // Corrupted in transit: the server kept the verified part; send the rest again.
+            p.tries += 1;
+            on_event(Event::Retry {
+                attempt: p.tries,
+                of: opts.retries,
+                wait_ms: 0,
+                reason: format!("{remote}: {}", reply.message.unwrap_or_default()),
+            });
+        }
+        status => {
+            p.finished = true;
+            let message = reply.message.unwrap_or_default();
+            on_event(Event::Failed { path: remote.clone(), status, message: message.clone() });
+            report.failed.push((remote, status, message));
+        }
+    }
+    Ok(())
+}
+
+/// Lists `path` on the server (everything below it when `recursive`).
+pub async fn list(addr: &str, path: &str, recursive: bool, opts: &Options) -> Result<Result<Vec<Entry>, (Status, String)>, TransferError> {
+    let mut link = Link::open(addr, opts).await?;
+    list_on(&mut link, path, recursive).await
+}
+
+async fn list_on(link: &mut Link, path: &str, recursive: bool) -> Result<Result<Vec<Entry>, (Status, String)>, TransferError> {
+    let id = link.id();
+    link.request(&Request::List { id, path: path.to_owned(), recursive }).await?;
+    let mut entries = Vec::new();
+    loop {
+        let reply = link.reply().await?;
+        if reply.id != id {
+            return Err(TransferError::Protocol("reply to another request".into()));
+        }
+        if reply.status != Status::Ok {
+            return Ok(Err((reply.status, reply.message.unwrap_or_default())));
+        }
+        entries.extend(reply.entries.unwrap_or_default());
+        if !reply.more.unwrap_or(false) {
+            return Ok(Ok(entries));
+        }
+    }
+}
+
+/// One thing to download.
+#[derive(Debug, Clone)]
+enum GetJob {
+    Folder { local: String },
+    File { remote: String, local: String, size: u64, digest: String },
+}
+
+/// Downloads files or folders into `out`, verified and resumable; never overwrites unless
+/// `on_conflict` says so.
+pub async fn get(
+    addr: &str,
+    names: &[String],
+    out: &Path,
+    on_conflict: OnConflict,
+    opts: &Options,
+    on_event: &mut (dyn FnMut(Event) + Send),
+) -> Result<Report, TransferError> {
+    let storage = Storage::open(StorageConfig { on_conflict, ..StorageConfig::new(out) })?;
+    let mut jobs: Option<Vec<GetJob>> = None;
+    let mut finished: Vec<bool> = Vec::new();
+    let mut report = Report::default();
+    with_retries(opts, &mut report, on_event, async |report, on_event| {
+        let mut link = Link::open(addr, opts).await?;
+        if jobs.is_none() {
+            let planned = plan_get(&mut link, names, report, on_event).await?;
+            finished = vec![false; planned.len()];
+            jobs = Some(planned);
+        }
+        let Some(jobs) = jobs.as_ref() else { return Ok(()) };
+        for (i, job) in jobs.iter().enumerate() {
+            if finished[i] {
+                continue;
+            }
+            match job {
+                GetJob::Folder { local } => {
+                    storage.mkdir(local).await?;
+                    report.folders += 1;
+                    on_event(Event::Folder { path: local.clone() });
+                }
+                GetJob::File { remote, local, size, digest } => {
+                    download(&mut link, &storage, remote, local, *size, digest, report, on_event).await?;
+                }
+            }
+            finished[i] = true;
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(report)
+}
+
+async fn plan_get(
+    link: &mut Link,
+    names: &[String],
+    report: &mut Report,
+    on_event: &mut (dyn FnMut(Event) + Send),
+) -> Result<Vec<GetJob>, TransferError> {
+    let mut jobs = Vec::new();
+    for name in names {
+        let name = name.trim_matches('/');
+        let base = name.rsplit('/').next().unwrap_or(name).to_owned();
+        match list_on(link, name, true).await? {
+            Err((status, message)) => {
+                on_event(Event::Failed { path: name.to_owned(), status, message: message.clone() });
+                report.failed.push((name.to_owned(), status, message));
+            }
+            Ok(entries) => {
+                let single_file = entries.len() == 1 && !entries[0].dir && entries[0].path == base;
+                if single_file {
+                    let e = &entries[0];
+                    jobs.push(GetJob::File {
+                        remote: name.to_owned(),
+                        local: base,
+                        size: e.size,
+                        digest: e.digest.clone().unwrap_or_default(),
+                    });
+                    continue;
+                }
+                jobs.push(GetJob::Folder { local: base.clone() });
+                for e in entries {
+                    let local = format!("{base}/{}", e.path);
+                    if e.dir {
+                        jobs.push(GetJob::Folder { local });
+                    } else {
+                        jobs.push(GetJob::File {
+                            remote: format!("{name}/{}", e.path),
+                            local,
+                            size: e.size,
+                            digest: e.digest.unwrap_or_default(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    Ok(jobs)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn download(
+    link: &mut Link,
+    storage: &Storage,
+    remote: &str,
+    local: &str,
+    size: u64,
+    digest: &str,
+    report: &mut Report,
+    on_event: &mut (dyn FnMut(Event) + Send),
+) -> Result<(), TransferError> {
+    let started = Instant::now();
+    // A partial from an earlier run is keyed by the digest: it resumes only the same content.
+    let from = storage.probe(local, size, digest).await.map(|p| p.offset).unwrap_or(0);
+    let id = link.id();
+    link.request(&Request::Get { id, path: remote.to_owned(), from }).await?;
+    let reply = link.reply().await?;
+    if reply.status != Status::Ok {
+        let message = reply.message.unwrap_or_default();
+        on_event(Event::Failed { path: remote.to_owned(), status: reply.status, message: message.clone() });
+        report.failed.push((remote.to_owned(), reply.status, message));
+        return Ok(());
+    }
+    let their_size = reply.size.unwrap_or(0);
+    let their_digest = reply.digest.clone().unwrap_or_default();
+    if their_size != size || their_digest != digest {
+        // Changed since it was listed: read past what was sent and fetch it whole, anew.
+        for _ in from / CHUNK..chunk_count(their_size) {
+            link.frame().await?;
+        }
+        return Box::pin(download(link, storage, remote, local, their_size, &their_digest, report, on_event)).await;
+    }
+    let Some(expected) = parse_hex(digest) else {
+        return Err(TransferError::Protocol("server sent a malformed digest".into()));
+    };
+    on_event(Event::Start { path: remote.to_owned(), size, offset: from });
+    let mut upload = storage.begin_upload(local, size, digest, from).await?;
+    let mut done = from;
+    let mut last_report = Instant::now();
+    for _ in from / CHUNK..chunk_count(size) {
+        let (cv, data) = match link.frame().await? {
+            Frame::Data { cv, data } => (cv, data),
+            Frame::Reply(r) => {
+                upload.suspend().await;
+                return Err(TransferError::Lost(io::Error::other(r.message.unwrap_or_else(|| "download stopped".into()))));
+            }
+            Frame::Request(_) => return Err(TransferError::Protocol("the server sent a request".into())),
+        };
+        done += data.len() as u64;
+        if let Err(e) = upload.write_chunk(cv, data).await {
+            upload.suspend().await;
+            // Corrupted in transit: reconnect and resume from the verified part.
+            return Err(TransferError::Lost(io::Error::other(e.to_string())));
+        }
+        if last_report.elapsed() >= PROGRESS_EVERY {
+            last_report = Instant::now();
+            on_event(Event::Progress { path: remote.to_owned(), done, size });
+        }
+    }
+    let stored = upload.commit(expected).await?;
+    report.files += 1;
+    report.bytes += size;
+    report.transferred += size - from;
+    let stored_rel = match local.rsplit_once('/') {
+        Some((dir, _)) => format!("{dir}/{}", stored.name),
+        None => stored.name,
+    };
+    on_event(Event::Done {
+        path: remote.to_owned(),
+        stored: stored_rel,
+        size,
+        transferred: size - from,
+        digest: digest.to_owned(),
+        secs: started.elapsed().as_secs_f64(),
+    });
+    Ok(())
+}
