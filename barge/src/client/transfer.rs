@@ -16,8 +16,9 @@ use barge_proto::tree::{CHUNK, Cv, chunk_count, file_digest, hex, parse_hex, pre
 use barge_proto::wire::{self, Entry, Frame, PREFACE_LEN, Reply, Request, Status, VERSION};
 use bytes::{Buf, BytesMut};
 use serde::Serialize;
+use std::future::Future;
+use std::pin::Pin;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::chunks::{prefix_cvs, read_chunks};
@@ -171,10 +172,46 @@ pub struct Report {
     pub failed: Vec<(String, Status, String)>,
     /// Reconnections made.
     pub retries: u32,
+    /// Connections opened (a server never reached is not retried: it is reported at once).
+    pub connections: u32,
+}
+
+/// A byte stream a client can speak barge over.
+pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Stream for T {}
+
+/// Opens connections to a server: TCP normally ([`Tcp`]); tests dial in-memory pipes.
+pub trait Dial: Send + Sync {
+    /// A fresh connection.
+    fn dial(&self) -> Pin<Box<dyn Future<Output = io::Result<Box<dyn Stream>>> + Send + '_>>;
+    /// The server's address, for messages.
+    fn name(&self) -> String;
+}
+
+/// Dials `host:port` over TCP with a connect timeout.
+#[derive(Debug, Clone)]
+pub struct Tcp {
+    /// `host:port`.
+    pub addr: String,
+    /// Time allowed to connect.
+    pub timeout: Duration,
+}
+
+impl Dial for Tcp {
+    fn dial(&self) -> Pin<Box<dyn Future<Output = io::Result<Box<dyn Stream>>> + Send + '_>> {
+        Box::pin(async move {
+            let s = crate::net::connect(&self.addr, self.timeout).await?;
+            Ok(Box::new(s) as Box<dyn Stream>)
+        })
+    }
+
+    fn name(&self) -> String {
+        self.addr.clone()
+    }
 }
 
 type Reader = mpsc::Receiver<io::Result<Frame>>;
-type Writer = IdleTimeout<WriteHalf<TcpStream>>;
+type Writer = IdleTimeout<WriteHalf<Box<dyn Stream>>>;
 
 /// An open connection: frames arrive from a reader task; the write half has the idle timeout.
 /// (The read side has none of its own: a server legitimately stays silent while a large file
@@ -187,22 +224,25 @@ struct Link {
 }
 
 impl Link {
-    async fn open(addr: &str, opts: &Options) -> Result<Self, TransferError> {
-        let stream = crate::net::connect(addr, opts.connect_timeout)
-            .await
-            .map_err(|source| TransferError::Connect {
-                addr: addr.to_owned(),
-                source,
-            })?;
+    async fn open(dial: &dyn Dial, opts: &Options) -> Result<Self, TransferError> {
+        let stream = dial.dial().await.map_err(|source| TransferError::Connect {
+            addr: dial.name(),
+            source,
+        })?;
         let (read, write) = tokio::io::split(stream);
         let mut out = IdleTimeout::new(write, opts.io_timeout);
-        out.write_all(&wire::preface(VERSION)).await.map_err(TransferError::Lost)?;
+        out.write_all(&wire::preface(VERSION))
+            .await
+            .map_err(TransferError::Lost)?;
         let mut read = read;
         let mut buf = BytesMut::with_capacity(256 * 1024);
         let preface = tokio::time::timeout(opts.io_timeout, async {
             while buf.len() < PREFACE_LEN {
                 if read.read_buf(&mut buf).await? == 0 {
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed before its preface"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "closed before its preface",
+                    ));
                 }
             }
             Ok(())
@@ -212,7 +252,11 @@ impl Link {
         preface.map_err(TransferError::Lost)?;
         match wire::parse_preface(&buf) {
             Ok(Some(VERSION)) => {}
-            Ok(Some(v)) => return Err(TransferError::Protocol(format!("server speaks protocol version {v}"))),
+            Ok(Some(v)) => {
+                return Err(TransferError::Protocol(format!(
+                    "server speaks protocol version {v}"
+                )));
+            }
             _ => return Err(TransferError::Protocol("not a barge server".into())),
         }
         buf.advance(PREFACE_LEN);
@@ -244,7 +288,10 @@ impl Link {
                 io::ErrorKind::TimedOut,
                 "no reply from the server",
             ))),
-            Ok(None) => Err(TransferError::Lost(io::Error::new(io::ErrorKind::UnexpectedEof, "closed"))),
+            Ok(None) => Err(TransferError::Lost(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed",
+            ))),
             Ok(Some(Err(e))) => Err(TransferError::Lost(e)),
             Ok(Some(Ok(f))) => Ok(f),
         }
@@ -253,7 +300,9 @@ impl Link {
     async fn reply(&mut self) -> Result<Reply, TransferError> {
         match self.frame().await? {
             Frame::Reply(r) => Ok(r),
-            other => Err(TransferError::Protocol(format!("expected a reply, got {other:?}"))),
+            other => Err(TransferError::Protocol(format!(
+                "expected a reply, got {other:?}"
+            ))),
         }
     }
 
@@ -264,14 +313,18 @@ impl Link {
             Ok(Ok(_)) => Err(TransferError::Protocol("unexpected data frame".into())),
             Ok(Err(e)) => Err(TransferError::Lost(e)),
             Err(mpsc::error::TryRecvError::Empty) => Ok(None),
-            Err(mpsc::error::TryRecvError::Disconnected) => {
-                Err(TransferError::Lost(io::Error::new(io::ErrorKind::UnexpectedEof, "closed")))
-            }
+            Err(mpsc::error::TryRecvError::Disconnected) => Err(TransferError::Lost(
+                io::Error::new(io::ErrorKind::UnexpectedEof, "closed"),
+            )),
         }
     }
 }
 
-async fn read_frames(mut read: ReadHalf<TcpStream>, mut buf: BytesMut, tx: mpsc::Sender<io::Result<Frame>>) {
+async fn read_frames(
+    mut read: ReadHalf<Box<dyn Stream>>,
+    mut buf: BytesMut,
+    tx: mpsc::Sender<io::Result<Frame>>,
+) {
     loop {
         match wire::decode_frame(&mut buf) {
             Ok(Some(frame)) => {
@@ -282,7 +335,9 @@ async fn read_frames(mut read: ReadHalf<TcpStream>, mut buf: BytesMut, tx: mpsc:
             }
             Ok(None) => {}
             Err(e) => {
-                let _ = tx.send(Err(io::Error::new(io::ErrorKind::InvalidData, e))).await;
+                let _ = tx
+                    .send(Err(io::Error::new(io::ErrorKind::InvalidData, e)))
+                    .await;
                 return;
             }
         }
@@ -290,7 +345,10 @@ async fn read_frames(mut read: ReadHalf<TcpStream>, mut buf: BytesMut, tx: mpsc:
         match read.read_buf(&mut buf).await {
             Ok(0) => {
                 let _ = tx
-                    .send(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the server closed the connection")))
+                    .send(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the server closed the connection",
+                    )))
                     .await;
                 return;
             }
@@ -309,14 +367,23 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// One thing to upload.
 #[derive(Debug, Clone)]
 enum Job {
-    Folder { remote: String },
-    File { local: PathBuf, remote: String, size: u64 },
+    Folder {
+        remote: String,
+    },
+    File {
+        local: PathBuf,
+        remote: String,
+        size: u64,
+    },
 }
 
 /// Walks what the user named into folders and files with their remote paths. Symlinks are
 /// followed only to files inside the tree being sent; empty folders are kept.
 fn plan(roots: &[PathBuf]) -> Result<Vec<Job>, TransferError> {
-    let local = |path: &Path, source| TransferError::Local { path: path.to_owned(), source };
+    let local = |path: &Path, source| TransferError::Local {
+        path: path.to_owned(),
+        source,
+    };
     let mut jobs = Vec::new();
     for root in roots {
         let meta = std::fs::metadata(root).map_err(|e| local(root, e))?;
@@ -329,11 +396,17 @@ fn plan(roots: &[PathBuf]) -> Result<Vec<Job>, TransferError> {
             .ok_or_else(|| local(root, io::Error::other("has no UTF-8 file name")))?;
         check_name(root, &name)?;
         if meta.is_file() {
-            jobs.push(Job::File { local: root.clone(), remote: name, size: meta.len() });
+            jobs.push(Job::File {
+                local: root.clone(),
+                remote: name,
+                size: meta.len(),
+            });
             continue;
         }
         let top = root.canonicalize().map_err(|e| local(root, e))?;
-        jobs.push(Job::Folder { remote: name.clone() });
+        jobs.push(Job::Folder {
+            remote: name.clone(),
+        });
         let mut stack = vec![(root.clone(), name)];
         while let Some((dir, remote)) = stack.pop() {
             let mut items: Vec<_> = std::fs::read_dir(&dir)
@@ -356,15 +429,25 @@ fn plan(roots: &[PathBuf]) -> Result<Vec<Job>, TransferError> {
                     match target {
                         Some(t) if t.starts_with(&top) && t.is_file() => {
                             let size = std::fs::metadata(&t).map_err(|e| local(&path, e))?.len();
-                            jobs.push(Job::File { local: path, remote: child, size });
+                            jobs.push(Job::File {
+                                local: path,
+                                remote: child,
+                                size,
+                            });
                         }
                         _ => tracing::warn!(path = %path.display(), "symlink not followed"),
                     }
                 } else if lmeta.is_dir() {
-                    jobs.push(Job::Folder { remote: child.clone() });
+                    jobs.push(Job::Folder {
+                        remote: child.clone(),
+                    });
                     stack.push((path, child));
                 } else if lmeta.is_file() {
-                    jobs.push(Job::File { local: path, remote: child, size: lmeta.len() });
+                    jobs.push(Job::File {
+                        local: path,
+                        remote: child,
+                        size: lmeta.len(),
+                    });
                 }
             }
         }
@@ -375,7 +458,10 @@ fn plan(roots: &[PathBuf]) -> Result<Vec<Job>, TransferError> {
 fn check_name(path: &Path, name: &str) -> Result<(), TransferError> {
     barge_proto::name::validate_file_name(name)
         .map(|_| ())
-        .map_err(|source| TransferError::Name { path: path.to_owned(), source })
+        .map_err(|source| TransferError::Name {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 /// Where one job stands across reconnections.
@@ -387,7 +473,7 @@ struct Progress {
 
 /// Uploads files and folders (each named root keeps its name on the server, folders their tree).
 pub async fn send(
-    addr: &str,
+    dial: &dyn Dial,
     roots: &[PathBuf],
     opts: &Options,
     on_event: &mut (dyn FnMut(Event) + Send),
@@ -396,7 +482,8 @@ pub async fn send(
     let mut progress = vec![Progress::default(); jobs.len()];
     let mut report = Report::default();
     with_retries(opts, &mut report, on_event, async |report, on_event| {
-        let mut link = Link::open(addr, opts).await?;
+        let mut link = Link::open(dial, opts).await?;
+        report.connections += 1;
         send_pass(&mut link, &jobs, &mut progress, report, opts, on_event).await
     })
     .await?;
@@ -414,7 +501,8 @@ async fn with_retries(
     loop {
         match pass(report, on_event).await {
             Ok(()) => return Ok(()),
-            Err(e) if e.retryable() && attempt < opts.retries => {
+            // A server never reached is reported at once; a lost one is waited for.
+            Err(e) if e.retryable() && report.connections > 0 && attempt < opts.retries => {
                 attempt += 1;
                 report.retries = attempt;
                 let wait = opts.backoff * 2u32.pow(attempt - 1);
@@ -451,17 +539,36 @@ async fn send_pass(
 ) -> Result<(), TransferError> {
     let mut owed: VecDeque<Owed> = VecDeque::new();
     loop {
-        let Some(index) = (0..jobs.len()).find(|&i| !progress[i].finished && !owed.iter().any(|o| o.job == i)) else {
+        let Some(index) =
+            (0..jobs.len()).find(|&i| !progress[i].finished && !owed.iter().any(|o| o.job == i))
+        else {
             break;
         };
         match &jobs[index] {
             Job::Folder { remote } => {
                 let id = link.id();
-                link.request(&Request::Mkdir { id, path: remote.clone() }).await?;
-                owed.push_back(Owed { id, job: index, digest: None, transferred: 0, started: Instant::now() });
+                link.request(&Request::Mkdir {
+                    id,
+                    path: remote.clone(),
+                })
+                .await?;
+                owed.push_back(Owed {
+                    id,
+                    job: index,
+                    digest: None,
+                    transferred: 0,
+                    started: Instant::now(),
+                });
             }
-            Job::File { local, remote, size } => {
-                let file = File::open(local).map_err(|source| TransferError::Local { path: local.clone(), source })?;
+            Job::File {
+                local,
+                remote,
+                size,
+            } => {
+                let file = File::open(local).map_err(|source| TransferError::Local {
+                    path: local.clone(),
+                    source,
+                })?;
                 // Small files are pipelined without asking; larger ones may resume, so ask first.
                 let from = if *size > CHUNK {
                     settle_all(link, &mut owed, jobs, progress, report, opts, on_event).await?;
@@ -469,7 +576,8 @@ async fn send_pass(
                 } else {
                     0
                 };
-                let owed_entry = upload_file(link, index, remote, *size, file, from, on_event).await?;
+                let owed_entry =
+                    upload_file(link, index, remote, *size, file, from, on_event).await?;
                 owed.push_back(owed_entry);
             }
         }
@@ -488,13 +596,25 @@ async fn send_pass(
 
 /// Asks the server what it kept of `remote` and checks that our file still starts the same way;
 /// returns where to start. A refusal is left for the `put` to report, in order.
-async fn resume_point(link: &mut Link, remote: &str, size: u64, file: &File) -> Result<u64, TransferError> {
+async fn resume_point(
+    link: &mut Link,
+    remote: &str,
+    size: u64,
+    file: &File,
+) -> Result<u64, TransferError> {
     let id = link.id();
-    link.request(&Request::Probe { id, path: remote.to_owned(), size }).await?;
+    link.request(&Request::Probe {
+        id,
+        path: remote.to_owned(),
+        size,
+    })
+    .await?;
     let reply = link.reply().await?;
     if reply.status == Status::Busy {
         // Usually our own previous connection, not yet noticed as gone by the server.
-        return Err(TransferError::Lost(io::Error::other(reply.message.unwrap_or_default())));
+        return Err(TransferError::Lost(io::Error::other(
+            reply.message.unwrap_or_default(),
+        )));
     }
     let offset = reply.offset.unwrap_or(0);
     if reply.status != Status::Ok || offset == 0 {
@@ -506,7 +626,11 @@ async fn resume_point(link: &mut Link, remote: &str, size: u64, file: &File) -> 
         .await
         .map_err(|e| TransferError::Lost(io::Error::other(e)))?
         .map_err(TransferError::Lost)?;
-    Ok(if theirs == Some(prefix_digest(&ours)) { offset } else { 0 })
+    Ok(if theirs == Some(prefix_digest(&ours)) {
+        offset
+    } else {
+        0
+    })
 }
 
 /// Sends one file from `from`: put, data, end. Returns what the server owes for it.
@@ -521,8 +645,18 @@ async fn upload_file(
 ) -> Result<Owed, TransferError> {
     let id = link.id();
     let started = Instant::now();
-    on_event(Event::Start { path: remote.to_owned(), size, offset: from });
-    link.request(&Request::Put { id, path: remote.to_owned(), size, from }).await?;
+    on_event(Event::Start {
+        path: remote.to_owned(),
+        size,
+        offset: from,
+    });
+    link.request(&Request::Put {
+        id,
+        path: remote.to_owned(),
+        size,
+        from,
+    })
+    .await?;
     let cloned = file.try_clone().map_err(TransferError::Lost)?;
     let mut cvs = if from > 0 {
         tokio::task::spawn_blocking(move || prefix_cvs(&cloned, from))
@@ -536,8 +670,12 @@ async fn upload_file(
     if size <= CHUNK && from == size && size > 0 {
         // The server kept the whole (single-chunk) file; its root is a plain hash of its bytes.
         let mut bytes = vec![0u8; size as usize];
-        std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, 0)
-            .map_err(|source| TransferError::Local { path: remote.into(), source })?;
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, 0).map_err(|source| {
+            TransferError::Local {
+                path: remote.into(),
+                source,
+            }
+        })?;
         single = Some(bytes::Bytes::from(bytes));
     }
     let mut chunks = read_chunks(file, size, from);
@@ -545,7 +683,10 @@ async fn upload_file(
     let mut done = from;
     let mut last_report = Instant::now();
     while let Some(chunk) = chunks.recv().await {
-        let chunk = chunk.map_err(|source| TransferError::Local { path: remote.into(), source })?;
+        let chunk = chunk.map_err(|source| TransferError::Local {
+            path: remote.into(),
+            source,
+        })?;
         head.clear();
         wire::encode_data_header(&chunk.cv, chunk.data.len(), &mut head);
         cvs.push(chunk.cv);
@@ -560,7 +701,11 @@ async fn upload_file(
             .map_err(TransferError::Lost)?;
         if last_report.elapsed() >= PROGRESS_EVERY {
             last_report = Instant::now();
-            on_event(Event::Progress { path: remote.to_owned(), done, size });
+            on_event(Event::Progress {
+                path: remote.to_owned(),
+                done,
+                size,
+            });
         }
     }
     if size == 0 {
@@ -568,8 +713,18 @@ async fn upload_file(
     }
     let digest = file_digest(&cvs, size, single.as_deref())
         .ok_or_else(|| TransferError::Protocol("cannot compute the file digest".into()))?;
-    link.request(&Request::End { id, digest: hex(&digest) }).await?;
-    Ok(Owed { id, job, digest: Some(digest), transferred: size - from, started })
+    link.request(&Request::End {
+        id,
+        digest: hex(&digest),
+    })
+    .await?;
+    Ok(Owed {
+        id,
+        job,
+        digest: Some(digest),
+        transferred: size - from,
+        started,
+    })
 }
 
 async fn settle_all(
@@ -599,7 +754,10 @@ fn settle(
     on_event: &mut (dyn FnMut(Event) + Send),
 ) -> Result<(), TransferError> {
     let Some(pos) = owed.iter().position(|o| o.id == reply.id) else {
-        return Err(TransferError::Protocol(format!("reply to unknown request {}", reply.id)));
+        return Err(TransferError::Protocol(format!(
+            "reply to unknown request {}",
+            reply.id
+        )));
     };
     let Some(o) = owed.remove(pos) else {
         return Ok(());
@@ -620,7 +778,9 @@ fn settle(
                 Job::File { .. } => {
                     let theirs = reply.digest.as_deref().and_then(parse_hex);
                     if theirs != o.digest {
-                        return Err(TransferError::Protocol("the server confirmed a different digest".into()));
+                        return Err(TransferError::Protocol(
+                            "the server confirmed a different digest".into(),
+                        ));
                     }
                     report.files += 1;
                     report.bytes += size;
@@ -649,7 +809,11 @@ fn settle(
         status => {
             p.finished = true;
             let message = reply.message.unwrap_or_default();
-            on_event(Event::Failed { path: remote.clone(), status, message: message.clone() });
+            on_event(Event::Failed {
+                path: remote.clone(),
+                status,
+                message: message.clone(),
+            });
             report.failed.push((remote, status, message));
         }
     }
@@ -657,14 +821,28 @@ fn settle(
 }
 
 /// Lists `path` on the server (everything below it when `recursive`).
-pub async fn list(addr: &str, path: &str, recursive: bool, opts: &Options) -> Result<Result<Vec<Entry>, (Status, String)>, TransferError> {
-    let mut link = Link::open(addr, opts).await?;
+pub async fn list(
+    dial: &dyn Dial,
+    path: &str,
+    recursive: bool,
+    opts: &Options,
+) -> Result<Result<Vec<Entry>, (Status, String)>, TransferError> {
+    let mut link = Link::open(dial, opts).await?;
     list_on(&mut link, path, recursive).await
 }
 
-async fn list_on(link: &mut Link, path: &str, recursive: bool) -> Result<Result<Vec<Entry>, (Status, String)>, TransferError> {
+async fn list_on(
+    link: &mut Link,
+    path: &str,
+    recursive: bool,
+) -> Result<Result<Vec<Entry>, (Status, String)>, TransferError> {
     let id = link.id();
-    link.request(&Request::List { id, path: path.to_owned(), recursive }).await?;
+    link.request(&Request::List {
+        id,
+        path: path.to_owned(),
+        recursive,
+    })
+    .await?;
     let mut entries = Vec::new();
     loop {
         let reply = link.reply().await?;
@@ -684,32 +862,45 @@ async fn list_on(link: &mut Link, path: &str, recursive: bool) -> Result<Result<
 /// One thing to download.
 #[derive(Debug, Clone)]
 enum GetJob {
-    Folder { local: String },
-    File { remote: String, local: String, size: u64, digest: String },
+    Folder {
+        local: String,
+    },
+    File {
+        remote: String,
+        local: String,
+        size: u64,
+        digest: String,
+    },
 }
 
 /// Downloads files or folders into `out`, verified and resumable; never overwrites unless
 /// `on_conflict` says so.
 pub async fn get(
-    addr: &str,
+    dial: &dyn Dial,
     names: &[String],
     out: &Path,
     on_conflict: OnConflict,
     opts: &Options,
     on_event: &mut (dyn FnMut(Event) + Send),
 ) -> Result<Report, TransferError> {
-    let storage = Storage::open(StorageConfig { on_conflict, ..StorageConfig::new(out) })?;
+    let storage = Storage::open(StorageConfig {
+        on_conflict,
+        ..StorageConfig::new(out)
+    })?;
     let mut jobs: Option<Vec<GetJob>> = None;
     let mut finished: Vec<bool> = Vec::new();
     let mut report = Report::default();
     with_retries(opts, &mut report, on_event, async |report, on_event| {
-        let mut link = Link::open(addr, opts).await?;
+        let mut link = Link::open(dial, opts).await?;
+        report.connections += 1;
         if jobs.is_none() {
             let planned = plan_get(&mut link, names, report, on_event).await?;
             finished = vec![false; planned.len()];
             jobs = Some(planned);
         }
-        let Some(jobs) = jobs.as_ref() else { return Ok(()) };
+        let Some(jobs) = jobs.as_ref() else {
+            return Ok(());
+        };
         for (i, job) in jobs.iter().enumerate() {
             if finished[i] {
                 continue;
@@ -718,10 +909,20 @@ pub async fn get(
                 GetJob::Folder { local } => {
                     storage.mkdir(local).await?;
                     report.folders += 1;
-                    on_event(Event::Folder { path: local.clone() });
+                    on_event(Event::Folder {
+                        path: local.clone(),
+                    });
                 }
-                GetJob::File { remote, local, size, digest } => {
-                    download(&mut link, &storage, remote, local, *size, digest, report, on_event).await?;
+                GetJob::File {
+                    remote,
+                    local,
+                    size,
+                    digest,
+                } => {
+                    download(
+                        &mut link, &storage, remote, local, *size, digest, report, on_event,
+                    )
+                    .await?;
                 }
             }
             finished[i] = true;
@@ -744,7 +945,11 @@ async fn plan_get(
         let base = name.rsplit('/').next().unwrap_or(name).to_owned();
         match list_on(link, name, true).await? {
             Err((status, message)) => {
-                on_event(Event::Failed { path: name.to_owned(), status, message: message.clone() });
+                on_event(Event::Failed {
+                    path: name.to_owned(),
+                    status,
+                    message: message.clone(),
+                });
                 report.failed.push((name.to_owned(), status, message));
             }
             Ok(entries) => {
@@ -759,7 +964,9 @@ async fn plan_get(
                     });
                     continue;
                 }
-                jobs.push(GetJob::Folder { local: base.clone() });
+                jobs.push(GetJob::Folder {
+                    local: base.clone(),
+                });
                 for e in entries {
                     let local = format!("{base}/{}", e.path);
                     if e.dir {
@@ -792,14 +999,29 @@ async fn download(
 ) -> Result<(), TransferError> {
     let started = Instant::now();
     // A partial from an earlier run is keyed by the digest: it resumes only the same content.
-    let from = storage.probe(local, size, digest).await.map(|p| p.offset).unwrap_or(0);
+    let from = storage
+        .probe(local, size, digest)
+        .await
+        .map(|p| p.offset)
+        .unwrap_or(0);
     let id = link.id();
-    link.request(&Request::Get { id, path: remote.to_owned(), from }).await?;
+    link.request(&Request::Get {
+        id,
+        path: remote.to_owned(),
+        from,
+    })
+    .await?;
     let reply = link.reply().await?;
     if reply.status != Status::Ok {
         let message = reply.message.unwrap_or_default();
-        on_event(Event::Failed { path: remote.to_owned(), status: reply.status, message: message.clone() });
-        report.failed.push((remote.to_owned(), reply.status, message));
+        on_event(Event::Failed {
+            path: remote.to_owned(),
+            status: reply.status,
+            message: message.clone(),
+        });
+        report
+            .failed
+            .push((remote.to_owned(), reply.status, message));
         return Ok(());
     }
     let their_size = reply.size.unwrap_or(0);
@@ -809,12 +1031,28 @@ async fn download(
         for _ in from / CHUNK..chunk_count(their_size) {
             link.frame().await?;
         }
-        return Box::pin(download(link, storage, remote, local, their_size, &their_digest, report, on_event)).await;
+        return Box::pin(download(
+            link,
+            storage,
+            remote,
+            local,
+            their_size,
+            &their_digest,
+            report,
+            on_event,
+        ))
+        .await;
     }
     let Some(expected) = parse_hex(digest) else {
-        return Err(TransferError::Protocol("server sent a malformed digest".into()));
+        return Err(TransferError::Protocol(
+            "server sent a malformed digest".into(),
+        ));
     };
-    on_event(Event::Start { path: remote.to_owned(), size, offset: from });
+    on_event(Event::Start {
+        path: remote.to_owned(),
+        size,
+        offset: from,
+    });
     let mut upload = storage.begin_upload(local, size, digest, from).await?;
     let mut done = from;
     let mut last_report = Instant::now();
@@ -823,9 +1061,13 @@ async fn download(
             Frame::Data { cv, data } => (cv, data),
             Frame::Reply(r) => {
                 upload.suspend().await;
-                return Err(TransferError::Lost(io::Error::other(r.message.unwrap_or_else(|| "download stopped".into()))));
+                return Err(TransferError::Lost(io::Error::other(
+                    r.message.unwrap_or_else(|| "download stopped".into()),
+                )));
             }
-            Frame::Request(_) => return Err(TransferError::Protocol("the server sent a request".into())),
+            Frame::Request(_) => {
+                return Err(TransferError::Protocol("the server sent a request".into()));
+            }
         };
         done += data.len() as u64;
         if let Err(e) = upload.write_chunk(cv, data).await {
@@ -835,7 +1077,11 @@ async fn download(
         }
         if last_report.elapsed() >= PROGRESS_EVERY {
             last_report = Instant::now();
-            on_event(Event::Progress { path: remote.to_owned(), done, size });
+            on_event(Event::Progress {
+                path: remote.to_owned(),
+                done,
+                size,
+            });
         }
     }
     let stored = upload.commit(expected).await?;

@@ -61,6 +61,8 @@ pub struct StorageConfig {
     pub fsync: bool,
     /// How long an interrupted resumable upload is kept for its sender to come back.
     pub partial_ttl: Duration,
+    /// Verified bytes between two checkpoints of a resumable transfer: bounds what a crash costs.
+    pub checkpoint_bytes: u64,
 }
 
 impl StorageConfig {
@@ -72,6 +74,7 @@ impl StorageConfig {
             max_file_size: None,
             fsync: true,
             partial_ttl: Duration::from_secs(24 * 3600),
+            checkpoint_bytes: 64 << 20,
         }
     }
 }

@@ -34,8 +34,6 @@ use tracing::{debug, info, warn};
 
 use super::{OnConflict, Storage, StorageError, Stored, blocking, publish};
 
-/// Verified bytes between two checkpoints: bounds what a crash can cost a resumed transfer.
-const CHECKPOINT_BYTES: u64 = 64 << 20;
 /// Chunks queued for a writer: enough to overlap network and disk, little enough to keep 100
 /// concurrent uploads within a few hundred MiB at worst.
 const QUEUED_CHUNKS: usize = 2;
@@ -695,7 +693,7 @@ impl Writer {
             (self.verified.len() as u64 * CHUNK).min(self.size),
             Ordering::Release,
         );
-        if self.since_checkpoint >= CHECKPOINT_BYTES {
+        if self.since_checkpoint >= self.storage.inner.config.checkpoint_bytes {
             self.checkpoint().map_err(|e| Failure::Io(e.to_string()))?;
         }
         Ok(())

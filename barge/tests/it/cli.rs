@@ -60,7 +60,7 @@ fn serve_and_send_round_trip_then_sigterm_exits_cleanly() {
         "{stdout}"
     );
     assert!(
-        out.stderr.is_empty(),
+        !text(&out.stderr).contains("ETA"),
         "no progress bars when stderr is not a terminal"
     );
     assert_eq!(
@@ -109,20 +109,47 @@ fn send_missing_file_fails_before_connecting() {
 }
 
 #[test]
-fn send_reports_a_connection_dropped_by_the_server() {
+fn legacy_send_reports_a_connection_dropped_by_the_server() {
     let src = tempfile::tempdir().unwrap();
     let inbox = tempfile::tempdir().unwrap();
     let big = src.path().join("big.bin");
     std::fs::write(&big, content(3, 8 << 20)).unwrap();
     let (_server, addr) = spawn_serve(inbox.path(), &["--max-file-size", "1K"]);
     let out = run(barge()
-        .arg("send")
+        .args(["send", "--legacy"])
         .arg(&big)
         .args(["--to", &addr.to_string()]));
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(err.contains("connection"), "{err}");
     assert_eq!(published(inbox.path()), Vec::<String>::new());
+}
+
+#[test]
+fn send_reports_the_servers_reason_for_a_refusal() {
+    let src = tempfile::tempdir().unwrap();
+    let inbox = tempfile::tempdir().unwrap();
+    let big = src.path().join("big.bin");
+    std::fs::write(&big, content(3, 3 << 20)).unwrap();
+    let small = src.path().join("small.txt");
+    std::fs::write(&small, b"fits").unwrap();
+    let (_server, addr) = spawn_serve(inbox.path(), &["--max-file-size", "1K"]);
+    let out = run(barge()
+        .arg("send")
+        .arg(&big)
+        .args(["--to", &addr.to_string()]));
+    assert_eq!(out.status.code(), Some(4), "refused has its own exit code");
+    let err = text(&out.stderr);
+    assert!(err.contains("big.bin not transferred (too_large)"), "{err}");
+    assert!(err.contains("over the limit of 1024 bytes"), "{err}");
+    // One refused, one stored: a partial transfer.
+    let out = run(barge()
+        .arg("send")
+        .arg(&big)
+        .arg(&small)
+        .args(["--to", &addr.to_string()]));
+    assert_eq!(out.status.code(), Some(6), "{}", text(&out.stderr));
+    assert_eq!(published(inbox.path()), ["small.txt"]);
 }
 
 #[test]

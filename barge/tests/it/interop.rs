@@ -64,7 +64,7 @@ fn barge_send_uploads_several_files_to_seed_server() {
     assert!(first.starts_with("listening on"), "{first}");
 
     let out = barge()
-        .arg("send")
+        .args(["send", "--legacy"])
         .args(files.iter().map(|(n, _)| src.path().join(n)))
         .args(["--to", &format!("127.0.0.1:{port}")])
         .stdin(Stdio::null())

@@ -169,6 +169,10 @@ pub struct ServeArgs {
     /// Seconds an interrupted upload is kept for its sender to resume.
     #[arg(long, default_value_t = 86400.0)]
     pub partial_ttl: f64,
+    /// Bytes between two resume checkpoints (data fsynced, then its chunk digests recorded): what
+    /// a server crash can cost a resumed upload at most.
+    #[arg(long, value_parser = parse_size, default_value = "64M")]
+    pub checkpoint: u64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -260,8 +264,13 @@ pub struct LsArgs {
 pub struct PickArgs {
     /// Folder whose files are offered.
     pub dir: PathBuf,
+    /// Use the lesson's format (one connection, no reply, no verification).
+    #[arg(long)]
+    pub legacy: bool,
     #[command(flatten)]
     pub client: ClientArgs,
+    #[command(flatten)]
+    pub transfer: TransferArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

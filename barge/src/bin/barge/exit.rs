@@ -3,8 +3,8 @@
 use barge::client::echo::EchoClientError;
 use barge::client::transfer::TransferError;
 use barge::client::udp::UdpClientError;
-use barge::storage::StorageError;
 use barge::client::upload::ClientError;
+use barge::storage::StorageError;
 
 /// Everything worked.
 pub const SUCCESS: u8 = 0;
@@ -30,7 +30,11 @@ pub fn for_report(report: &barge::client::transfer::Report) -> u8 {
         SUCCESS
     } else if report.files + report.folders > 0 {
         PARTIAL
-    } else if report.failed.iter().any(|(_, s, _)| *s == Status::Integrity) {
+    } else if report
+        .failed
+        .iter()
+        .any(|(_, s, _)| *s == Status::Integrity)
+    {
         INTEGRITY
     } else {
         REFUSED

@@ -5,15 +5,16 @@ use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use barge::client::transfer::{self, Event, Options, Report};
+use barge::client::transfer::{self, Event, Options, Report, Tcp};
 use barge::storage::OnConflict;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
-use crate::args::{ClientArgs, GetArgs, LsArgs, ProgressMode, SendArgs, TransferArgs, split_target};
+use crate::args::{
+    ClientArgs, GetArgs, LsArgs, ProgressMode, SendArgs, TransferArgs, split_target,
+};
 use crate::progress::printable;
 use crate::{exit, seconds};
-
 
 fn options(c: &ClientArgs, t: &TransferArgs) -> Result<Options> {
     Ok(Options {
@@ -31,10 +32,23 @@ fn target(args: &[String], c: &ClientArgs) -> (String, Vec<String>) {
 }
 
 pub async fn send(a: SendArgs) -> Result<u8> {
-    let opts = options(&a.client, &a.transfer)?;
-    let mut view = View::new(a.client.progress, a.transfer.json, "sent");
+    send_paths(&a.client, &a.transfer, a.files).await
+}
+
+/// Uploads files and folders with barge's protocol and renders the outcome.
+pub async fn send_paths(
+    client: &ClientArgs,
+    t: &TransferArgs,
+    paths: Vec<std::path::PathBuf>,
+) -> Result<u8> {
+    let opts = options(client, t)?;
+    let mut view = View::new(client.progress, t.json, "sent");
     let started = Instant::now();
-    let result = transfer::send(&a.client.to, &a.files, &opts, &mut |e| view.event(e)).await;
+    let dial = Tcp {
+        addr: client.to.clone(),
+        timeout: opts.connect_timeout,
+    };
+    let result = transfer::send(&dial, &paths, &opts, &mut |e| view.event(e)).await;
     view.finish(result, started)
 }
 
@@ -44,10 +58,18 @@ pub async fn get(a: GetArgs) -> Result<u8> {
         bail!("name at least one file or folder to get");
     }
     let opts = options(&a.client, &a.transfer)?;
-    let policy = if a.overwrite { OnConflict::Overwrite } else { OnConflict::Rename };
+    let policy = if a.overwrite {
+        OnConflict::Overwrite
+    } else {
+        OnConflict::Rename
+    };
     let mut view = View::new(a.client.progress, a.transfer.json, "got");
     let started = Instant::now();
-    let result = transfer::get(&addr, &names, &a.out, policy, &opts, &mut |e| view.event(e)).await;
+    let dial = Tcp {
+        addr,
+        timeout: opts.connect_timeout,
+    };
+    let result = transfer::get(&dial, &names, &a.out, policy, &opts, &mut |e| view.event(e)).await;
     view.finish(result, started)
 }
 
@@ -62,11 +84,19 @@ pub async fn ls(a: LsArgs) -> Result<u8> {
         io_timeout: seconds(a.client.timeout, "--timeout")?,
         ..Options::default()
     };
-    let entries = match transfer::list(&addr, path, a.recursive, &opts).await? {
+    let dial = Tcp {
+        addr: addr.clone(),
+        timeout: opts.connect_timeout,
+    };
+    let entries = match transfer::list(&dial, path, a.recursive, &opts).await? {
         Ok(entries) => entries,
         Err((status, message)) => {
             eprintln!("barge: {addr} refused to list {path:?}: {message}");
-            return Ok(if status == barge_proto::wire::Status::NotFound { exit::FAILURE } else { exit::REFUSED });
+            return Ok(if status == barge_proto::wire::Status::NotFound {
+                exit::FAILURE
+            } else {
+                exit::REFUSED
+            });
         }
     };
     let mut out = std::io::stdout().lock();
@@ -74,11 +104,19 @@ pub async fn ls(a: LsArgs) -> Result<u8> {
         if a.json {
             writeln!(out, "{}", serde_json::to_string(&e)?)?;
         } else {
-            let name = if e.dir { format!("{}/", e.path) } else { e.path.clone() };
+            let name = if e.dir {
+                format!("{}/", e.path)
+            } else {
+                e.path.clone()
+            };
             writeln!(
                 out,
                 "{:>14}  {}  {:64}  {}",
-                if e.dir { "-".to_owned() } else { e.size.to_string() },
+                if e.dir {
+                    "-".to_owned()
+                } else {
+                    e.size.to_string()
+                },
                 utc(e.mtime),
                 e.digest.as_deref().unwrap_or("-"),
                 printable(&name)
@@ -101,7 +139,12 @@ fn utc(secs: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem / 60 % 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 /// Renders transfer events: JSON lines, or bars on stderr plus a line per file on stdout.
@@ -119,7 +162,12 @@ impl View {
             ProgressMode::Never => false,
             ProgressMode::Auto => std::io::stderr().is_terminal(),
         };
-        Self { json, bars, verb, bar: None }
+        Self {
+            json,
+            bars,
+            verb,
+            bar: None,
+        }
     }
 
     fn event(&mut self, e: Event) {
@@ -132,7 +180,8 @@ impl View {
         match e {
             Event::Start { path, size, offset } => {
                 if self.bars {
-                    let bar = ProgressBar::with_draw_target(Some(size), ProgressDrawTarget::stderr());
+                    let bar =
+                        ProgressBar::with_draw_target(Some(size), ProgressDrawTarget::stderr());
                     if let Ok(style) = ProgressStyle::with_template(
                         "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
                     ) {
@@ -149,12 +198,27 @@ impl View {
                     bar.set_position(done);
                 }
             }
-            Event::Done { path, stored, size, transferred, digest, secs } => {
+            Event::Done {
+                path,
+                stored,
+                size,
+                transferred,
+                digest,
+                secs,
+            } => {
                 if let Some(bar) = self.bar.take() {
                     bar.finish_and_clear();
                 }
-                let renamed = if stored != path { format!(" as {}", printable(&stored)) } else { String::new() };
-                let resumed = if transferred < size { format!(", resumed: {transferred} bytes sent") } else { String::new() };
+                let renamed = if stored != path {
+                    format!(" as {}", printable(&stored))
+                } else {
+                    String::new()
+                };
+                let resumed = if transferred < size {
+                    format!(", resumed: {transferred} bytes sent")
+                } else {
+                    String::new()
+                };
                 println!(
                     "{} {}{renamed} ({size} bytes) in {secs:.2}s, {:.1} MB/s{resumed}, blake3 {digest}",
                     self.verb,
@@ -163,22 +227,43 @@ impl View {
                 );
             }
             Event::Folder { .. } => {}
-            Event::Retry { attempt, of, wait_ms, reason } => {
+            Event::Retry {
+                attempt,
+                of,
+                wait_ms,
+                reason,
+            } => {
                 if let Some(bar) = self.bar.take() {
                     bar.abandon();
                 }
-                eprintln!("barge: {reason}; retry {attempt} of {of} in {:.1}s", wait_ms as f64 / 1000.0);
+                eprintln!(
+                    "barge: {reason}; retry {attempt} of {of} in {:.1}s",
+                    wait_ms as f64 / 1000.0
+                );
             }
-            Event::Failed { path, status, message } => {
+            Event::Failed {
+                path,
+                status,
+                message,
+            } => {
                 if let Some(bar) = self.bar.take() {
                     bar.abandon();
                 }
-                eprintln!("barge: {} not transferred ({}): {}", printable(&path), json!(status).as_str().unwrap_or(""), printable(&message));
+                eprintln!(
+                    "barge: {} not transferred ({}): {}",
+                    printable(&path),
+                    json!(status).as_str().unwrap_or(""),
+                    printable(&message)
+                );
             }
         }
     }
 
-    fn finish(mut self, result: Result<Report, transfer::TransferError>, started: Instant) -> Result<u8> {
+    fn finish(
+        mut self,
+        result: Result<Report, transfer::TransferError>,
+        started: Instant,
+    ) -> Result<u8> {
         if let Some(bar) = self.bar.take() {
             bar.abandon();
         }
@@ -219,6 +304,6 @@ mod tests {
     fn utc_formats_known_dates() {
         assert_eq!(super::utc(0), "1970-01-01 00:00:00");
         assert_eq!(super::utc(951_782_400), "2000-02-29 00:00:00");
-        assert_eq!(super::utc(1_795_000_000), "2026-11-18 09:46:40");
+        assert_eq!(super::utc(1_795_000_000), "2026-11-18 11:06:40");
     }
 }

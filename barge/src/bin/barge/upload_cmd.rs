@@ -28,6 +28,7 @@ pub async fn serve(a: ServeArgs) -> Result<u8> {
         max_file_size: a.max_file_size,
         fsync: !a.no_fsync,
         partial_ttl: seconds(a.partial_ttl, "--partial-ttl")?,
+        checkpoint_bytes: a.checkpoint.max(barge_proto::tree::CHUNK),
         ..StorageConfig::new(&a.dir)
     })
     .with_context(|| format!("cannot use {} for storage", a.dir.display()))?;
@@ -45,7 +46,13 @@ pub async fn serve(a: ServeArgs) -> Result<u8> {
         }
     });
     let service = UploadService::new(storage).with_downloads(!a.no_download);
-    server::serve(listener, Arc::new(service), config, server::shutdown_signal()).await;
+    server::serve(
+        listener,
+        Arc::new(service),
+        config,
+        server::shutdown_signal(),
+    )
+    .await;
     Ok(exit::SUCCESS)
 }
 
@@ -86,7 +93,12 @@ pub async fn pick(a: PickArgs) -> Result<u8> {
     }
     let mut renderer = Renderer::new(a.client.progress);
     // Connect first, as the lesson does, so an unreachable server is reported before any question.
-    let mut sender = Some(LegacySender::new(connect(&a.client).await?));
+    let first = connect(&a.client).await?;
+    let mut sender = if a.legacy {
+        Some(LegacySender::new(first))
+    } else {
+        None // barge's protocol: one verified send per choice
+    };
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut out = std::io::stdout();
     loop {
@@ -113,9 +125,16 @@ pub async fn pick(a: PickArgs) -> Result<u8> {
                 continue;
             }
         };
-        if let Err(e) =
-            upload_one(&a.client, &mut sender, &entries[index].path, &mut renderer).await
-        {
+        let path = &entries[index].path;
+        if !a.legacy {
+            if let Err(e) =
+                crate::transfer_cmd::send_paths(&a.client, &a.transfer, vec![path.clone()]).await
+            {
+                eprintln!("barge: error: {}", crate::describe(&e));
+            }
+            continue;
+        }
+        if let Err(e) = upload_one(&a.client, &mut sender, path, &mut renderer).await {
             // The connection is gone; the next choice opens a new one.
             sender = None;
             eprintln!("barge: error: {}", crate::describe(&e));
