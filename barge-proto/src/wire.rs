@@ -143,10 +143,11 @@ impl Request {
 }
 
 /// Outcome of a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Done.
+    #[default]
     Ok,
     /// Malformed or out-of-order request.
     BadRequest,
@@ -220,12 +221,6 @@ pub struct Reply {
     /// list: more pages follow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub more: Option<bool>,
-}
-
-impl Default for Status {
-    fn default() -> Self {
-        Status::Ok
-    }
 }
 
 impl Reply {

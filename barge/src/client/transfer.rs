@@ -180,10 +180,13 @@ pub struct Report {
 pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Stream for T {}
 
+/// A connection being opened.
+pub type Dialing<'a> = Pin<Box<dyn Future<Output = io::Result<Box<dyn Stream>>> + Send + 'a>>;
+
 /// Opens connections to a server: TCP normally ([`Tcp`]); tests dial in-memory pipes.
 pub trait Dial: Send + Sync {
     /// A fresh connection.
-    fn dial(&self) -> Pin<Box<dyn Future<Output = io::Result<Box<dyn Stream>>> + Send + '_>>;
+    fn dial(&self) -> Dialing<'_>;
     /// The server's address, for messages.
     fn name(&self) -> String;
 }
@@ -198,7 +201,7 @@ pub struct Tcp {
 }
 
 impl Dial for Tcp {
-    fn dial(&self) -> Pin<Box<dyn Future<Output = io::Result<Box<dyn Stream>>> + Send + '_>> {
+    fn dial(&self) -> Dialing<'_> {
         Box::pin(async move {
             let s = crate::net::connect(&self.addr, self.timeout).await?;
             Ok(Box::new(s) as Box<dyn Stream>)
@@ -221,6 +224,14 @@ struct Link {
     out: Writer,
     io_timeout: Duration,
     next_id: u64,
+    /// The task reading frames; it holds the read half, so it must end for the socket to close.
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
 }
 
 impl Link {
@@ -261,13 +272,19 @@ impl Link {
         }
         buf.advance(PREFACE_LEN);
         let (tx, frames) = mpsc::channel(8);
-        tokio::spawn(read_frames(read, buf, tx));
+        let reader = tokio::spawn(read_frames(read, buf, tx));
         Ok(Self {
             frames,
             out,
             io_timeout: opts.io_timeout,
             next_id: 1,
+            reader,
         })
+    }
+
+    /// Ends the conversation cleanly: the server sees the end of the stream between requests.
+    async fn close(mut self) {
+        let _ = self.out.shutdown().await;
     }
 
     fn id(&mut self) -> u64 {
@@ -484,7 +501,9 @@ pub async fn send(
     with_retries(opts, &mut report, on_event, async |report, on_event| {
         let mut link = Link::open(dial, opts).await?;
         report.connections += 1;
-        send_pass(&mut link, &jobs, &mut progress, report, opts, on_event).await
+        send_pass(&mut link, &jobs, &mut progress, report, opts, on_event).await?;
+        link.close().await;
+        Ok(())
     })
     .await?;
     Ok(report)
@@ -538,12 +557,11 @@ async fn send_pass(
     on_event: &mut (dyn FnMut(Event) + Send),
 ) -> Result<(), TransferError> {
     let mut owed: VecDeque<Owed> = VecDeque::new();
-    loop {
-        let Some(index) =
-            (0..jobs.len()).find(|&i| !progress[i].finished && !owed.iter().any(|o| o.job == i))
-        else {
-            break;
-        };
+    // Each pass visits every unfinished job once, in order.
+    for index in 0..jobs.len() {
+        if progress[index].finished {
+            continue;
+        }
         match &jobs[index] {
             Job::Folder { remote } => {
                 let id = link.id();
@@ -828,7 +846,9 @@ pub async fn list(
     opts: &Options,
 ) -> Result<Result<Vec<Entry>, (Status, String)>, TransferError> {
     let mut link = Link::open(dial, opts).await?;
-    list_on(&mut link, path, recursive).await
+    let entries = list_on(&mut link, path, recursive).await;
+    link.close().await;
+    entries
 }
 
 async fn list_on(
@@ -927,6 +947,7 @@ pub async fn get(
             }
             finished[i] = true;
         }
+        link.close().await;
         Ok(())
     })
     .await?;
@@ -1084,7 +1105,13 @@ async fn download(
             });
         }
     }
-    let stored = upload.commit(expected).await?;
+    let stored = match upload.commit(expected).await {
+        Ok(stored) => stored,
+        // A damaged chunk noticed only now, or a digest mismatch: retrying resumes from what was
+        // verified (or starts over if nothing can be trusted).
+        Err(StorageError::Integrity(m)) => return Err(TransferError::Lost(io::Error::other(m))),
+        Err(e) => return Err(e.into()),
+    };
     report.files += 1;
     report.bytes += size;
     report.transferred += size - from;

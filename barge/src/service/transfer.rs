@@ -249,7 +249,7 @@ where
                 size,
                 from,
             }) => {
-                let begun = if from % CHUNK != 0 && from != size || from > size {
+                let begun = if !from.is_multiple_of(CHUNK) && from != size || from > size {
                     Err(StorageError::BadRequest(format!(
                         "cannot start at byte {from}"
                     )))
@@ -355,7 +355,7 @@ async fn send_file<S: AsyncWrite + Unpin>(
         Ok(opened) => opened,
         Err(e) => return send(conn, &refusal(id, &e)).await,
     };
-    if from > size || (from % CHUNK != 0 && from != size) {
+    if from > size || (!from.is_multiple_of(CHUNK) && from != size) {
         let reply = Reply::error(
             id,
             Status::BadRequest,

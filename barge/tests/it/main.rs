@@ -8,6 +8,8 @@ mod cli;
 mod echo;
 mod interop;
 mod memory;
+mod proxy;
 mod support;
+mod transfer;
 mod udp;
 mod upload;

@@ -1,0 +1,794 @@
+//! barge's own protocol end to end: in memory, over sockets through a misbehaving proxy, and with
+//! client and server processes killed mid-transfer.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use barge::client::transfer::{self, Dial, Dialing, Event, Options, Stream, Tcp};
+use barge::net::IdleTimeout;
+use barge::server::{Connection, Handler, ServerConfig};
+use barge::service::upload::UploadService;
+use barge::storage::{OnConflict, Storage, StorageConfig};
+use barge_proto::wire::Status;
+use tokio_util::sync::CancellationToken;
+
+use crate::proxy::{Dir, Fault, Proxy};
+use crate::support::*;
+
+fn opts() -> Options {
+    Options {
+        connect_timeout: WAIT,
+        io_timeout: WAIT,
+        retries: 5,
+        backoff: Duration::from_millis(50),
+    }
+}
+
+fn tcp(addr: std::net::SocketAddr) -> Tcp {
+    Tcp {
+        addr: addr.to_string(),
+        timeout: WAIT,
+    }
+}
+
+/// Dials an in-memory pipe served by `service` directly: no sockets at all.
+struct Memory(UploadService);
+
+impl Dial for Memory {
+    fn dial(&self) -> Dialing<'_> {
+        let service = self.0.clone();
+        Box::pin(async move {
+            let (client, server) = tokio::io::duplex(64 * 1024);
+            tokio::spawn(async move {
+                let conn = Connection {
+                    stream: IdleTimeout::new(server, WAIT),
+                    peer: ([127, 0, 0, 1], 1).into(),
+                    shutdown: CancellationToken::new(),
+                };
+                let _ = service.handle(conn).await;
+            });
+            Ok(Box::new(client) as Box<dyn Stream>)
+        })
+    }
+
+    fn name(&self) -> String {
+        "memory".into()
+    }
+}
+
+/// Writes a tree of `files` files (sizes varying, a few spanning several chunks when `big`)
+/// spread over nested folders, plus two empty folders.
+fn make_tree(root: &Path, files: usize, big: bool) {
+    std::fs::create_dir_all(root.join("empty/deeper")).unwrap();
+    for i in 0..files {
+        let dir = root.join(format!("d{}/e{}", i % 10, i % 7));
+        std::fs::create_dir_all(&dir).unwrap();
+        let size = if big && i % 50 == 0 {
+            2_500_000 + i
+        } else {
+            (i * 37) % 700
+        };
+        std::fs::write(dir.join(format!("f{i}.bin")), content(i as u64, size)).unwrap();
+    }
+}
+
+/// Relative paths and contents of a tree (folders as `None`), `.barge` excluded.
+fn snapshot(root: &Path) -> Vec<(String, Option<Vec<u8>>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if rel == ".barge" {
+                continue;
+            }
+            if p.is_dir() {
+                out.push((rel, None));
+                stack.push(p);
+            } else {
+                out.push((rel, Some(std::fs::read(&p).unwrap())));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn memory_service(dir: &Path) -> UploadService {
+    UploadService::new(
+        Storage::open(StorageConfig {
+            fsync: false,
+            ..StorageConfig::new(dir)
+        })
+        .unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_send_list_get_round_trip() {
+    let src = tempfile::tempdir().unwrap();
+    let server_dir = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    make_tree(&src.path().join("tree"), 60, true);
+    let single = src.path().join("one.bin");
+    std::fs::write(&single, content(99, 1_048_576)).unwrap(); // exactly one chunk
+    let dial = Memory(memory_service(server_dir.path()));
+    let mut events = Vec::new();
+    let report = within(
+        "send",
+        transfer::send(
+            &dial,
+            &[src.path().join("tree"), single],
+            &opts(),
+            &mut |e| events.push(e),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.files, 61);
+    assert!(report.failed.is_empty());
+    assert_eq!(
+        snapshot(&server_dir.path().join("tree")),
+        snapshot(&src.path().join("tree"))
+    );
+    let listed = transfer::list(&dial, "tree", true, &opts())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(listed.iter().filter(|e| !e.dir).count(), 60);
+    // Each listed digest is the BLAKE3 of the file.
+    for e in listed.iter().filter(|e| !e.dir) {
+        let bytes = std::fs::read(src.path().join("tree").join(&e.path)).unwrap();
+        assert_eq!(
+            e.digest.as_deref(),
+            Some(blake3::hash(&bytes).to_hex().as_str())
+        );
+    }
+    let report = transfer::get(
+        &dial,
+        &["tree".into(), "one.bin".into()],
+        out.path(),
+        OnConflict::Rename,
+        &opts(),
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.files, 61);
+    assert_eq!(
+        snapshot(&out.path().join("tree")),
+        snapshot(&src.path().join("tree"))
+    );
+    assert_eq!(
+        std::fs::read(out.path().join("one.bin")).unwrap(),
+        content(99, 1_048_576)
+    );
+    // Done events carry the digest that was checked end to end.
+    let done = events
+        .iter()
+        .find_map(|e| match e {
+            Event::Done { path, digest, .. } if path == "one.bin" => Some(digest.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        done,
+        blake3::hash(&content(99, 1_048_576)).to_hex().as_str()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_files_send_ls_get_over_sockets() {
+    let mut server = TestServer::start().await;
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    make_tree(&src.path().join("many"), 5000, false);
+    let report = within(
+        "send 5000 files",
+        transfer::send(
+            &tcp(server.addr),
+            &[src.path().join("many")],
+            &opts(),
+            &mut |_| {},
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!((report.files, report.failed.len()), (5000, 0));
+    assert_eq!(server.next_end().await, Ok(()));
+    let listed = transfer::list(&tcp(server.addr), "many", true, &opts())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(listed.iter().filter(|e| !e.dir).count(), 5000);
+    let report = within(
+        "get 5000 files",
+        transfer::get(
+            &tcp(server.addr),
+            &["many".into()],
+            out.path(),
+            OnConflict::Rename,
+            &opts(),
+            &mut |_| {},
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.files, 5000);
+    assert_eq!(
+        snapshot(&out.path().join("many")),
+        snapshot(&src.path().join("many"))
+    );
+    assert_eq!(server.partial_files(), 0);
+}
+
+/// A file big enough to span several chunks and checkpoints.
+fn big_file(dir: &Path, name: &str, size: usize) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, content(7, size)).unwrap();
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_in_transit_heals_and_never_stores_corrupt_data() {
+    let server = TestServer::start().await;
+    let src = tempfile::tempdir().unwrap();
+    let file = big_file(src.path(), "movie.bin", 5 << 20);
+    // One byte of the second chunk's data is flipped, on the first connection only.
+    let proxy = Proxy::start(
+        server.addr,
+        Fault::Flip {
+            dir: Dir::Up,
+            at: (3 << 19),
+            connections: 1,
+        },
+        None,
+    )
+    .await;
+    let mut events = Vec::new();
+    let report = within(
+        "send",
+        transfer::send(&tcp(proxy.addr), &[file], &opts(), &mut |e| events.push(e)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.files, 1);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Retry { reason, .. } if reason.contains("does not match"))),
+        "{events:?}"
+    );
+    // The retry resumed from the verified part instead of starting over.
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Start { offset, .. } if *offset > 0)),
+        "{events:?}"
+    );
+    assert_eq!(server.read("movie.bin"), content(7, 5 << 20));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_corruption_fails_with_an_integrity_error_and_stores_nothing() {
+    let server = TestServer::start().await;
+    let src = tempfile::tempdir().unwrap();
+    let file = big_file(src.path(), "movie.bin", 3 << 20);
+    // Every chunk is damaged on every connection: retries cannot help.
+    let proxy = Proxy::start(
+        server.addr,
+        Fault::FlipEvery {
+            dir: Dir::Up,
+            period: 300_000,
+        },
+        None,
+    )
+    .await;
+    let report = within(
+        "send",
+        transfer::send(&tcp(proxy.addr), &[file], &opts(), &mut |_| {}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.files, 0);
+    assert_eq!(report.failed.len(), 1);
+    assert_eq!(report.failed[0].1, Status::Integrity);
+    assert!(server.published().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_connection_reconnects_and_sends_only_the_rest() {
+    let server = TestServer::start().await;
+    let src = tempfile::tempdir().unwrap();
+    let size = 12 << 20;
+    let file = big_file(src.path(), "cut.bin", size);
+    let proxy = Proxy::start(
+        server.addr,
+        Fault::Cut {
+            dir: Dir::Up,
+            after: 7 << 20,
+            connections: 1,
+        },
+        None,
+    )
+    .await;
+    let mut events = Vec::new();
+    let report = within(
+        "send",
+        transfer::send(&tcp(proxy.addr), &[file], &opts(), &mut |e| events.push(e)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.files, 1);
+    assert!(report.retries >= 1);
+    let resumed = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Start { offset, .. } => Some(*offset),
+            _ => None,
+        })
+        .max()
+        .unwrap();
+    // Everything verified before the cut (whole chunks) was kept.
+    assert!(resumed >= 5 << 20, "resumed at {resumed}");
+    assert_eq!(report.transferred, size as u64 - resumed);
+    // What crossed the second connection is about what was missing (plus framing).
+    let after = proxy.counts().iter().skip(1).map(|c| c.up).sum::<u64>();
+    let missing = size as u64 - resumed;
+    assert!(
+        after >= missing && after < missing + 64 * 1024,
+        "sent {after} for {missing} missing"
+    );
+    assert_eq!(server.read("cut.bin"), content(7, size));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_local_file_is_sent_whole_again() {
+    let server = TestServer::start().await;
+    let src = tempfile::tempdir().unwrap();
+    let size = 6 << 20;
+    let file = big_file(src.path(), "v.bin", size);
+    // Leave a partial of the old content on the server: cut after 4 MiB, no retries.
+    let proxy = Proxy::start(
+        server.addr,
+        Fault::Cut {
+            dir: Dir::Up,
+            after: 4 << 20,
+            connections: 1,
+        },
+        None,
+    )
+    .await;
+    let no_retry = Options {
+        retries: 0,
+        ..opts()
+    };
+    assert!(
+        transfer::send(
+            &tcp(proxy.addr),
+            std::slice::from_ref(&file),
+            &no_retry,
+            &mut |_| {}
+        )
+        .await
+        .is_err()
+    );
+    wait_until("the partial to be kept", || server.partial_files() > 0).await;
+    // Same size, different first byte: the kept prefix no longer matches.
+    let mut changed = content(7, size);
+    changed[0] ^= 0xff;
+    std::fs::write(&file, &changed).unwrap();
+    let mut events = Vec::new();
+    transfer::send(&tcp(server.addr), &[file], &opts(), &mut |e| events.push(e))
+        .await
+        .unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Start { offset: 0, .. })),
+        "{events:?}"
+    );
+    assert_eq!(server.read("v.bin"), changed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_download_resumes_from_the_local_partial() {
+    let server = TestServer::start().await;
+    let size = 9 << 20;
+    std::fs::write(server.dir.path().join("film.bin"), content(3, size)).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(
+        server.addr,
+        Fault::Cut {
+            dir: Dir::Down,
+            after: 5 << 20,
+            connections: 1,
+        },
+        None,
+    )
+    .await;
+    let mut events = Vec::new();
+    let report = within(
+        "get",
+        transfer::get(
+            &tcp(proxy.addr),
+            &["film.bin".into()],
+            out.path(),
+            OnConflict::Rename,
+            &opts(),
+            &mut |e| events.push(e),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.files, 1);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Start { offset, .. } if *offset >= 3 << 20)),
+        "{events:?}"
+    );
+    assert!(report.transferred < size as u64);
+    assert_eq!(
+        std::fs::read(out.path().join("film.bin")).unwrap(),
+        content(3, size)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_download_heals() {
+    let server = TestServer::start().await;
+    let size = 4 << 20;
+    std::fs::write(server.dir.path().join("f.bin"), content(4, size)).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(
+        server.addr,
+        Fault::Flip {
+            dir: Dir::Down,
+            at: 2 << 20,
+            connections: 1,
+        },
+        None,
+    )
+    .await;
+    let report = within(
+        "get",
+        transfer::get(
+            &tcp(proxy.addr),
+            &["f.bin".into()],
+            out.path(),
+            OnConflict::Rename,
+            &opts(),
+            &mut |_| {},
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.files, 1);
+    assert!(report.retries >= 1);
+    assert_eq!(
+        std::fs::read(out.path().join("f.bin")).unwrap(),
+        content(4, size)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_can_be_disabled() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = memory_service(dir.path()).with_downloads(false);
+    let server = TestServer::start_service(
+        service,
+        ServerConfig::default(),
+        "127.0.0.1:0",
+        tempfile::tempdir().unwrap(),
+    );
+    let listed = transfer::list(&tcp(server.addr), "", false, &opts())
+        .await
+        .unwrap();
+    assert_eq!(listed.unwrap_err().0, Status::Forbidden);
+    let out = tempfile::tempdir().unwrap();
+    let report = transfer::get(
+        &tcp(server.addr),
+        &["x".into()],
+        out.path(),
+        OnConflict::Rename,
+        &opts(),
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.failed[0].1, Status::Forbidden);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_names_and_conflicts_get_typed_replies_and_later_files_still_go() {
+    let server = TestServer::start_with(
+        |s| StorageConfig {
+            on_conflict: OnConflict::Fail,
+            ..s
+        },
+        ServerConfig::default(),
+        "127.0.0.1:0",
+    )
+    .await;
+    std::fs::write(server.dir.path().join("taken.txt"), b"mine").unwrap();
+    let src = tempfile::tempdir().unwrap();
+    for (n, body) in [("taken.txt", &b"theirs"[..]), ("free.txt", b"ok")] {
+        std::fs::write(src.path().join(n), body).unwrap();
+    }
+    let report = transfer::send(
+        &tcp(server.addr),
+        &[src.path().join("taken.txt"), src.path().join("free.txt")],
+        &opts(),
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.files, 1);
+    assert_eq!(report.failed[0].0, "taken.txt");
+    assert_eq!(report.failed[0].1, Status::Conflict);
+    assert_eq!(server.read("taken.txt"), b"mine");
+    assert_eq!(server.read("free.txt"), b"ok");
+}
+
+#[test]
+fn partials_expire_after_their_time() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(StorageConfig {
+        fsync: false,
+        ..StorageConfig::new(dir.path())
+    })
+    .unwrap();
+    rt.block_on(async {
+        let mut up = storage
+            .begin_upload("old.bin", 3 << 20, "", 0)
+            .await
+            .unwrap();
+        let chunk = bytes::Bytes::from(vec![1u8; 1 << 20]);
+        up.write_chunk(barge_proto::tree::chunk_cv(0, &chunk), chunk)
+            .await
+            .unwrap();
+        up.suspend().await;
+    });
+    let partial = dir.path().join(".barge/partial");
+    let files: Vec<_> = std::fs::read_dir(&partial)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 3);
+    // Kept while young...
+    drop(
+        Storage::open(StorageConfig {
+            fsync: false,
+            ..StorageConfig::new(dir.path())
+        })
+        .unwrap(),
+    );
+    assert_eq!(std::fs::read_dir(&partial).unwrap().count(), 3);
+    // ...removed once older than the configured time.
+    let two_days_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 86400);
+    for f in &files {
+        std::fs::File::options()
+            .write(true)
+            .open(f)
+            .unwrap()
+            .set_modified(two_days_ago)
+            .unwrap();
+    }
+    drop(
+        Storage::open(StorageConfig {
+            fsync: false,
+            ..StorageConfig::new(dir.path())
+        })
+        .unwrap(),
+    );
+    assert_eq!(std::fs::read_dir(&partial).unwrap().count(), 0);
+}
+
+/// Bytes kept by the server for a partial upload (its data file's size).
+fn kept_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir.join(".barge/partial"))
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "part"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn done_event(stdout: &[u8]) -> serde_json::Value {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["event"] == "done")
+        .unwrap_or_else(|| panic!("no done event in {}", String::from_utf8_lossy(stdout)))
+}
+
+/// Runs a command to completion without blocking the runtime that serves it.
+async fn run_blocking(cmd: &mut std::process::Command) -> std::process::Output {
+    let mut cmd = std::mem::replace(cmd, std::process::Command::new("true"));
+    within(
+        "the command",
+        tokio::task::spawn_blocking(move || cmd.output()),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+}
+
+fn kill(pid: u32, signal: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_client_resumes_where_it_stopped() {
+    let server = TestServer::start().await;
+    let src = tempfile::tempdir().unwrap();
+    let size = 24usize << 20;
+    let file = big_file(src.path(), "k.bin", size);
+    // Throttled so that the client can be killed mid-file.
+    let proxy = Proxy::start(server.addr, Fault::None, Some(16 << 20)).await;
+    let child = barge()
+        .arg("send")
+        .arg(&file)
+        .args(["--to", &proxy.addr.to_string(), "--json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = ChildGuard(child);
+    wait_until("the upload to get going", || {
+        kept_bytes(server.dir.path()) >= 6 << 20
+    })
+    .await;
+    kill(child.0.id(), "-KILL");
+    let _ = child.0.wait();
+    // The server notices the dead connection and keeps what it verified.
+    wait_until("the server to suspend the upload", || {
+        server.partial_files() == 3 && kept_bytes(server.dir.path()) >= 6 << 20
+    })
+    .await;
+    let out = run_blocking(barge().arg("send").arg(&file).args([
+        "--to",
+        &server.addr.to_string(),
+        "--json",
+        "--retries",
+        "10",
+    ]))
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done = done_event(&out.stdout);
+    let transferred = done["transferred"].as_u64().unwrap();
+    assert!(
+        transferred <= (size as u64) - (5 << 20),
+        "resent {transferred} bytes"
+    );
+    assert_eq!(server.read("k.bin"), content(7, size));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_leaves_a_resumable_partial_and_exits_130() {
+    let server = TestServer::start().await;
+    let src = tempfile::tempdir().unwrap();
+    let size = 24usize << 20;
+    let file = big_file(src.path(), "i.bin", size);
+    let proxy = Proxy::start(server.addr, Fault::None, Some(16 << 20)).await;
+    let child = barge()
+        .arg("send")
+        .arg(&file)
+        .args(["--to", &proxy.addr.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = ChildGuard(child);
+    wait_until("the upload to get going", || {
+        kept_bytes(server.dir.path()) >= 4 << 20
+    })
+    .await;
+    kill(child.0.id(), "-INT");
+    let status = child.0.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(
+        server.published().is_empty(),
+        "nothing published by an interrupted send"
+    );
+    wait_until("the server to keep the partial", || {
+        server.partial_files() == 3
+    })
+    .await;
+    let out = run_blocking(barge().arg("send").arg(&file).args([
+        "--to",
+        &server.addr.to_string(),
+        "--json",
+        "--retries",
+        "10",
+    ]))
+    .await;
+    assert!(out.status.success());
+    assert!(done_event(&out.stdout)["transferred"].as_u64().unwrap() < size as u64);
+    assert_eq!(server.read("i.bin"), content(7, size));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_with_sigkill_and_restarted_resumes_the_upload() {
+    let inbox = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let size = 32usize << 20;
+    let file = big_file(src.path(), "s.bin", size);
+    let serve = |addr: &str| {
+        let mut cmd = barge();
+        cmd.args(["serve", "--addr", addr, "--checkpoint", "2M", "--dir"])
+            .arg(inbox.path())
+            .stderr(Stdio::null());
+        spawn_announced(cmd)
+    };
+    let (mut server, addr) = serve("127.0.0.1:0");
+    let proxy = Proxy::start(addr, Fault::None, Some(16 << 20)).await;
+    let child = barge()
+        .arg("send")
+        .arg(&file)
+        .args(["--to", &proxy.addr.to_string(), "--json", "--retries", "20"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = ChildGuard(child);
+    // Wait for a durable checkpoint (chunk digests on disk), then kill the server outright.
+    let cvs_len = || {
+        std::fs::read_dir(inbox.path().join(".barge/partial"))
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "cvs"))
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum::<u64>()
+            })
+            .unwrap_or(0)
+    };
+    wait_until("a checkpoint", || cvs_len() >= 4 * 32).await;
+    kill(server.0.id(), "-KILL");
+    server.0.wait().unwrap();
+    let kept = cvs_len() / 32 * (1 << 20);
+    let (_restarted, _) = serve(&addr.to_string());
+    let out = tokio::task::spawn_blocking(move || {
+        let mut client = client;
+        let out = std::mem::replace(
+            &mut client.0,
+            std::process::Command::new("true").spawn().unwrap(),
+        );
+        out.wait_with_output()
+    });
+    let out = within("the client to finish", out).await.unwrap().unwrap();
+    assert!(
+        out.status.success(),
+        "client failed after the server restart"
+    );
+    let done = done_event(&out.stdout);
+    let transferred = done["transferred"].as_u64().unwrap();
+    assert!(
+        transferred <= size as u64 - kept + (1 << 20),
+        "resent {transferred}, {kept} were kept"
+    );
+    assert_eq!(
+        std::fs::read(inbox.path().join("s.bin")).unwrap(),
+        content(7, size)
+    );
+}
