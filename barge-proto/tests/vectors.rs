@@ -125,7 +125,7 @@ fn vectors() -> Vec<(&'static str, Vec<u8>, Option<Frame>)> {
         msg: Some("注意身体,多喝营养快线".into()),
         ..Header::new("a.txt", 3)
     };
-    out.push(("lesson-header", lesson.to_bytes().unwrap(), None));
+    out.push(("lesson-header", lesson.to_bytes().expect("encodable"), None));
     out
 }
 
