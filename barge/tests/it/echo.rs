@@ -264,6 +264,14 @@ fn barge_echo_send_reads_stdin_and_reports_unreachable() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ONE\nTWO\nTHREE\n");
 
     let out = barge()
+        .args(["echo", "send", &addr.to_string(), "héllo", "--json"])
+        .output()
+        .unwrap();
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["message"], "héllo");
+    assert_eq!(line["reply"], "HéLLO");
+
+    let out = barge()
         .args(["echo", "send", &format!("127.0.0.1:{}", free_port()), "x"])
         .output()
         .unwrap();

@@ -792,3 +792,69 @@ async fn a_server_killed_with_sigkill_and_restarted_resumes_the_upload() {
         content(7, size)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symlinks_are_followed_only_to_files_inside_the_tree() {
+    let src = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let server_dir = tempfile::tempdir().unwrap();
+    let tree = src.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("sub/real.txt"), b"inside").unwrap();
+    std::fs::write(outside.path().join("secret"), b"outside").unwrap();
+    std::os::unix::fs::symlink(tree.join("sub/real.txt"), tree.join("inner-link")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("secret"), tree.join("escape")).unwrap();
+    std::os::unix::fs::symlink(&tree, tree.join("sub/loop")).unwrap();
+    let dial = Memory(memory_service(server_dir.path()));
+    let report = transfer::send(&dial, &[tree], &opts(), &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.files, 2);
+    let stored = server_dir.path().join("tree");
+    assert_eq!(std::fs::read(stored.join("inner-link")).unwrap(), b"inside");
+    assert!(
+        !stored.join("escape").exists(),
+        "a link out of the tree was followed"
+    );
+    assert!(
+        !stored.join("sub/loop").exists(),
+        "a link to a folder was followed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_exit_code_5_when_corruption_persists() {
+    let server = TestServer::start().await;
+    let src = tempfile::tempdir().unwrap();
+    let file = big_file(src.path(), "bad.bin", 2 << 20);
+    let proxy = Proxy::start(
+        server.addr,
+        Fault::FlipEvery {
+            dir: Dir::Up,
+            period: 300_000,
+        },
+        None,
+    )
+    .await;
+    let out = run_blocking(barge().arg("send").arg(&file).args([
+        "--to",
+        &proxy.addr.to_string(),
+        "--retries",
+        "2",
+        "--json",
+    ]))
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let failed = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["event"] == "failed")
+        .unwrap();
+    assert_eq!(failed["status"], "integrity");
+    assert!(server.published().is_empty());
+}

@@ -142,6 +142,9 @@ pub struct EchoSendArgs {
     /// Seconds to wait for each reply.
     #[arg(long, default_value_t = 30.0)]
     pub timeout: f64,
+    /// One JSON object per line on stdout: {"event":"reply","message":...,"reply":...}.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -47,9 +47,17 @@ pub async fn send(a: EchoSendArgs) -> Result<u8> {
     // Fail on an unreachable server before waiting for input.
     session.connect().await?;
     let terminal = std::io::stdout().is_terminal();
+    let json = a.json;
     let mut out = std::io::stdout();
-    let mut show = |reply: &[u8]| -> Result<()> {
-        if terminal {
+    let mut show = |message: &[u8], reply: &[u8]| -> Result<()> {
+        if json {
+            let line = serde_json::json!({
+                "event": "reply",
+                "message": String::from_utf8_lossy(message),
+                "reply": String::from_utf8_lossy(reply),
+            });
+            writeln!(out, "{line}")?;
+        } else if terminal {
             // A reply echoes what was sent, but a terminal must not run escape sequences in it.
             writeln!(out, "{}", printable_bytes(reply, usize::MAX))?;
         } else {
@@ -70,11 +78,13 @@ pub async fn send(a: EchoSendArgs) -> Result<u8> {
             if line.last() == Some(&b'\n') {
                 line.pop();
             }
-            show(&session.ask(&line).await?)?;
+            let reply = session.ask(&line).await?;
+            show(&line, &reply)?;
         }
     } else {
         for m in &messages {
-            show(&session.ask(m.as_bytes()).await?)?;
+            let reply = session.ask(m.as_bytes()).await?;
+            show(m.as_bytes(), &reply)?;
         }
     }
     Ok(exit::SUCCESS)
