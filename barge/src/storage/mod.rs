@@ -14,7 +14,7 @@
 
 mod resume;
 
-pub use resume::{Listing, ProbeResult, Upload, digest_of};
+pub use resume::{Listing, ProbeResult, Upload, digest_of, wait_for_writers};
 
 use std::collections::HashSet;
 use std::fs::File;

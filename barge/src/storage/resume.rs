@@ -40,6 +40,44 @@ const QUEUED_CHUNKS: usize = 2;
 /// Extended attribute caching a file's digest, with the size and mtime it was computed for.
 const DIGEST_XATTR: &str = "user.barge.blake3";
 
+/// Writer threads still running in this process; an exiting program waits for them (see
+/// [`wait_for_writers`]) so that an interrupted transfer's resume point reaches the disk.
+static WRITERS: (Mutex<usize>, std::sync::Condvar) = (Mutex::new(0), std::sync::Condvar::new());
+
+/// Counts one live writer thread for as long as it exists.
+struct LiveWriter;
+
+impl LiveWriter {
+    fn start() -> Self {
+        if let Ok(mut n) = WRITERS.0.lock() {
+            *n += 1;
+        }
+        LiveWriter
+    }
+}
+
+impl Drop for LiveWriter {
+    fn drop(&mut self) {
+        if let Ok(mut n) = WRITERS.0.lock() {
+            *n -= 1;
+        }
+        WRITERS.1.notify_all();
+    }
+}
+
+/// Blocks until every transfer writer of this process has finished (saved its resume point or
+/// published its file), or `timeout` passes. Returns whether all finished.
+pub fn wait_for_writers(timeout: std::time::Duration) -> bool {
+    let Ok(n) = WRITERS.0.lock() else {
+        return false;
+    };
+    WRITERS
+        .1
+        .wait_timeout_while(n, timeout, |n| *n > 0)
+        .map(|(n, _)| *n == 0)
+        .unwrap_or(false)
+}
+
 /// What a receiver already has of an interrupted transfer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProbeResult {
@@ -239,11 +277,13 @@ impl Storage {
             single: None,
             shared: shared.clone(),
         };
+        let live = LiveWriter::start();
         std::thread::Builder::new()
             .name("barge-writer".into())
             .spawn(move || {
                 writer.run(rx);
                 let _ = done_tx.send(());
+                drop(live);
             })?;
         Ok(Upload {
             tx: Some(tx),

@@ -858,3 +858,47 @@ async fn cli_exit_code_5_when_corruption_persists() {
     assert_eq!(failed["status"], "integrity");
     assert!(server.published().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_get_keeps_a_resumable_local_partial() {
+    let server = TestServer::start().await;
+    let size = 24usize << 20;
+    std::fs::write(server.dir.path().join("dl.bin"), content(8, size)).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(server.addr, Fault::None, Some(16 << 20)).await;
+    let child = barge()
+        .args(["get", &proxy.addr.to_string(), "dl.bin", "-o"])
+        .arg(out.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = ChildGuard(child);
+    wait_until("the download to get going", || {
+        kept_bytes(out.path()) >= 4 << 20
+    })
+    .await;
+    kill(child.0.id(), "-INT");
+    assert_eq!(child.0.wait().unwrap().code(), Some(130));
+    assert!(
+        !out.path().join("dl.bin").exists(),
+        "nothing published by an interrupted get"
+    );
+    let out_dir = out.path().to_owned();
+    let again = run_blocking(
+        barge()
+            .args(["get", &server.addr.to_string(), "dl.bin", "--json", "-o"])
+            .arg(&out_dir),
+    )
+    .await;
+    assert!(again.status.success());
+    let done = done_event(&again.stdout);
+    assert!(
+        done["transferred"].as_u64().unwrap() <= (size as u64) - (4 << 20),
+        "{done}"
+    );
+    assert_eq!(
+        std::fs::read(out.path().join("dl.bin")).unwrap(),
+        content(8, size)
+    );
+}

@@ -46,6 +46,10 @@ fn main() -> ExitCode {
     });
     // Blocking file readers may still be parked on a full channel after an error.
     runtime.shutdown_timeout(Duration::from_millis(100));
+    // An interrupted download's writer saves its resume point on its way out: let it finish.
+    if !barge::storage::wait_for_writers(Duration::from_secs(10)) {
+        eprintln!("barge: warning: a transfer did not save its resume point in time");
+    }
     match outcome {
         Ok(code) => {
             if code == exit::INTERRUPTED {
