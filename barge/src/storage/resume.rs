@@ -789,12 +789,21 @@ impl Writer {
         }
     }
 
-    fn commit(self, digest: Cv) -> Result<Stored, StorageError> {
+    /// Saves the resume point after a failure, so the verified chunks are not sent again.
+    fn keep(&mut self) {
+        if let Err(e) = self.checkpoint() {
+            warn!(error = %e, "cannot save resume point");
+        }
+    }
+
+    fn commit(mut self, digest: Cv) -> Result<Stored, StorageError> {
         if let Some(f) = self.shared.failure() {
+            self.keep();
             return Err(f.into());
         }
         let chunks = chunk_count(self.size);
         if self.verified.len() as u64 != chunks {
+            self.keep();
             return Err(StorageError::BadRequest(format!(
                 "end after {} of {chunks} chunks",
                 self.verified.len()
