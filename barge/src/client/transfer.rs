@@ -381,6 +381,30 @@ async fn read_frames(
 /// Emits progress at most this often per file.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
+/// Reports a file's progress a few times a second at most, however fast chunks go by.
+struct Throttle {
+    last: Instant,
+}
+
+impl Throttle {
+    fn new() -> Self {
+        Self {
+            last: Instant::now(),
+        }
+    }
+
+    fn tick(&mut self, path: &str, done: u64, size: u64, on_event: &mut (dyn FnMut(Event) + Send)) {
+        if self.last.elapsed() >= PROGRESS_EVERY {
+            self.last = Instant::now();
+            on_event(Event::Progress {
+                path: path.to_owned(),
+                done,
+                size,
+            });
+        }
+    }
+}
+
 /// One thing to upload.
 #[derive(Debug, Clone)]
 enum Job {
@@ -699,7 +723,7 @@ async fn upload_file(
     let mut chunks = read_chunks(file, size, from);
     let mut head = BytesMut::with_capacity(64);
     let mut done = from;
-    let mut last_report = Instant::now();
+    let mut throttle = Throttle::new();
     while let Some(chunk) = chunks.recv().await {
         let chunk = chunk.map_err(|source| TransferError::Local {
             path: remote.into(),
@@ -717,14 +741,7 @@ async fn upload_file(
             .write_all_buf(&mut (&mut head).chain(&mut data))
             .await
             .map_err(TransferError::Lost)?;
-        if last_report.elapsed() >= PROGRESS_EVERY {
-            last_report = Instant::now();
-            on_event(Event::Progress {
-                path: remote.to_owned(),
-                done,
-                size,
-            });
-        }
+        throttle.tick(remote, done, size, on_event);
     }
     if size == 0 {
         single = Some(bytes::Bytes::new());
@@ -1076,7 +1093,7 @@ async fn download(
     });
     let mut upload = storage.begin_upload(local, size, digest, from).await?;
     let mut done = from;
-    let mut last_report = Instant::now();
+    let mut throttle = Throttle::new();
     for _ in from / CHUNK..chunk_count(size) {
         let (cv, data) = match link.frame().await? {
             Frame::Data { cv, data } => (cv, data),
@@ -1096,14 +1113,7 @@ async fn download(
             // Corrupted in transit: reconnect and resume from the verified part.
             return Err(TransferError::Lost(io::Error::other(e.to_string())));
         }
-        if last_report.elapsed() >= PROGRESS_EVERY {
-            last_report = Instant::now();
-            on_event(Event::Progress {
-                path: remote.to_owned(),
-                done,
-                size,
-            });
-        }
+        throttle.tick(remote, done, size, on_event);
     }
     let stored = match upload.commit(expected).await {
         Ok(stored) => stored,

@@ -171,30 +171,9 @@ impl Storage {
     pub fn open(config: StorageConfig) -> Result<Self, StorageError> {
         std::fs::create_dir_all(&config.dir)?;
         let temp_dir = config.dir.join(STATE_DIR);
-        match std::fs::create_dir(&temp_dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e.into()),
-        }
-        // A planted symlink here would send every upload somewhere else.
-        if !std::fs::symlink_metadata(&temp_dir)?.is_dir() {
-            return Err(StorageError::BadDirectory(format!(
-                "{} is not a directory",
-                temp_dir.display()
-            )));
-        }
+        real_dir(&temp_dir)?;
         let partial_dir = temp_dir.join("partial");
-        match std::fs::create_dir(&partial_dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e.into()),
-        }
-        if !std::fs::symlink_metadata(&partial_dir)?.is_dir() {
-            return Err(StorageError::BadDirectory(format!(
-                "{} is not a directory",
-                partial_dir.display()
-            )));
-        }
+        real_dir(&partial_dir)?;
         let mut stale = 0;
         for entry in std::fs::read_dir(&temp_dir)? {
             let entry = entry?;
@@ -255,6 +234,23 @@ impl Storage {
             temp,
         })
     }
+}
+
+/// Creates `path` if missing and checks it is a real folder: a planted symlink here would send
+/// every upload somewhere else.
+fn real_dir(path: &Path) -> Result<(), StorageError> {
+    match std::fs::create_dir(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e.into()),
+    }
+    if !std::fs::symlink_metadata(path)?.is_dir() {
+        return Err(StorageError::BadDirectory(format!(
+            "{} is not a directory",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Creates the temporary file and reserves `size` bytes for it, refusing sizes the file system

@@ -30,14 +30,7 @@ impl Renderer {
     pub fn on_event(&mut self, event: Event) {
         match event {
             Event::Start { name, size } if self.bars => {
-                let bar = ProgressBar::with_draw_target(Some(size), ProgressDrawTarget::stderr());
-                if let Ok(style) = ProgressStyle::with_template(
-                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-                ) {
-                    bar.set_style(style.progress_chars("=> "));
-                }
-                bar.set_message(printable(&name));
-                self.current = Some(bar);
+                self.current = Some(file_bar(&name, size));
             }
             Event::Start { .. } => {}
             Event::Progress { sent } => {
@@ -70,6 +63,18 @@ impl Drop for Renderer {
             bar.abandon();
         }
     }
+}
+
+/// A progress bar on stderr for one file: name, bar, bytes, rate, ETA.
+pub fn file_bar(name: &str, size: u64) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(size), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(printable(name));
+    bar
 }
 
 /// A name safe to print on a terminal: control characters (escape sequences) are shown escaped.

@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use barge::client::transfer::{self, Event, Options, Report, Tcp};
 use barge::storage::OnConflict;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use serde_json::json;
 
 use crate::args::{
     ClientArgs, GetArgs, LsArgs, ProgressMode, SendArgs, TransferArgs, split_target,
 };
-use crate::progress::printable;
+use crate::progress::{file_bar, printable};
 use crate::{exit, seconds};
 
 fn options(c: &ClientArgs, t: &TransferArgs) -> Result<Options> {
@@ -180,14 +180,7 @@ impl View {
         match e {
             Event::Start { path, size, offset } => {
                 if self.bars {
-                    let bar =
-                        ProgressBar::with_draw_target(Some(size), ProgressDrawTarget::stderr());
-                    if let Ok(style) = ProgressStyle::with_template(
-                        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-                    ) {
-                        bar.set_style(style.progress_chars("=> "));
-                    }
-                    bar.set_message(printable(&path));
+                    let bar = file_bar(&path, size);
                     bar.set_position(offset);
                     bar.reset_eta();
                     self.bar = Some(bar);
