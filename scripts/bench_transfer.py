@@ -1,0 +1,262 @@
+#!/usr/bin/env python3
+"""Transfer benchmark: barge against dd (the ceiling), nc, an rsync daemon and the lesson's Python
+pair, on the same files in the same run, alternating, medians of N rounds, with ratios.
+
+Every run writes a fresh copy into a fresh folder on the same file system and is timed until the
+receiver has it under its final name. A `sync` precedes each timed run so no run pays for the
+previous run's dirty pages. Loopback only, ephemeral ports; every process started here is stopped
+by its PID and every file made here is removed.
+
+Usage: scripts/bench_transfer.py [--size 1G] [--rounds 5] [--files 10000] [--work DIR]
+"""
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BARGE = os.path.join(ROOT, "target", "release", "barge")
+STARTED = []
+
+
+def start(cmd, **kw):
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, **kw)
+    STARTED.append(p)
+    return p
+
+
+def stop(p):
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_tcp(port, deadline=10.0):
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.01)
+    raise SystemExit("port %d did not open" % port)
+
+
+def wait_listening(port, deadline=10.0):
+    """Waits until something listens on 127.0.0.1:port, without connecting: servers that serve a
+    single connection (nc -l, the lesson's) would take a probe for the transfer."""
+    needle = ":%04X" % port
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        with open("/proc/net/tcp") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[1].endswith(needle) and fields[3] == "0A":
+                    return
+        time.sleep(0.01)
+    raise SystemExit("nothing listens on port %d" % port)
+
+
+def parse_size(s):
+    m = re.fullmatch(r"(\d+)([KMG]?)", s.upper())
+    return int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[m.group(2)]
+
+
+def timed(fn):
+    subprocess.run(["sync"], check=True)
+    t0 = time.monotonic()
+    fn()
+    return time.monotonic() - t0
+
+
+def run(cmd):
+    out = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=600)
+    if out.returncode != 0:
+        raise SystemExit("%s failed: %s" % (" ".join(cmd[:3]), out.stderr.decode(errors="replace")[-500:]))
+
+
+class Bench:
+    def __init__(self, work, seed):
+        self.work = work
+        self.seed = seed
+        self.n = 0
+
+    def fresh(self):
+        self.n += 1
+        d = os.path.join(self.work, "dst-%d" % self.n)
+        os.makedirs(d)
+        return d
+
+    # Each method moves `src` (a file or a folder) into a fresh folder and returns seconds.
+    def dd(self, src):
+        dst = self.fresh()
+        return timed(lambda: run(["dd", "if=" + src, "of=" + os.path.join(dst, "f"), "bs=1M", "status=none"]))
+
+    def nc_pair(self, src):
+        dst = self.fresh()
+        port = free_port()
+        with open(os.path.join(dst, "f"), "wb") as out:
+            server = start(["nc", "-l", "-N", "127.0.0.1", str(port)], stdout=out)
+            wait_listening(port)
+
+            def go():
+                with open(src, "rb") as f:
+                    subprocess.run(["nc", "-N", "127.0.0.1", str(port)], stdin=f, check=True)
+                server.wait(timeout=600)
+
+            return timed(go)
+
+    def rsync(self, src, port):
+        dst = os.path.join(self.work, "rsync-module")
+        for name in os.listdir(dst):
+            p = os.path.join(dst, name)
+            shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
+        args = ["rsync", "--whole-file", "-a" if os.path.isdir(src) else "-t", src, "rsync://127.0.0.1:%d/bench/" % port]
+        return timed(lambda: run(args))
+
+    def lesson(self, src):
+        dst = self.fresh()
+        port = free_port()
+        server = start([sys.executable, os.path.join(self.seed, "seed_server.py"), dst, "--port", str(port),
+                        "--max-conns", "1", "--quiet"])
+        wait_listening(port)
+
+        def go():
+            run([sys.executable, os.path.join(self.seed, "seed_client.py"), src, "--port", str(port)])
+            server.wait(timeout=600)
+
+        return timed(go)
+
+    def barge_send(self, src, extra_client, extra_server):
+        dst = self.fresh()
+        server = start([BARGE, "-q", "serve", "--addr", "127.0.0.1:0", "--dir", dst] + extra_server,
+                       stdout=subprocess.PIPE, text=True)
+        line = server.stdout.readline()
+        addr = re.search(r"listening on (\S+),", line).group(1)
+        try:
+            return timed(lambda: run([BARGE, "-q", "send", src, "--to", addr] + extra_client))
+        finally:
+            stop(server)
+
+    def barge_get(self, name, server_dir):
+        server = start([BARGE, "-q", "serve", "--addr", "127.0.0.1:0", "--dir", server_dir, "--no-fsync"],
+                       stdout=subprocess.PIPE, text=True)
+        addr = re.search(r"listening on (\S+),", server.stdout.readline()).group(1)
+        dst = self.fresh()
+        try:
+            return timed(lambda: run([BARGE, "-q", "get", addr, name, "-o", dst]))
+        finally:
+            stop(server)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", default="1G")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--files", type=int, default=10000)
+    ap.add_argument("--work", default=None, help="folder for the files (default: a temp folder in /tmp)")
+    ap.add_argument("--seed-dir", default=os.path.join(ROOT, "..", "shared", "seed"))
+    a = ap.parse_args()
+    size = parse_size(a.size)
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    work = tempfile.mkdtemp(prefix="barge-bench-", dir=a.work)
+    b = Bench(work, os.path.abspath(a.seed_dir))
+    try:
+        src = os.path.join(work, "src.bin")
+        with open(src, "wb") as f:
+            left = size
+            while left:
+                n = min(left, 16 << 20)
+                f.write(os.urandom(n))
+                left -= n
+        tree = os.path.join(work, "tree")
+        for i in range(a.files):
+            d = os.path.join(tree, "d%02d" % (i % 20))
+            os.makedirs(d, exist_ok=True)
+            with open(os.path.join(d, "f%05d" % i), "wb") as f:
+                f.write(os.urandom(4096))
+        served = os.path.join(work, "served")
+        os.makedirs(served)
+        shutil.copy(src, os.path.join(served, "src.bin"))
+        subprocess.run(["cat", src], stdout=subprocess.DEVNULL)  # into the page cache
+
+        rsync_port = free_port()
+        module = os.path.join(work, "rsync-module")
+        os.makedirs(module)
+        conf = os.path.join(work, "rsyncd.conf")
+        with open(conf, "w") as f:
+            f.write("use chroot = no\nuid = %d\ngid = %d\n[bench]\npath = %s\nread only = no\n" % (os.getuid(), os.getgid(), module))
+        start(["rsync", "--daemon", "--no-detach", "--address=127.0.0.1", "--port=%d" % rsync_port, "--config=%s" % conf])
+        wait_tcp(rsync_port)
+
+        mb = size / 1e6
+        rows = [
+            ("dd bs=1M -> file (ceiling)", mb, lambda: b.dd(src)),
+            ("nc -> nc -l > file", mb, lambda: b.nc_pair(src)),
+            ("rsync daemon push --whole-file", mb, lambda: b.rsync(src, rsync_port)),
+            ("lesson's Python pair", mb, lambda: b.lesson(src)),
+            ("barge send (BLAKE3 verified, --no-fsync)", mb, lambda: b.barge_send(src, [], ["--no-fsync"])),
+            ("barge send (BLAKE3 verified, fsync)", mb, lambda: b.barge_send(src, [], [])),
+            ("barge send --legacy (--no-fsync)", mb, lambda: b.barge_send(src, ["--legacy"], ["--no-fsync"])),
+            ("barge get (BLAKE3 verified)", mb, lambda: b.barge_get("src.bin", served)),
+            ("rsync daemon push, %d x 4 KiB" % a.files, a.files * 4096 / 1e6, lambda: b.rsync(tree, rsync_port)),
+            ("barge send, %d x 4 KiB (--no-fsync)" % a.files, a.files * 4096 / 1e6, lambda: b.barge_send(tree, [], ["--no-fsync"])),
+        ]
+        secs = {name: [] for name, _, _ in rows}
+        for r in range(a.rounds):
+            order = rows if r % 2 == 0 else list(reversed(rows))
+            for name, _, fn in order:
+                secs[name].append(fn())
+            # Keep the disk from filling: drop this round's copies (not timed).
+            for d in os.listdir(work):
+                if d.startswith("dst-"):
+                    shutil.rmtree(os.path.join(work, d))
+            print("round %d/%d done" % (r + 1, a.rounds), file=sys.stderr, flush=True)
+
+        med = {name: statistics.median(v) for name, v in secs.items()}
+        ceiling = med[rows[0][0]]
+        nc = med[rows[1][0]]
+        print()
+        print("| transfer | median s | MB/s | vs dd ceiling | vs nc |")
+        print("|---|---|---|---|---|")
+        for name, megabytes, _ in rows:
+            s = med[name]
+            big = megabytes == mb
+            print("| %s | %.3f | %.0f | %s | %s |" % (
+                name, s, megabytes / s,
+                "%.2f" % (ceiling / s) if big else "-",
+                "%.2fx" % (nc / s) if big else "-"))
+        lesson = med[rows[3][0]]
+        rsync1 = med[rows[2][0]]
+        barge1 = med[rows[4][0]]
+        small_rsync = med[rows[8][0]]
+        small_barge = med[rows[9][0]]
+        print()
+        print("barge send vs lesson's Python pair: %.2fx; vs rsync daemon: %.2fx; %d small files vs rsync: %.2fx"
+              % (lesson / barge1, rsync1 / barge1, a.files, small_rsync / small_barge))
+        print("file %s; medians of %d rounds; kernel %s; %d cores" % (a.size, a.rounds, os.uname().release, os.cpu_count()))
+    finally:
+        for p in STARTED:
+            stop(p)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
