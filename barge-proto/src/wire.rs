@@ -117,6 +117,14 @@ pub enum Request {
         /// Include everything below, with relative paths.
         recursive: bool,
     },
+    /// Link measurement: `size` bytes of data frames follow, which the server counts and drops
+    /// (no disk, no hashing); the reply comes after the last byte.
+    Bench {
+        /// Request id.
+        id: u64,
+        /// Bytes that follow.
+        size: u64,
+    },
     /// Download `path` from byte `from` (a chunk boundary).
     Get {
         /// Request id.
@@ -137,6 +145,7 @@ impl Request {
             | Request::End { id, .. }
             | Request::Mkdir { id, .. }
             | Request::List { id, .. }
+            | Request::Bench { id, .. }
             | Request::Get { id, .. } => *id,
         }
     }

@@ -896,6 +896,40 @@ async fn list_on(
     }
 }
 
+/// Measures what the link carries with barge's framing, memory to memory: sends `size` bytes of
+/// data frames that the server counts and drops (no disk, no hashing on either side). Returns the
+/// time from the first byte sent to the server's reply after the last.
+pub async fn bench(dial: &dyn Dial, size: u64, opts: &Options) -> Result<Duration, TransferError> {
+    let mut link = Link::open(dial, opts).await?;
+    let id = link.id();
+    link.request(&Request::Bench { id, size }).await?;
+    let payload = bytes::Bytes::from(vec![0u8; CHUNK as usize]);
+    let mut head = BytesMut::with_capacity(64);
+    let started = Instant::now();
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(CHUNK) as usize;
+        head.clear();
+        wire::encode_data_header(&[0; 32], n, &mut head);
+        let mut data = payload.slice(..n);
+        link.out
+            .write_all_buf(&mut (&mut head).chain(&mut data))
+            .await
+            .map_err(TransferError::Lost)?;
+        left -= n as u64;
+    }
+    let reply = link.reply().await?;
+    let elapsed = started.elapsed();
+    link.close().await;
+    if reply.status != Status::Ok || reply.size != Some(size) {
+        return Err(TransferError::Protocol(format!(
+            "bench not confirmed: {}",
+            reply.message.unwrap_or_default()
+        )));
+    }
+    Ok(elapsed)
+}
+
 /// One thing to download.
 #[derive(Debug, Clone)]
 enum GetJob {

@@ -33,6 +33,8 @@ enum State {
     },
     /// Put `id` was refused or failed (and its reply sent): its frames are dropped up to `end`.
     Skipping { id: u64 },
+    /// Counting and dropping the data of bench `id`.
+    Benching { id: u64, left: u64, size: u64 },
 }
 
 /// The reply status for a storage error.
@@ -160,6 +162,23 @@ where
                     }
                 }
                 State::Skipping { .. } => {}
+                State::Benching { id, left, size } => {
+                    let len = data.len() as u64;
+                    if len > *left {
+                        return Err(UploadError::Protocol(
+                            "more bench data than announced".into(),
+                        ));
+                    }
+                    *left -= len;
+                    if *left == 0 {
+                        let reply = Reply {
+                            size: Some(*size),
+                            ..Reply::ok(*id)
+                        };
+                        *state = State::Idle;
+                        send(conn, &reply).await?;
+                    }
+                }
                 State::Idle => return Err(UploadError::Protocol("data outside an upload".into())),
             },
             Frame::Reply(_) => return Err(UploadError::Protocol("a client sent a reply".into())),
@@ -271,6 +290,24 @@ where
                         send(conn, &refusal(id, &e)).await?;
                         *state = State::Skipping { id };
                     }
+                }
+            }
+            Frame::Request(Request::Bench { id, size }) => {
+                if size == 0 {
+                    send(
+                        conn,
+                        &Reply {
+                            size: Some(0),
+                            ..Reply::ok(id)
+                        },
+                    )
+                    .await?;
+                } else {
+                    *state = State::Benching {
+                        id,
+                        left: size,
+                        size,
+                    };
                 }
             }
             Frame::Request(Request::Mkdir { id, path }) => {

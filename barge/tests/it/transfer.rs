@@ -902,3 +902,26 @@ async fn ctrl_c_during_get_keeps_a_resumable_local_partial() {
         content(8, size)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_counts_bytes_memory_to_memory_and_stores_nothing() {
+    let server = TestServer::start().await;
+    let elapsed = transfer::bench(&tcp(server.addr), (5 << 20) + 123, &opts())
+        .await
+        .unwrap();
+    assert!(elapsed > Duration::ZERO);
+    assert!(server.published().is_empty());
+    assert_eq!(server.partial_files(), 0);
+    // The connection is usable afterwards: an upload on a new one works, and so does the CLI.
+    let out =
+        run_blocking(barge().args(["bench", &server.addr.to_string(), "--size", "8M", "--json"]))
+            .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["bytes"], 8 << 20);
+    assert!(v["bits_per_second"].as_f64().unwrap() > 0.0);
+}

@@ -29,6 +29,8 @@ pub enum Command {
     Get(GetArgs),
     /// List what a server stores: name, size, modification time, BLAKE3 digest.
     Ls(LsArgs),
+    /// Measure what the link to a server carries, memory to memory (like iperf3; no disk).
+    Bench(BenchArgs),
     /// The lesson's menu: list a folder, choose files by number, upload each.
     Pick(PickArgs),
     /// UDP request/reply: a server that answers every datagram, and a ping-like client.
@@ -245,6 +247,21 @@ pub struct GetArgs {
     pub client: ClientArgs,
     #[command(flatten)]
     pub transfer: TransferArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// [HOST:PORT]: the server (default 127.0.0.1:8080).
+    #[arg(num_args = 0..=1, value_name = "ADDR")]
+    pub args: Vec<String>,
+    /// Bytes to send (e.g. 1G).
+    #[arg(long, value_parser = parse_size, default_value = "1G")]
+    pub size: u64,
+    /// One JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, clap::Args)]

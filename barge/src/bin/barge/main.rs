@@ -38,6 +38,7 @@ fn main() -> ExitCode {
             Command::Pick(a) => interruptible(upload_cmd::pick(a)).await,
             Command::Get(a) => interruptible(transfer_cmd::get(a)).await,
             Command::Ls(a) => interruptible(transfer_cmd::ls(a)).await,
+            Command::Bench(a) => interruptible(transfer_cmd::bench(a)).await,
             Command::Udp(UdpCommand::Serve(a)) => udp_cmd::serve(a).await,
             Command::Udp(UdpCommand::Send(a)) => interruptible(udp_cmd::send(a)).await,
             Command::Echo(EchoCommand::Serve(a)) => echo_cmd::serve(a).await,

@@ -11,7 +11,7 @@ use indicatif::ProgressBar;
 use serde_json::json;
 
 use crate::args::{
-    ClientArgs, GetArgs, LsArgs, ProgressMode, SendArgs, TransferArgs, split_target,
+    BenchArgs, ClientArgs, GetArgs, LsArgs, ProgressMode, SendArgs, TransferArgs, split_target,
 };
 use crate::progress::{file_bar, printable};
 use crate::{exit, seconds};
@@ -122,6 +122,37 @@ pub async fn ls(a: LsArgs) -> Result<u8> {
                 printable(&name)
             )?;
         }
+    }
+    Ok(exit::SUCCESS)
+}
+
+pub async fn bench(a: BenchArgs) -> Result<u8> {
+    let (addr, _) = split_target(&a.args, &a.client.to);
+    let opts = Options {
+        connect_timeout: seconds(a.client.connect_timeout, "--connect-timeout")?,
+        io_timeout: seconds(a.client.timeout, "--timeout")?,
+        ..Options::default()
+    };
+    let dial = Tcp {
+        addr: addr.clone(),
+        timeout: opts.connect_timeout,
+    };
+    let elapsed = transfer::bench(&dial, a.size, &opts).await?;
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    let bytes_per_s = a.size as f64 / secs;
+    if a.json {
+        println!(
+            "{}",
+            json!({"event": "bench", "server": addr, "bytes": a.size, "secs": secs,
+                   "bytes_per_second": bytes_per_s, "bits_per_second": bytes_per_s * 8.0})
+        );
+    } else {
+        println!(
+            "barge bench to {addr}: {} bytes in {secs:.3}s = {:.2} Gbit/s ({:.0} MB/s), memory to memory",
+            a.size,
+            bytes_per_s * 8.0 / 1e9,
+            bytes_per_s / 1e6
+        );
     }
     Ok(exit::SUCCESS)
 }
