@@ -16,6 +16,23 @@ use tokio::time::{Instant, Sleep};
 /// beyond the connection cap wait here instead of being refused.
 const LISTEN_BACKLOG: u32 = 1024;
 
+/// Raises this process's open-file soft limit to its hard limit (allowed without privileges) and
+/// returns the limit now in force, so a server can hold as many connections as the system allows.
+pub fn raise_open_file_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            return limit.maximum;
+        }
+    }
+    limit.current
+}
+
 /// Binds a TCP listener with `SO_REUSEADDR`, so a restarted server can take its port back at once
 /// while old connections sit in `TIME_WAIT`.
 pub fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {

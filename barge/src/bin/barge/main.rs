@@ -139,6 +139,22 @@ fn seconds(value: f64, flag: &str) -> Result<Duration> {
 }
 
 fn server_config(f: &FrameworkArgs) -> Result<ServerConfig> {
+    // Each connection needs a socket and, while it transfers, a file or two; keep some spare.
+    const FILES_PER_CONNECTION: u64 = 3;
+    const SPARE: u64 = 64;
+    let limit = barge::net::raise_open_file_limit();
+    if let Some(limit) = limit {
+        let needed = f.max_connections as u64 * FILES_PER_CONNECTION + SPARE;
+        if needed > limit {
+            tracing::warn!(
+                max_connections = f.max_connections,
+                open_file_limit = limit,
+                "the open-file limit allows about {} busy connections; raise it (ulimit -n {needed}) \
+                 or lower --max-connections; beyond it, accepting pauses and retries",
+                limit.saturating_sub(SPARE) / FILES_PER_CONNECTION
+            );
+        }
+    }
     Ok(ServerConfig {
         max_connections: f.max_connections,
         idle_timeout: seconds(f.idle_timeout, "--idle-timeout")?,
