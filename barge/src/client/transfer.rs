@@ -991,7 +991,7 @@ pub async fn get(
                     digest,
                 } => {
                     download(
-                        &mut link, &storage, remote, local, *size, digest, report, on_event,
+                        &mut link, &storage, remote, local, *size, digest, report, on_event, true,
                     )
                     .await?;
                 }
@@ -1068,6 +1068,7 @@ async fn download(
     digest: &str,
     report: &mut Report,
     on_event: &mut (dyn FnMut(Event) + Send),
+    may_refetch: bool,
 ) -> Result<(), TransferError> {
     let started = Instant::now();
     // A partial from an earlier run is keyed by the digest: it resumes only the same content.
@@ -1099,9 +1100,22 @@ async fn download(
     let their_size = reply.size.unwrap_or(0);
     let their_digest = reply.digest.clone().unwrap_or_default();
     if their_size != size || their_digest != digest {
-        // Changed since it was listed: read past what was sent and fetch it whole, anew.
+        // Changed since it was listed: read past what was sent and fetch it anew, once; a file
+        // that keeps changing is reported rather than chased.
         for _ in from / CHUNK..chunk_count(their_size) {
             link.frame().await?;
+        }
+        if !may_refetch {
+            let message = "the file changed on the server while being fetched".to_owned();
+            on_event(Event::Failed {
+                path: remote.to_owned(),
+                status: Status::Integrity,
+                message: message.clone(),
+            });
+            report
+                .failed
+                .push((remote.to_owned(), Status::Integrity, message));
+            return Ok(());
         }
         return Box::pin(download(
             link,
@@ -1112,6 +1126,7 @@ async fn download(
             &their_digest,
             report,
             on_event,
+            false,
         ))
         .await;
     }
