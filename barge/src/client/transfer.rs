@@ -510,6 +510,8 @@ fn check_name(path: &Path, name: &str) -> Result<(), TransferError> {
 struct Progress {
     finished: bool,
     tries: u32,
+    /// Its `end` was sent but no reply came before the connection died: it may be stored already.
+    unanswered: bool,
 }
 
 /// Uploads files and folders (each named root keeps its name on the server, folders their tree).
@@ -611,16 +613,36 @@ async fn send_pass(
                     path: local.clone(),
                     source,
                 })?;
-                // Small files are pipelined without asking; larger ones may resume, so ask first.
-                let from = if *size > CHUNK {
+                // Small files are pipelined without asking; larger ones may resume, and one whose
+                // reply was lost may be stored already, so for those ask first.
+                let from = if *size > CHUNK || progress[index].unanswered {
                     settle_all(link, &mut owed, jobs, progress, report, opts, on_event).await?;
-                    resume_point(link, remote, *size, &file).await?
+                    let resume = resume_point(link, remote, *size, &file).await?;
+                    if progress[index].unanswered
+                        && let Some(theirs) = resume.stored
+                        && theirs == whole_digest(&file).await?
+                    {
+                        progress[index].finished = true;
+                        report.files += 1;
+                        report.bytes += size;
+                        on_event(Event::Done {
+                            path: remote.clone(),
+                            stored: remote.clone(),
+                            size: *size,
+                            transferred: 0,
+                            digest: hex(&theirs),
+                            secs: 0.0,
+                        });
+                        continue;
+                    }
+                    resume.from
                 } else {
                     0
                 };
                 let owed_entry =
                     upload_file(link, index, remote, *size, file, from, on_event).await?;
                 owed.push_back(owed_entry);
+                progress[index].unanswered = true;
             }
         }
         // Take whatever replies have arrived, so events flow while the pipeline stays full.
@@ -636,6 +658,27 @@ async fn send_pass(
     Ok(())
 }
 
+/// Where to start an upload, and what the server already stores at its path.
+struct Resume {
+    /// First byte to send.
+    from: u64,
+    /// Digest of a file of the same size already stored at the path.
+    stored: Option<Cv>,
+}
+
+/// The BLAKE3 digest of a whole local file (read on a blocking thread).
+async fn whole_digest(file: &File) -> Result<Cv, TransferError> {
+    let mut cloned = file.try_clone().map_err(TransferError::Lost)?;
+    tokio::task::spawn_blocking(move || {
+        let mut h = blake3::Hasher::new();
+        h.update_reader(&mut cloned)
+            .map(|h| *h.finalize().as_bytes())
+    })
+    .await
+    .map_err(|e| TransferError::Lost(io::Error::other(e)))?
+    .map_err(TransferError::Lost)
+}
+
 /// Asks the server what it kept of `remote` and checks that our file still starts the same way;
 /// returns where to start. A refusal is left for the `put` to report, in order.
 async fn resume_point(
@@ -643,7 +686,7 @@ async fn resume_point(
     remote: &str,
     size: u64,
     file: &File,
-) -> Result<u64, TransferError> {
+) -> Result<Resume, TransferError> {
     let id = link.id();
     link.request(&Request::Probe {
         id,
@@ -659,8 +702,9 @@ async fn resume_point(
         )));
     }
     let offset = reply.offset.unwrap_or(0);
+    let stored = reply.digest.as_deref().and_then(parse_hex);
     if reply.status != Status::Ok || offset == 0 {
-        return Ok(0);
+        return Ok(Resume { from: 0, stored });
     }
     let theirs = reply.prefix.as_deref().and_then(parse_hex);
     let cloned = file.try_clone().map_err(TransferError::Lost)?;
@@ -668,11 +712,12 @@ async fn resume_point(
         .await
         .map_err(|e| TransferError::Lost(io::Error::other(e)))?
         .map_err(TransferError::Lost)?;
-    Ok(if theirs == Some(prefix_digest(&ours)) {
+    let from = if theirs == Some(prefix_digest(&ours)) {
         offset
     } else {
         0
-    })
+    };
+    Ok(Resume { from, stored })
 }
 
 /// Sends one file from `from`: put, data, end. Returns what the server owes for it.
@@ -802,6 +847,7 @@ fn settle(
         Job::File { remote, size, .. } => (remote.clone(), *size),
     };
     let p = &mut progress[o.job];
+    p.unanswered = false;
     match reply.status {
         Status::Ok => {
             p.finished = true;

@@ -256,6 +256,14 @@ where
                     Ok(p) => Reply {
                         offset: Some(p.offset),
                         prefix: Some(hex(&p.prefix)),
+                        // A file already stored there, of that size: the client may be retrying
+                        // an upload whose reply it lost.
+                        digest: storage
+                            .stored_digest(&path, size)
+                            .await
+                            .ok()
+                            .flatten()
+                            .map(|d| hex(&d)),
                         ..Reply::ok(id)
                     },
                     Err(e) => refusal(id, &e),

@@ -174,6 +174,28 @@ impl Storage {
         .await?
     }
 
+    /// The digest of the file stored at `path`, if there is one of exactly `size` bytes: lets a
+    /// client that lost the reply to an upload learn that the upload did complete.
+    pub async fn stored_digest(&self, path: &str, size: u64) -> Result<Option<Cv>, StorageError> {
+        let this = self.clone();
+        let path = path.to_owned();
+        blocking(move || {
+            let (dir, name) = match this.resolve(&path, false) {
+                Ok(found) => found,
+                Err(StorageError::NotFound(_) | StorageError::NotAFolder(_)) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let full = dir.join(name);
+            match std::fs::symlink_metadata(&full) {
+                Ok(m) if m.is_file() && m.len() == size => {
+                    Ok(Some(digest_of(&File::open(&full)?)?))
+                }
+                _ => Ok(None),
+            }
+        })
+        .await?
+    }
+
     fn is_busy(&self, key: &str) -> bool {
         self.inner.busy.lock().map_or(true, |b| b.contains(key))
     }

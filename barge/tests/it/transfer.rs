@@ -925,3 +925,59 @@ async fn bench_counts_bytes_memory_to_memory_and_stores_nothing() {
     assert_eq!(v["bytes"], 8 << 20);
     assert!(v["bits_per_second"].as_f64().unwrap() > 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_reply_after_the_file_was_stored_does_not_store_it_twice() {
+    let server = TestServer::start().await;
+    let src = tempfile::tempdir().unwrap();
+    let small = src.path().join("once.txt");
+    std::fs::write(&small, b"stored exactly once").unwrap();
+    let big = big_file(src.path(), "once.bin", 3 << 20);
+    // A large file is probed first: its put's reply comes after the probe's.
+    let probe_reply = {
+        let mut b = bytes::BytesMut::new();
+        let reply = barge_proto::wire::Reply {
+            offset: Some(0),
+            prefix: Some(barge_proto::tree::hex(&barge_proto::tree::prefix_digest(
+                &[],
+            ))),
+            ..barge_proto::wire::Reply::ok(2)
+        };
+        barge_proto::wire::encode_reply(&reply, &mut b);
+        b.len() as u64
+    };
+    for (file, before_put_reply) in [(small, 8), (big, 8 + probe_reply)] {
+        // Everything up to the put's reply gets through; that reply (sent once the file was
+        // stored) does not.
+        let proxy = Proxy::start(
+            server.addr,
+            Fault::Cut {
+                dir: Dir::Down,
+                after: before_put_reply + 1,
+                connections: 1,
+            },
+            None,
+        )
+        .await;
+        let mut events = Vec::new();
+        let report = within(
+            "send",
+            transfer::send(
+                &tcp(proxy.addr),
+                std::slice::from_ref(&file),
+                &opts(),
+                &mut |e| events.push(e),
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!((report.files, report.retries), (1, 1), "{events:?}");
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, Event::Done { transferred: 0, .. })),
+            "the retry recognised the stored file: {events:?}"
+        );
+    }
+    assert_eq!(server.published(), ["once.bin", "once.txt"]);
+}
