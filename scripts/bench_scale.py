@@ -20,8 +20,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BARGE = os.path.join(ROOT, "target", "release", "barge")
+from benchlib import BARGE, ROOT, stop
 
 
 def peak_rss_kib(pid):
@@ -35,15 +34,6 @@ def serve(dir_, extra):
     addr = re.search(r"listening on (\S+),", p.stdout.readline()).group(1)
     host, port = addr.rsplit(":", 1)
     return p, (host, int(port))
-
-
-def stop(p):
-    p.send_signal(signal.SIGTERM)
-    try:
-        p.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait()
 
 
 def lesson_upload(name, body):

@@ -21,57 +21,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BARGE = os.path.join(ROOT, "target", "release", "barge")
-STARTED = []
-
-
-def start(cmd, **kw):
-    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, **kw)
-    STARTED.append(p)
-    return p
-
-
-def stop(p):
-    if p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_tcp(port, deadline=10.0):
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.01)
-    raise SystemExit("port %d did not open" % port)
-
-
-def wait_listening(port, deadline=10.0):
-    """Waits until something listens on 127.0.0.1:port, without connecting: servers that serve a
-    single connection (nc -l, the lesson's) would take a probe for the transfer."""
-    needle = ":%04X" % port
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        with open("/proc/net/tcp") as f:
-            for line in f.readlines()[1:]:
-                fields = line.split()
-                if fields[1].endswith(needle) and fields[3] == "0A":
-                    return
-        time.sleep(0.01)
-    raise SystemExit("nothing listens on port %d" % port)
+from benchlib import BARGE, ROOT, start, stop, stop_all, free_port, wait_tcp, wait_listening
 
 
 def parse_size(s):
@@ -253,8 +203,7 @@ def main():
               % (lesson / barge1, rsync1 / barge1, a.files, small_rsync / small_barge))
         print("file %s; medians of %d rounds; kernel %s; %d cores" % (a.size, a.rounds, os.uname().release, os.cpu_count()))
     finally:
-        for p in STARTED:
-            stop(p)
+        stop_all()
         shutil.rmtree(work, ignore_errors=True)
 
 

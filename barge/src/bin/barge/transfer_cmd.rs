@@ -16,13 +16,23 @@ use crate::args::{
 use crate::progress::{file_bar, printable};
 use crate::{exit, seconds};
 
-fn options(c: &ClientArgs, t: &TransferArgs) -> Result<Options> {
+/// Network options from the client flags; `retries` only for the commands that resume.
+fn options(c: &ClientArgs, t: Option<&TransferArgs>) -> Result<Options> {
+    let defaults = Options::default();
     Ok(Options {
         connect_timeout: seconds(c.connect_timeout, "--connect-timeout")?,
         io_timeout: seconds(c.timeout, "--timeout")?,
-        retries: t.retries,
+        retries: t.map_or(defaults.retries, |t| t.retries),
         backoff: Duration::from_millis(500),
     })
+}
+
+/// A TCP dialer for `addr` with the options' connect timeout.
+fn tcp(addr: &str, opts: &Options) -> Tcp {
+    Tcp {
+        addr: addr.to_owned(),
+        timeout: opts.connect_timeout,
+    }
 }
 
 /// A server given positionally wins over `--to`; `--to` is the default otherwise.
@@ -41,13 +51,10 @@ pub async fn send_paths(
     t: &TransferArgs,
     paths: Vec<std::path::PathBuf>,
 ) -> Result<u8> {
-    let opts = options(client, t)?;
+    let opts = options(client, Some(t))?;
     let mut view = View::new(client.progress, t.json, "sent");
     let started = Instant::now();
-    let dial = Tcp {
-        addr: client.to.clone(),
-        timeout: opts.connect_timeout,
-    };
+    let dial = tcp(&client.to, &opts);
     let result = transfer::send(&dial, &paths, &opts, &mut |e| view.event(e)).await;
     view.finish(result, started)
 }
@@ -57,7 +64,7 @@ pub async fn get(a: GetArgs) -> Result<u8> {
     if names.is_empty() {
         bail!("name at least one file or folder to get");
     }
-    let opts = options(&a.client, &a.transfer)?;
+    let opts = options(&a.client, Some(&a.transfer))?;
     let policy = if a.overwrite {
         OnConflict::Overwrite
     } else {
@@ -65,10 +72,7 @@ pub async fn get(a: GetArgs) -> Result<u8> {
     };
     let mut view = View::new(a.client.progress, a.transfer.json, "got");
     let started = Instant::now();
-    let dial = Tcp {
-        addr,
-        timeout: opts.connect_timeout,
-    };
+    let dial = tcp(&addr, &opts);
     let result = transfer::get(&dial, &names, &a.out, policy, &opts, &mut |e| view.event(e)).await;
     view.finish(result, started)
 }
@@ -79,15 +83,8 @@ pub async fn ls(a: LsArgs) -> Result<u8> {
         _ => bail!("ls takes at most a server and one path"),
     };
     let path = rest.first().map_or("", String::as_str).trim_matches('/');
-    let opts = Options {
-        connect_timeout: seconds(a.client.connect_timeout, "--connect-timeout")?,
-        io_timeout: seconds(a.client.timeout, "--timeout")?,
-        ..Options::default()
-    };
-    let dial = Tcp {
-        addr: addr.clone(),
-        timeout: opts.connect_timeout,
-    };
+    let opts = options(&a.client, None)?;
+    let dial = tcp(&addr, &opts);
     let entries = match transfer::list(&dial, path, a.recursive, &opts).await? {
         Ok(entries) => entries,
         Err((status, message)) => {
@@ -128,15 +125,8 @@ pub async fn ls(a: LsArgs) -> Result<u8> {
 
 pub async fn bench(a: BenchArgs) -> Result<u8> {
     let (addr, _) = split_target(&a.args, &a.client.to);
-    let opts = Options {
-        connect_timeout: seconds(a.client.connect_timeout, "--connect-timeout")?,
-        io_timeout: seconds(a.client.timeout, "--timeout")?,
-        ..Options::default()
-    };
-    let dial = Tcp {
-        addr: addr.clone(),
-        timeout: opts.connect_timeout,
-    };
+    let opts = options(&a.client, None)?;
+    let dial = tcp(&addr, &opts);
     let elapsed = transfer::bench(&dial, a.size, &opts).await?;
     let secs = elapsed.as_secs_f64().max(1e-9);
     let bytes_per_s = a.size as f64 / secs;
