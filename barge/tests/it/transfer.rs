@@ -981,3 +981,27 @@ async fn a_lost_reply_after_the_file_was_stored_does_not_store_it_twice() {
     }
     assert_eq!(server.published(), ["once.bin", "once.txt"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_bars_are_off_when_piped_unless_forced() {
+    let server = TestServer::start().await;
+    let src = tempfile::tempdir().unwrap();
+    let file = big_file(src.path(), "bar.bin", 4 << 20);
+    // Slow enough (about half a second) for a bar to be drawn.
+    let proxy = Proxy::start(server.addr, Fault::None, Some(8 << 20)).await;
+    let to = proxy.addr.to_string();
+    let piped = run_blocking(barge().arg("send").arg(&file).args(["--to", &to])).await;
+    assert!(piped.status.success());
+    assert!(!String::from_utf8_lossy(&piped.stderr).contains("ETA"));
+    let forced =
+        run_blocking(
+            barge()
+                .arg("send")
+                .arg(&file)
+                .args(["--to", &to, "--progress", "always"]),
+        )
+        .await;
+    assert!(forced.status.success());
+    let err = String::from_utf8_lossy(&forced.stderr);
+    assert!(err.contains("bar.bin") && err.contains("ETA"), "{err:?}");
+}

@@ -10,29 +10,25 @@ use crate::args::ProgressMode;
 
 /// Renders one client session's events.
 pub struct Renderer {
-    bars: bool,
+    bars: Option<ProgressMode>,
     current: Option<ProgressBar>,
 }
 
 impl Renderer {
     pub fn new(mode: ProgressMode) -> Self {
-        let bars = match mode {
-            ProgressMode::Always => true,
-            ProgressMode::Never => false,
-            ProgressMode::Auto => std::io::stderr().is_terminal(),
-        };
         Self {
-            bars,
+            bars: bars_wanted(mode).then_some(mode),
             current: None,
         }
     }
 
     pub fn on_event(&mut self, event: Event) {
         match event {
-            Event::Start { name, size } if self.bars => {
-                self.current = Some(file_bar(&name, size));
+            Event::Start { name, size } => {
+                if let Some(mode) = self.bars {
+                    self.current = Some(file_bar(&name, size, mode));
+                }
             }
-            Event::Start { .. } => {}
             Event::Progress { sent } => {
                 if let Some(bar) = &self.current {
                     bar.set_position(sent);
@@ -65,9 +61,24 @@ impl Drop for Renderer {
     }
 }
 
-/// A progress bar on stderr for one file: name, bar, bytes, rate, ETA.
-pub fn file_bar(name: &str, size: u64) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(Some(size), ProgressDrawTarget::stderr());
+/// Whether `mode` asks for progress bars here.
+pub fn bars_wanted(mode: ProgressMode) -> bool {
+    match mode {
+        ProgressMode::Always => true,
+        ProgressMode::Never => false,
+        ProgressMode::Auto => std::io::stderr().is_terminal(),
+    }
+}
+
+/// A progress bar on stderr for one file: name, bar, bytes, rate, ETA. `always` draws even when
+/// stderr is not a terminal (indicatif's own stderr target hides itself there).
+pub fn file_bar(name: &str, size: u64, mode: ProgressMode) -> ProgressBar {
+    let target = if mode == ProgressMode::Always {
+        ProgressDrawTarget::term_like_with_hz(Box::new(console::Term::stderr()), 4)
+    } else {
+        ProgressDrawTarget::stderr()
+    };
+    let bar = ProgressBar::with_draw_target(Some(size), target);
     if let Ok(style) = ProgressStyle::with_template(
         "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
     ) {

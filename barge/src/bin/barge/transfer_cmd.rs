@@ -1,7 +1,7 @@
 //! `barge send` (barge's protocol), `barge get` and `barge ls`: verified, resumable transfers,
 //! rendered as progress bars and lines for people or JSON lines for scripts.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
@@ -171,18 +171,14 @@ fn utc(secs: i64) -> String {
 /// Renders transfer events: JSON lines, or bars on stderr plus a line per file on stdout.
 struct View {
     json: bool,
-    bars: bool,
+    bars: Option<ProgressMode>,
     verb: &'static str,
     bar: Option<ProgressBar>,
 }
 
 impl View {
     fn new(mode: ProgressMode, json: bool, verb: &'static str) -> Self {
-        let bars = match mode {
-            ProgressMode::Always => true,
-            ProgressMode::Never => false,
-            ProgressMode::Auto => std::io::stderr().is_terminal(),
-        };
+        let bars = crate::progress::bars_wanted(mode).then_some(mode);
         Self {
             json,
             bars,
@@ -200,8 +196,8 @@ impl View {
         }
         match e {
             Event::Start { path, size, offset } => {
-                if self.bars {
-                    let bar = file_bar(&path, size);
+                if let Some(mode) = self.bars {
+                    let bar = file_bar(&path, size, mode);
                     bar.set_position(offset);
                     bar.reset_eta();
                     self.bar = Some(bar);
