@@ -151,6 +151,24 @@ pub enum TransferError {
     Storage(#[from] StorageError),
 }
 
+impl Report {
+    /// Records an item that failed for good and tells the caller's event handler.
+    fn fail(
+        &mut self,
+        path: &str,
+        status: Status,
+        message: String,
+        on_event: &mut (dyn FnMut(Event) + Send),
+    ) {
+        on_event(Event::Failed {
+            path: path.to_owned(),
+            status,
+            message: message.clone(),
+        });
+        self.failed.push((path.to_owned(), status, message));
+    }
+}
+
 impl TransferError {
     fn retryable(&self) -> bool {
         matches!(self, TransferError::Lost(_) | TransferError::Connect { .. })
@@ -890,12 +908,7 @@ fn settle(
         status => {
             p.finished = true;
             let message = reply.message.unwrap_or_default();
-            on_event(Event::Failed {
-                path: remote.clone(),
-                status,
-                message: message.clone(),
-            });
-            report.failed.push((remote, status, message));
+            report.fail(&remote, status, message, on_event);
         }
     }
     Ok(())
@@ -1063,12 +1076,7 @@ async fn plan_get(
         let base = name.rsplit('/').next().unwrap_or(name).to_owned();
         match list_on(link, name, true).await? {
             Err((status, message)) => {
-                on_event(Event::Failed {
-                    path: name.to_owned(),
-                    status,
-                    message: message.clone(),
-                });
-                report.failed.push((name.to_owned(), status, message));
+                report.fail(name, status, message, on_event);
             }
             Ok(entries) => {
                 let single_file = entries.len() == 1 && !entries[0].dir && entries[0].path == base;
@@ -1133,14 +1141,7 @@ async fn download(
     let reply = link.reply().await?;
     if reply.status != Status::Ok {
         let message = reply.message.unwrap_or_default();
-        on_event(Event::Failed {
-            path: remote.to_owned(),
-            status: reply.status,
-            message: message.clone(),
-        });
-        report
-            .failed
-            .push((remote.to_owned(), reply.status, message));
+        report.fail(remote, reply.status, message, on_event);
         return Ok(());
     }
     let their_size = reply.size.unwrap_or(0);
@@ -1153,14 +1154,7 @@ async fn download(
         }
         if !may_refetch {
             let message = "the file changed on the server while being fetched".to_owned();
-            on_event(Event::Failed {
-                path: remote.to_owned(),
-                status: Status::Integrity,
-                message: message.clone(),
-            });
-            report
-                .failed
-                .push((remote.to_owned(), Status::Integrity, message));
+            report.fail(remote, Status::Integrity, message, on_event);
             return Ok(());
         }
         return Box::pin(download(
