@@ -58,9 +58,50 @@ pub fn validate_file_name(name: &str) -> Result<&str, NameError> {
     Ok(name)
 }
 
+/// Text from a peer made safe to print on a terminal: control characters (which start escape
+/// sequences) and the invisible direction overrides that make text display other than it reads
+/// are shown as escapes; anything else is printed as is.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    fn unsafe_char(c: char) -> bool {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    }
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printable_escapes_terminal_controls_and_direction_overrides() {
+        assert!(matches!(
+            printable("movie (1).mp4"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(printable("电影.mp4"), "电影.mp4");
+        let evil = "a\x1b]0;pwned\x07b\u{9b}31mc\u{202e}fdp.exe\r\n";
+        let shown = printable(evil);
+        assert!(
+            !shown.chars().any(|c| c.is_control() || c == '\u{202e}'),
+            "{shown:?}"
+        );
+        assert_eq!(
+            shown,
+            "a\\u{1b}]0;pwned\\u{7}b\\u{9b}31mc\\u{202e}fdp.exe\\u{d}\\u{a}"
+        );
+    }
 
     #[test]
     fn validate_accepts_ordinary_and_unicode_names() {

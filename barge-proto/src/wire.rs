@@ -74,6 +74,14 @@ pub enum WireError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
+    /// Authenticate the connection (first request, when the server has tokens). The server's rights
+    /// for the token then apply to every later request on the connection.
+    Auth {
+        /// Request id, echoed in the reply.
+        id: u64,
+        /// The secret token.
+        token: String,
+    },
     /// How much of `path` (of `size` bytes) is already kept from an interrupted upload.
     Probe {
         /// Request id, echoed in the reply.
@@ -137,10 +145,25 @@ pub enum Request {
 }
 
 impl Request {
+    /// The request's `op`, for logs.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Auth { .. } => "auth",
+            Request::Probe { .. } => "probe",
+            Request::Put { .. } => "put",
+            Request::End { .. } => "end",
+            Request::Mkdir { .. } => "mkdir",
+            Request::List { .. } => "list",
+            Request::Bench { .. } => "bench",
+            Request::Get { .. } => "get",
+        }
+    }
+
     /// The request's id.
     pub fn id(&self) -> u64 {
         match self {
-            Request::Probe { id, .. }
+            Request::Auth { id, .. }
+            | Request::Probe { id, .. }
             | Request::Put { id, .. }
             | Request::End { id, .. }
             | Request::Mkdir { id, .. }
@@ -172,8 +195,14 @@ pub enum Status {
     NotFound,
     /// Data did not match its digest.
     Integrity,
-    /// Not allowed on this server (downloads disabled).
+    /// Not allowed on this server (downloads disabled) or for this token.
     Forbidden,
+    /// No token, or a wrong one, on a server that requires one.
+    Unauthorized,
+    /// Too many failed authentications from this address: wait before trying again.
+    RateLimited,
+    /// The server's storage quota would be exceeded.
+    QuotaExceeded,
     /// The same upload is in progress on another connection.
     Busy,
     /// Server-side failure.

@@ -12,12 +12,15 @@
 //! - [`client`]: upload, echo and UDP clients, reporting progress as events (the binary renders them).
 //! - [`pick`]: the lesson's numbered menu.
 //! - [`net`]: listeners, connecting with a deadline, the idle-timeout stream wrapper.
+//! - [`tls`], [`auth`], [`throttle`]: what makes a server safe on a network — TLS identities and
+//!   trust, tokens and their rights, bandwidth limits.
 //!
 //! # The lesson's wire format (one upload; several may follow on one connection)
 //! ```text
 //! [i32 little-endian JSON length][JSON {"file_name", "file_size", "msg"}][file_size raw bytes]
 //! ```
 
+pub mod auth;
 pub mod chunks;
 pub mod client;
 pub mod net;
@@ -25,3 +28,5 @@ pub mod pick;
 pub mod server;
 pub mod service;
 pub mod storage;
+pub mod throttle;
+pub mod tls;

@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use barge_proto::name::NameError;
@@ -24,6 +25,7 @@ use tokio::sync::mpsc;
 use crate::chunks::{prefix_cvs, read_chunks};
 use crate::net::IdleTimeout;
 use crate::storage::{OnConflict, Storage, StorageConfig, StorageError};
+use crate::throttle::{Bucket, Throttled};
 
 /// How a client behaves on the network.
 #[derive(Debug, Clone)]
@@ -36,6 +38,8 @@ pub struct Options {
     pub retries: u32,
     /// First pause before reconnecting; doubles each time.
     pub backoff: Duration,
+    /// The token sent first on every connection, for servers that require one.
+    pub token: Option<String>,
 }
 
 impl Default for Options {
@@ -45,6 +49,7 @@ impl Default for Options {
             io_timeout: Duration::from_secs(300),
             retries: 3,
             backoff: Duration::from_millis(500),
+            token: None,
         }
     }
 }
@@ -140,6 +145,15 @@ pub enum TransferError {
         /// Why.
         source: io::Error,
     },
+    /// The server refused the connection itself: a missing or wrong token, too many failed
+    /// attempts, or plain text where it requires TLS.
+    #[error("refused by the server ({status:?}): {message}")]
+    Refused {
+        /// Its status.
+        status: Status,
+        /// Its reason.
+        message: String,
+    },
     /// The peer is not a barge server, or broke the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -209,20 +223,49 @@ pub trait Dial: Send + Sync {
     fn name(&self) -> String;
 }
 
-/// Dials `host:port` over TCP with a connect timeout.
+/// Dials `host:port` over TCP (and TLS, when configured) with a connect timeout, optionally paced
+/// by a bandwidth limit shared by every connection it opens.
 #[derive(Debug, Clone)]
 pub struct Tcp {
     /// `host:port`.
     pub addr: String,
-    /// Time allowed to connect.
+    /// Time allowed to connect (and finish the TLS handshake).
     pub timeout: Duration,
+    /// TLS configuration; `None` for plain TCP.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Bandwidth limit.
+    pub bwlimit: Option<Arc<Bucket>>,
+}
+
+impl Tcp {
+    /// Plain TCP to `addr`.
+    pub fn new(addr: impl Into<String>, timeout: Duration) -> Self {
+        Self {
+            addr: addr.into(),
+            timeout,
+            tls: None,
+            bwlimit: None,
+        }
+    }
 }
 
 impl Dial for Tcp {
     fn dial(&self) -> Dialing<'_> {
         Box::pin(async move {
-            let s = crate::net::connect(&self.addr, self.timeout).await?;
-            Ok(Box::new(s) as Box<dyn Stream>)
+            let tcp = crate::net::connect(&self.addr, self.timeout).await?;
+            let stream = Throttled::new(tcp, self.bwlimit.iter().cloned().collect());
+            let Some(config) = &self.tls else {
+                return Ok(Box::new(stream) as Box<dyn Stream>);
+            };
+            let name = crate::tls::server_name(&self.addr)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            let connector = tokio_rustls::TlsConnector::from(config.clone());
+            let tls = tokio::time::timeout(self.timeout, connector.connect(name, stream))
+                .await
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+                })??;
+            Ok(Box::new(tls) as Box<dyn Stream>)
         })
     }
 
@@ -291,13 +334,29 @@ impl Link {
         buf.advance(PREFACE_LEN);
         let (tx, frames) = mpsc::channel(8);
         let reader = tokio::spawn(read_frames(read, buf, tx));
-        Ok(Self {
+        let mut link = Self {
             frames,
             out,
             io_timeout: opts.io_timeout,
             next_id: 1,
             reader,
-        })
+        };
+        if let Some(token) = &opts.token {
+            let id = link.id();
+            link.request(&Request::Auth {
+                id,
+                token: token.clone(),
+            })
+            .await?;
+            let reply = link.reply().await?;
+            if reply.status != Status::Ok {
+                return Err(TransferError::Refused {
+                    status: reply.status,
+                    message: reply.message.unwrap_or_default(),
+                });
+            }
+        }
+        Ok(link)
     }
 
     /// Ends the conversation cleanly: the server sees the end of the stream between requests.
@@ -313,7 +372,10 @@ impl Link {
     async fn request(&mut self, req: &Request) -> Result<(), TransferError> {
         let mut buf = BytesMut::with_capacity(256);
         wire::encode_request(req, &mut buf);
-        self.out.write_all(&buf).await.map_err(TransferError::Lost)
+        match self.out.write_all(&buf).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.lost(e)),
+        }
     }
 
     /// The next frame, waiting at most the I/O timeout.
@@ -327,9 +389,20 @@ impl Link {
                 io::ErrorKind::UnexpectedEof,
                 "closed",
             ))),
-            Ok(Some(Err(e))) => Err(TransferError::Lost(e)),
-            Ok(Some(Ok(f))) => Ok(f),
+            Ok(Some(Err(e))) => Err(self.lost(e)),
+            Ok(Some(Ok(f))) => screen(f),
         }
+    }
+
+    /// The error for a failed connection: the server's refusal if it sent one before closing
+    /// (it may have arrived while we were writing), else the I/O error.
+    fn lost(&mut self, e: io::Error) -> TransferError {
+        while let Ok(Ok(frame)) = self.frames.try_recv() {
+            if let Err(refusal) = screen(frame) {
+                return refusal;
+            }
+        }
+        TransferError::Lost(e)
     }
 
     async fn reply(&mut self) -> Result<Reply, TransferError> {
@@ -344,7 +417,10 @@ impl Link {
     /// A reply if one has already arrived.
     fn ready_reply(&mut self) -> Result<Option<Reply>, TransferError> {
         match self.frames.try_recv() {
-            Ok(Ok(Frame::Reply(r))) => Ok(Some(r)),
+            Ok(Ok(Frame::Reply(r))) => match screen(Frame::Reply(r))? {
+                Frame::Reply(r) => Ok(Some(r)),
+                _ => Err(TransferError::Protocol("unexpected data frame".into())),
+            },
             Ok(Ok(_)) => Err(TransferError::Protocol("unexpected data frame".into())),
             Ok(Err(e)) => Err(TransferError::Lost(e)),
             Err(mpsc::error::TryRecvError::Empty) => Ok(None),
@@ -352,6 +428,17 @@ impl Link {
                 io::Error::new(io::ErrorKind::UnexpectedEof, "closed"),
             )),
         }
+    }
+}
+
+/// A reply with id 0 refuses the connection itself (ids the client uses start at 2).
+fn screen(frame: Frame) -> Result<Frame, TransferError> {
+    match frame {
+        Frame::Reply(r) if r.id == 0 && r.status != Status::Ok => Err(TransferError::Refused {
+            status: r.status,
+            message: r.message.unwrap_or_default(),
+        }),
+        other => Ok(other),
     }
 }
 
@@ -800,10 +887,11 @@ async fn upload_file(
         }
         done += chunk.data.len() as u64;
         let mut data = chunk.data;
-        link.out
+        let written = link
+            .out
             .write_all_buf(&mut (&mut head).chain(&mut data))
-            .await
-            .map_err(TransferError::Lost)?;
+            .await;
+        written.map_err(|e| link.lost(e))?;
         throttle.tick(remote, done, size, on_event);
     }
     if size == 0 {
@@ -971,10 +1059,11 @@ pub async fn bench(dial: &dyn Dial, size: u64, opts: &Options) -> Result<Duratio
         head.clear();
         wire::encode_data_header(&[0; 32], n, &mut head);
         let mut data = payload.slice(..n);
-        link.out
+        let written = link
+            .out
             .write_all_buf(&mut (&mut head).chain(&mut data))
-            .await
-            .map_err(TransferError::Lost)?;
+            .await;
+        written.map_err(|e| link.lost(e))?;
         left -= n as u64;
     }
     let reply = link.reply().await?;

@@ -8,16 +8,21 @@
 //! [`ServerConfig::shutdown_grace`] are then dropped, which runs their destructors (an unfinished
 //! upload removes its temporary file).
 //!
+//! The framework also owns what protects a server on a network, since every service needs it the
+//! same way: TLS termination (a TLS client is recognised by its first byte, so one port serves
+//! both), connections per address, bandwidth limits, and the header timeout services apply.
+//!
 //! [`datagram`] is the same split for UDP: the framework receives and sends, a handler computes
 //! replies.
 
 pub mod datagram;
 
+use std::collections::HashMap;
 use std::fmt::Display;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -29,6 +34,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::net::IdleTimeout;
+use crate::throttle::{Bucket, Throttled};
+
+/// The first byte of every TLS connection (a handshake record).
+const TLS_HANDSHAKE: u8 = 0x16;
 
 /// Policy the framework applies to every connection, whatever the service.
 #[derive(Debug, Clone)]
@@ -39,6 +48,17 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// After shutdown is requested, how long handlers may take to finish before they are dropped.
     pub shutdown_grace: Duration,
+    /// Once a request header (or a TLS handshake) has begun, how long the peer has to finish it:
+    /// a slow-loris client dribbling a byte at a time is cut off after this.
+    pub header_timeout: Duration,
+    /// Connections served at once from one IP address; more are closed at once (and logged).
+    pub max_connections_per_ip: Option<usize>,
+    /// TLS: connections whose first byte starts a TLS handshake are decrypted with this.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Bytes per second, all connections together.
+    pub bwlimit: Option<u64>,
+    /// Bytes per second, per connection.
+    pub bwlimit_per_connection: Option<u64>,
 }
 
 impl Default for ServerConfig {
@@ -47,6 +67,11 @@ impl Default for ServerConfig {
             max_connections: 512,
             idle_timeout: Duration::from_secs(300),
             shutdown_grace: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
+            max_connections_per_ip: None,
+            tls: None,
+            bwlimit: None,
+            bwlimit_per_connection: None,
         }
     }
 }
@@ -60,6 +85,28 @@ pub struct Connection<S> {
     pub peer: SocketAddr,
     /// Cancelled when the server is shutting down: finish the current request, start no new one.
     pub shutdown: CancellationToken,
+    /// Whether the connection is TLS.
+    pub secure: bool,
+    /// How long a header may take once its first byte has arrived ([`ServerConfig::header_timeout`]).
+    pub header_timeout: Duration,
+}
+
+impl<S> Connection<S> {
+    fn new(
+        stream: S,
+        peer: SocketAddr,
+        shutdown: &CancellationToken,
+        secure: bool,
+        config: &ServerConfig,
+    ) -> Self {
+        Self {
+            stream: IdleTimeout::new(stream, config.idle_timeout),
+            peer,
+            shutdown: shutdown.clone(),
+            secure,
+            header_timeout: config.header_timeout,
+        }
+    }
 }
 
 impl<S: AsyncRead + Unpin> Connection<S> {
@@ -76,6 +123,35 @@ impl<S: AsyncRead + Unpin> Connection<S> {
             n = self.stream.read_buf(buf) => n.map(Some),
             () = self.shutdown.cancelled(), if buf.is_empty() => Ok(None),
         }
+    }
+
+    /// [`Connection::read_more`] for a header: once its first bytes have arrived (`started` is
+    /// set by the first read that returns some), the rest must arrive within the header timeout,
+    /// however slowly they trickle in. Reset `started` to `None` when a header is complete.
+    pub async fn read_header(
+        &mut self,
+        buf: &mut BytesMut,
+        reserve: usize,
+        started: &mut Option<tokio::time::Instant>,
+    ) -> io::Result<Option<usize>> {
+        let n = match *started {
+            None => self.read_more(buf, reserve).await?,
+            Some(t) => {
+                let limit = self.header_timeout;
+                tokio::time::timeout_at(t + limit, self.read_more(buf, reserve))
+                    .await
+                    .map_err(|_| {
+                        io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("header not complete within {limit:?}"),
+                        )
+                    })??
+            }
+        };
+        if started.is_none() && n.is_some_and(|n| n > 0) {
+            *started = Some(tokio::time::Instant::now());
+        }
+        Ok(n)
     }
 }
 
@@ -109,6 +185,9 @@ pub async fn serve<H: Handler>(
     let stop_requested = CancellationToken::new();
     let abort = CancellationToken::new();
     let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let per_ip = PerIp::new(config.max_connections_per_ip);
+    let global = config.bwlimit.map(Bucket::new);
+    let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let mut backoff = ACCEPT_BACKOFF.0;
     tokio::pin!(shutdown);
 
@@ -140,10 +219,20 @@ pub async fn serve<H: Handler>(
                 continue;
             }
         };
-        let conn = Connection {
-            stream: IdleTimeout::new(prepare(stream), config.idle_timeout),
+        let Some(ip_slot) = per_ip.take(peer.ip()) else {
+            warn!(%peer, "too many connections from this address: closed");
+            drop(stream);
+            continue;
+        };
+        let mut buckets = global.iter().cloned().collect::<Vec<_>>();
+        buckets.extend(config.bwlimit_per_connection.map(Bucket::new));
+        let stream = Throttled::new(prepare(stream), buckets);
+        let accepted = Accepted {
+            stream,
             peer,
             shutdown: stop_requested.child_token(),
+            tls: tls.clone(),
+            config: config.clone(),
         };
         let handler = handler.clone();
         let abort = abort.clone();
@@ -152,12 +241,13 @@ pub async fn serve<H: Handler>(
             async move {
                 debug!("connected");
                 tokio::select! {
-                    result = handler.handle(conn) => match result {
+                    result = accepted.run(&*handler) => match result {
                         Ok(()) => debug!("closed"),
                         Err(e) => warn!(error = %e, "connection closed on error"),
                     },
                     () = abort.cancelled() => warn!("cancelled by shutdown"),
                 }
+                drop(ip_slot);
                 drop(permit);
             }
             .instrument(span),
@@ -184,6 +274,132 @@ pub async fn serve<H: Handler>(
         );
         abort.cancel();
         tracker.wait().await;
+    }
+}
+
+/// A connection between accept and its handler: TLS is detected and terminated here.
+struct Accepted {
+    stream: Throttled<TcpStream>,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    config: ServerConfig,
+}
+
+/// Why a connection ended before its handler ran, or the handler's own error.
+enum Ended<E> {
+    Tls(io::Error),
+    Handler(E),
+}
+
+impl<E: Display> Display for Ended<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ended::Tls(e) => write!(f, "TLS handshake failed: {e}"),
+            Ended::Handler(e) => e.fmt(f),
+        }
+    }
+}
+
+impl Accepted {
+    async fn run<H: Handler>(self, handler: &H) -> Result<(), Ended<H::Error>> {
+        let Accepted {
+            stream,
+            peer,
+            shutdown,
+            tls,
+            config,
+        } = self;
+        let connection = |stream, secure| Connection::new(stream, peer, &shutdown, secure, &config);
+        let Some(acceptor) = tls else {
+            return handler
+                .handle(connection(stream, false))
+                .await
+                .map_err(Ended::Handler);
+        };
+        // Peek at the first byte (waiting like for any request) to tell TLS from plain text.
+        let mut first = [0u8; 1];
+        let peeked = tokio::select! {
+            r = tokio::time::timeout(config.idle_timeout, stream.get_ref().peek(&mut first)) => r,
+            () = shutdown.cancelled() => return Ok(()),
+        };
+        match peeked {
+            Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => {}
+            Ok(Ok(0)) => return Ok(()), // closed without a word
+            Ok(Ok(_)) => {
+                return handler
+                    .handle(connection(stream, false))
+                    .await
+                    .map_err(Ended::Handler);
+            }
+            Ok(Err(e)) => return Err(Ended::Tls(e)),
+            Err(_) => return Ok(()), // silent until the idle timeout: nothing to serve
+        }
+        let secured = tokio::time::timeout(config.header_timeout, acceptor.accept(stream))
+            .await
+            .map_err(|_| {
+                Ended::Tls(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "not finished within the header timeout",
+                ))
+            })?
+            .map_err(Ended::Tls)?;
+        handler
+            .handle(Connection::new(secured, peer, &shutdown, true, &config))
+            .await
+            .map_err(Ended::Handler)
+    }
+}
+
+/// Counts connections per IP address.
+#[derive(Clone)]
+struct PerIp {
+    max: Option<usize>,
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One connection's place in [`PerIp`]; frees it on drop.
+struct IpSlot {
+    ip: IpAddr,
+    counts: Option<Arc<Mutex<HashMap<IpAddr, usize>>>>,
+}
+
+impl PerIp {
+    fn new(max: Option<usize>) -> Self {
+        Self {
+            max,
+            counts: Arc::default(),
+        }
+    }
+
+    fn take(&self, ip: IpAddr) -> Option<IpSlot> {
+        let Some(max) = self.max else {
+            return Some(IpSlot { ip, counts: None });
+        };
+        let mut counts = self.counts.lock().ok()?;
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            ip,
+            counts: Some(self.counts.clone()),
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Some(counts) = &self.counts
+            && let Ok(mut counts) = counts.lock()
+            && let Some(n) = counts.get_mut(&self.ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
     }
 }
 

@@ -13,8 +13,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{info, warn};
 
 use super::upload::{READ_CHUNK, UploadError, UploadService};
+use crate::auth::Rights;
 use crate::server::Connection;
-use crate::storage::{StorageError, Upload};
+use crate::storage::{Storage, StorageError, Upload};
 
 /// Listing entries are sent in pages whose JSON stays well inside [`MAX_JSON`].
 const PAGE_BUDGET: usize = MAX_JSON / 2;
@@ -48,6 +49,7 @@ pub fn status_of(e: &StorageError) -> Status {
         StorageError::Integrity(_) => Status::Integrity,
         StorageError::Busy(_) => Status::Busy,
         StorageError::NotFound(_) => Status::NotFound,
+        StorageError::QuotaExceeded { .. } => Status::QuotaExceeded,
         StorageError::BadDirectory(_) | StorageError::Io(_) => Status::Internal,
     }
 }
@@ -65,14 +67,29 @@ pub async fn serve<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let mut started = Some(tokio::time::Instant::now());
     while buf.len() < PREFACE_LEN {
-        if read(&mut conn, &mut buf, false).await? == 0 {
+        if read(&mut conn, &mut buf, false, &mut started).await? == 0 {
             return Err(UploadError::TruncatedHeader(buf.len()));
         }
     }
     let version = wire::parse_preface(&buf)?.unwrap_or(0);
     buf.advance(PREFACE_LEN);
     conn.stream.write_all(&wire::preface(VERSION)).await?;
+    if service.tls_required() && !conn.secure {
+        send(
+            &mut conn,
+            &Reply::error(
+                0,
+                Status::Forbidden,
+                "this server only speaks barge's protocol over TLS (connect with --tls)",
+            ),
+        )
+        .await?;
+        return Err(UploadError::Protocol(
+            "plain-text barge connection refused: TLS is required".into(),
+        ));
+    }
     if version < 1 {
         send(
             &mut conn,
@@ -96,13 +113,18 @@ where
 
 /// Reads more bytes; between requests a shutdown request ends the conversation (`Ok(0)` is then
 /// reported as a clean end by the caller's state).
+/// Between requests, and inside a request frame (`started` set), the header timeout applies.
 async fn read<S: AsyncRead + Unpin>(
     conn: &mut Connection<S>,
     buf: &mut BytesMut,
     idle: bool,
+    started: &mut Option<tokio::time::Instant>,
 ) -> Result<usize, UploadError> {
-    if idle {
-        Ok(conn.read_more(buf, READ_CHUNK).await?.unwrap_or(0))
+    if idle || started.is_some() {
+        Ok(conn
+            .read_header(buf, READ_CHUNK, started)
+            .await?
+            .unwrap_or(0))
     } else {
         buf.reserve(READ_CHUNK);
         Ok(conn.stream.read_buf(buf).await?)
@@ -128,14 +150,21 @@ async fn converse<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let storage = service.storage();
+    let mut storage = service.storage().clone();
+    // Without tokens every connection has every right the server allows.
+    let mut rights = match service.access() {
+        None => Some(Rights::ALL),
+        Some(_) => None,
+    };
+    let mut started = None;
     loop {
         let frame = loop {
             if let Some(frame) = wire::decode_frame(buf)? {
+                started = None;
                 break frame;
             }
             let idle = matches!(state, State::Idle);
-            if read(conn, buf, idle).await? == 0 {
+            if read(conn, buf, idle, &mut started).await? == 0 {
                 return if idle && buf.is_empty() {
                     Ok(())
                 } else {
@@ -251,6 +280,41 @@ where
                     req.id()
                 )));
             }
+            Frame::Request(Request::Auth { id, token }) => {
+                match authenticate(service, conn.peer, &token) {
+                    Ok((grant_rights, grant_storage)) => {
+                        rights = Some(grant_rights);
+                        if let Some(s) = grant_storage {
+                            storage = s;
+                        }
+                        send(conn, &Reply::ok(id)).await?;
+                    }
+                    Err(mut reply) => {
+                        reply.id = id;
+                        let status = reply.status;
+                        send(conn, &reply).await?;
+                        conn.stream.shutdown().await?;
+                        return Err(UploadError::Protocol(format!(
+                            "authentication refused ({status:?})"
+                        )));
+                    }
+                }
+            }
+            Frame::Request(req) if refused(&req, rights, service).is_some() => {
+                let Some(reply) = refused(&req, rights, service) else {
+                    continue;
+                };
+                warn!(request = req.op(), status = ?reply.status, "request refused");
+                send(conn, &reply).await?;
+                match req {
+                    Request::Put { id, .. } => *state = State::Skipping { id },
+                    // Its data follows and has no end marker to skip to.
+                    Request::Bench { .. } => {
+                        return Err(UploadError::Protocol("bench refused".into()));
+                    }
+                    _ => {}
+                }
+            }
             Frame::Request(Request::Probe { id, path, size }) => {
                 let reply = match storage.probe(&path, size, "").await {
                     Ok(p) => Reply {
@@ -329,37 +393,99 @@ where
                 id,
                 path,
                 recursive,
-            }) => {
-                if !service.downloads_allowed() {
-                    send(
-                        conn,
-                        &Reply::error(id, Status::Forbidden, "listing is disabled on this server"),
-                    )
-                    .await?;
-                    continue;
-                }
-                match storage.list(&path, recursive).await {
-                    Ok(entries) => send_listing(conn, id, entries).await?,
-                    Err(e) => send(conn, &refusal(id, &e)).await?,
-                }
-            }
+            }) => match storage.list(&path, recursive).await {
+                Ok(entries) => send_listing(conn, id, entries).await?,
+                Err(e) => send(conn, &refusal(id, &e)).await?,
+            },
             Frame::Request(Request::Get { id, path, from }) => {
-                if !service.downloads_allowed() {
-                    send(
-                        conn,
-                        &Reply::error(
-                            id,
-                            Status::Forbidden,
-                            "downloads are disabled on this server",
-                        ),
-                    )
-                    .await?;
-                    continue;
-                }
-                send_file(conn, storage, id, &path, from).await?;
+                send_file(conn, &storage, id, &path, from).await?;
             }
         }
     }
+}
+
+/// Checks a token: its rights and, when it has a root, that root's storage; or the refusal to send
+/// (the failure is logged and counted against the address).
+fn authenticate(
+    service: &UploadService,
+    peer: std::net::SocketAddr,
+    token: &str,
+) -> Result<(Rights, Option<Storage>), Box<Reply>> {
+    let Some(access) = service.access() else {
+        return Ok((Rights::ALL, None)); // no tokens needed: any token is fine
+    };
+    if let Some(wait) = access.brake.locked_out(peer.ip()) {
+        warn!(%peer, "authentication refused: too many failed attempts from this address");
+        return Err(Box::new(Reply::error(
+            0,
+            Status::RateLimited,
+            format!(
+                "too many failed attempts from {}: try again in {} s",
+                peer.ip(),
+                wait.as_secs().max(1)
+            ),
+        )));
+    }
+    match access.tokens.check(token) {
+        Some(grant) => {
+            info!(token = %grant.label, root = ?grant.root, "authenticated");
+            let storage = grant
+                .root
+                .as_ref()
+                .and_then(|r| access.roots.get(r).cloned());
+            Ok((grant.rights, storage))
+        }
+        None => {
+            access.brake.failed(peer.ip());
+            warn!(%peer, "authentication failed: wrong token");
+            Err(Box::new(Reply::error(
+                0,
+                Status::Unauthorized,
+                "wrong token",
+            )))
+        }
+    }
+}
+
+/// The refusal of `req` for a connection with `rights` (`None`: not authenticated yet).
+fn refused(req: &Request, rights: Option<Rights>, service: &UploadService) -> Option<Reply> {
+    let id = req.id();
+    let Some(rights) = rights else {
+        return Some(Reply::error(
+            id,
+            Status::Unauthorized,
+            "this server requires a token (set BARGE_TOKEN or use --token-file)",
+        ));
+    };
+    let (right, what) = match req {
+        Request::Probe { .. } | Request::Put { .. } | Request::Mkdir { .. } => {
+            (rights.upload, "uploading")
+        }
+        Request::List { .. } if !service.downloads_allowed() => {
+            return Some(Reply::error(
+                id,
+                Status::Forbidden,
+                "listing is disabled on this server",
+            ));
+        }
+        Request::Get { .. } if !service.downloads_allowed() => {
+            return Some(Reply::error(
+                id,
+                Status::Forbidden,
+                "downloads are disabled on this server",
+            ));
+        }
+        Request::List { .. } => (rights.list, "listing"),
+        Request::Get { .. } => (rights.download, "downloading"),
+        Request::Auth { .. } | Request::End { .. } | Request::Bench { .. } => (true, ""),
+    };
+    (!right).then(|| {
+        Reply::error(
+            id,
+            Status::Forbidden,
+            format!("{what} is not allowed with this token"),
+        )
+    })
 }
 
 async fn send_listing<S: AsyncWrite + Unpin>(

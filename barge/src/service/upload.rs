@@ -6,6 +6,8 @@
 //! why and close the connection; the sender then sees its connection reset. Nothing of a refused or
 //! unfinished upload is published.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use barge_proto::legacy::{DecodeError, Decoder, Frame, Header};
@@ -14,6 +16,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tracing::{info, warn};
 
+use crate::auth::{FailureBrake, Tokens};
 use crate::server::{Connection, Handler};
 use crate::storage::{Storage, StorageError};
 
@@ -64,15 +67,77 @@ pub enum UploadError {
 pub struct UploadService {
     storage: Storage,
     downloads: bool,
+    legacy: bool,
+    require_tls: bool,
+    access: Option<Arc<Access>>,
+}
+
+/// The tokens a server requires, the storage of each token's root, and the brake on guessing.
+#[derive(Debug)]
+pub struct Access {
+    /// Accepted tokens.
+    pub tokens: Tokens,
+    /// Storage of each root folder named in the tokens.
+    pub roots: HashMap<String, Storage>,
+    /// Failed attempts per address.
+    pub brake: FailureBrake,
 }
 
 impl UploadService {
-    /// A service storing into `storage`, with listing and downloads allowed.
+    /// A service storing into `storage`, with listing and downloads allowed, the lesson's format
+    /// accepted, no TLS required and no tokens.
     pub fn new(storage: Storage) -> Self {
         Self {
             storage,
             downloads: true,
+            legacy: true,
+            require_tls: false,
+            access: None,
         }
+    }
+
+    /// Accepts or refuses the lesson's format (which has no authentication).
+    pub fn with_legacy(mut self, allowed: bool) -> Self {
+        self.legacy = allowed;
+        self
+    }
+
+    /// Refuses barge's protocol over a plain-text connection.
+    pub fn with_tls_required(mut self, required: bool) -> Self {
+        self.require_tls = required;
+        self
+    }
+
+    /// Requires one of `tokens` on every barge connection; rights and roots follow the token.
+    /// Root folders are created now.
+    pub fn with_tokens(
+        mut self,
+        tokens: Tokens,
+        brake: FailureBrake,
+    ) -> Result<Self, StorageError> {
+        let mut roots = HashMap::new();
+        for root in tokens.grants().filter_map(|g| g.root.clone()) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = roots.entry(root) {
+                let storage = self.storage.subfolder(slot.key())?;
+                slot.insert(storage);
+            }
+        }
+        self.access = Some(Arc::new(Access {
+            tokens,
+            roots,
+            brake,
+        }));
+        Ok(self)
+    }
+
+    /// The tokens, when the server requires them.
+    pub fn access(&self) -> Option<&Access> {
+        self.access.as_deref()
+    }
+
+    /// Whether barge's protocol needs TLS.
+    pub fn tls_required(&self) -> bool {
+        self.require_tls
     }
 
     /// Allows or forbids listing and downloading.
@@ -100,9 +165,10 @@ impl Handler for UploadService {
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let mut started = None;
         // Four bytes decide the protocol: barge's magic is never a valid lesson length prefix.
         while buf.len() < MAGIC.len() {
-            match conn.read_more(&mut buf, READ_CHUNK).await? {
+            match conn.read_header(&mut buf, READ_CHUNK, &mut started).await? {
                 None => return Ok(()),
                 Some(0) if buf.is_empty() => return Ok(()),
                 Some(0) => return Err(UploadError::TruncatedHeader(buf.len())),
@@ -112,13 +178,25 @@ impl Handler for UploadService {
         if buf[..MAGIC.len()] == MAGIC {
             return super::transfer::serve(self, conn, buf).await;
         }
-        self.lesson(conn, buf).await
+        if !self.legacy {
+            return Err(UploadError::Protocol(
+                "the lesson's upload format is turned off on this server (it has no \
+                 authentication; `serve --legacy` turns it on)"
+                    .into(),
+            ));
+        }
+        self.lesson(conn, buf, started).await
     }
 }
 
 impl UploadService {
     /// Serves the lesson's format; `buf` holds the first bytes already read.
-    async fn lesson<S>(&self, mut conn: Connection<S>, mut buf: BytesMut) -> Result<(), UploadError>
+    async fn lesson<S>(
+        &self,
+        mut conn: Connection<S>,
+        mut buf: BytesMut,
+        mut started: Option<tokio::time::Instant>,
+    ) -> Result<(), UploadError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
@@ -128,12 +206,15 @@ impl UploadService {
             let header = loop {
                 if let Some(frame) = decoder.decode(&mut buf)? {
                     match frame {
-                        Frame::Header(h) => break h,
+                        Frame::Header(h) => {
+                            started = None;
+                            break h;
+                        }
                         // Only headers come between uploads.
                         Frame::Body(_) | Frame::End => unreachable_frame()?,
                     }
                 }
-                let Some(n) = conn.read_more(&mut buf, READ_CHUNK).await? else {
+                let Some(n) = conn.read_header(&mut buf, READ_CHUNK, &mut started).await? else {
                     return Ok(()); // shutting down between uploads
                 };
                 if n == 0 {

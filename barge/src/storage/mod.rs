@@ -12,7 +12,10 @@
 //! uploads of the same name at once cannot both take it. A symlink in `DIR` is never followed:
 //! rename replaces or skips the link itself.
 
+mod quota;
 mod resume;
+
+pub use quota::{Quota, Reservation, bytes_stored};
 
 pub use resume::{Listing, ProbeResult, Upload, digest_of, wait_for_writers};
 
@@ -63,6 +66,8 @@ pub struct StorageConfig {
     pub partial_ttl: Duration,
     /// Verified bytes between two checkpoints of a resumable transfer: bounds what a crash costs.
     pub checkpoint_bytes: u64,
+    /// A cap on the bytes stored, shared with every other storage of the server.
+    pub quota: Option<Arc<Quota>>,
 }
 
 impl StorageConfig {
@@ -75,6 +80,7 @@ impl StorageConfig {
             fsync: true,
             partial_ttl: Duration::from_secs(24 * 3600),
             checkpoint_bytes: 64 << 20,
+            quota: None,
         }
     }
 }
@@ -130,6 +136,16 @@ pub enum StorageError {
     /// A path component exists but is not a real folder (a file, or a symlink).
     #[error("{0:?} is not a folder")]
     NotAFolder(String),
+    /// Storing the file would take the server over its quota.
+    #[error("{size} bytes would exceed the storage quota ({used} of {limit} bytes used)")]
+    QuotaExceeded {
+        /// Declared size.
+        size: u64,
+        /// Bytes stored or reserved now.
+        used: u64,
+        /// The quota.
+        limit: u64,
+    },
     /// Any other file-system failure.
     #[error("storage I/O error: {0}")]
     Io(#[from] io::Error),
@@ -205,6 +221,25 @@ impl Storage {
         &self.inner.config.dir
     }
 
+    /// A storage for the folder `rel` (safe names joined by `/`) below this one, with the same
+    /// rules and quota: a token's root.
+    pub fn subfolder(&self, rel: &str) -> Result<Storage, StorageError> {
+        let mut dir = self.inner.config.dir.clone();
+        for part in rel.split('/') {
+            dir.push(validate_file_name(part)?);
+            real_dir(&dir)?;
+        }
+        Storage::open(StorageConfig {
+            dir,
+            ..self.inner.config.clone()
+        })
+    }
+
+    /// Holds `size` bytes of the quota (if any) for a file being received.
+    fn reserve(&self, size: u64) -> Result<Reservation, StorageError> {
+        Reservation::take(self.inner.config.quota.as_ref(), size)
+    }
+
     /// Checks `name` and `size` against the rules and opens a temporary file for the upload.
     /// Nothing is written and no space is reserved if this fails.
     pub async fn begin(&self, name: &str, size: u64) -> Result<PartialFile, StorageError> {
@@ -222,9 +257,11 @@ impl Storage {
                 return Err(StorageError::Conflict(name));
             }
         }
+        let reservation = self.reserve(size)?;
         let temp_dir = self.inner.temp_dir.clone();
         let (file, temp) = blocking(move || create_temp(&temp_dir, size)).await??;
         Ok(PartialFile {
+            reservation,
             storage: self.clone(),
             name,
             expected: size,
@@ -286,6 +323,8 @@ fn create_temp(temp_dir: &Path, size: u64) -> Result<(File, TempPath), StorageEr
 /// so a failed or cancelled transfer publishes nothing.
 #[derive(Debug)]
 pub struct PartialFile {
+    /// Quota held for the file; given back if it is never published.
+    reservation: Reservation,
     storage: Storage,
     name: String,
     expected: u64,
@@ -351,14 +390,16 @@ impl PartialFile {
         }
         let config = self.storage.inner.config.clone();
         let (name, size, temp) = (self.name, self.written, self.temp);
-        blocking(move || {
+        let stored = blocking(move || {
             if config.fsync {
                 file.sync_all()?;
             }
             drop(file);
             publish(&config, &config.dir, temp, name, size)
         })
-        .await?
+        .await??;
+        self.reservation.keep();
+        Ok(stored)
     }
 }
 

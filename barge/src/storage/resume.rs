@@ -217,6 +217,7 @@ impl Storage {
         }
         let key = Self::partial_key(path, size, tag);
         let lock = KeyLock::take(self, &key).ok_or_else(|| StorageError::Busy(path.to_owned()))?;
+        let reservation = self.reserve(size)?;
         let this = self.clone();
         let path_owned = path.to_owned();
         let (dir, name, file, cvs_file, kept, paths) = blocking(move || {
@@ -308,6 +309,7 @@ impl Storage {
                 drop(live);
             })?;
         Ok(Upload {
+            reservation: Some(reservation),
             tx: Some(tx),
             done,
             shared,
@@ -616,6 +618,8 @@ enum Cmd {
 /// [`Upload::commit`] keeps the verified part for a later resume.
 #[derive(Debug)]
 pub struct Upload {
+    /// Quota held for the file until it is published.
+    reservation: Option<super::Reservation>,
     tx: Option<mpsc::Sender<Cmd>>,
     done: oneshot::Receiver<()>,
     shared: Arc<Shared>,
@@ -675,7 +679,11 @@ impl Upload {
         tx.send(Cmd::Commit { digest, reply })
             .await
             .map_err(|_| self.stopped())?;
-        answer.await.map_err(|_| self.stopped())?
+        let stored = answer.await.map_err(|_| self.stopped())??;
+        if let Some(r) = self.reservation.take() {
+            r.keep();
+        }
+        Ok(stored)
     }
 
     /// Stops taking chunks and waits until the verified part is durable.

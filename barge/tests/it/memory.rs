@@ -19,6 +19,8 @@ fn connection(stream: DuplexStream, timeout: Duration) -> Connection<DuplexStrea
         stream: IdleTimeout::new(stream, timeout),
         peer: SocketAddr::from(([127, 0, 0, 1], 1)),
         shutdown: CancellationToken::new(),
+        secure: false,
+        header_timeout: timeout,
     }
 }
 

@@ -22,14 +22,12 @@ fn opts() -> Options {
         io_timeout: WAIT,
         retries: 5,
         backoff: Duration::from_millis(50),
+        token: None,
     }
 }
 
 fn tcp(addr: std::net::SocketAddr) -> Tcp {
-    Tcp {
-        addr: addr.to_string(),
-        timeout: WAIT,
-    }
+    Tcp::new(addr.to_string(), WAIT)
 }
 
 /// Dials an in-memory pipe served by `service` directly: no sockets at all.
@@ -45,6 +43,8 @@ impl Dial for Memory {
                     stream: IdleTimeout::new(server, WAIT),
                     peer: ([127, 0, 0, 1], 1).into(),
                     shutdown: CancellationToken::new(),
+                    secure: false,
+                    header_timeout: WAIT,
                 };
                 let _ = service.handle(conn).await;
             });

@@ -69,6 +69,19 @@ pub struct FrameworkArgs {
     /// On Ctrl-C/SIGTERM, seconds to let connections finish before cancelling them.
     #[arg(long, default_value_t = 30.0)]
     pub shutdown_grace: f64,
+    /// Seconds a client has to finish a request header (or TLS handshake) once it has begun: cuts
+    /// off slow-loris clients.
+    #[arg(long, default_value_t = 10.0)]
+    pub header_timeout: f64,
+    /// Connections served at once from one IP address; more are closed at once.
+    #[arg(long)]
+    pub max_connections_per_ip: Option<usize>,
+    /// Bandwidth for all connections together, bytes per second (e.g. 10M).
+    #[arg(long, value_parser = parse_size)]
+    pub bwlimit: Option<u64>,
+    /// Bandwidth per connection, bytes per second (e.g. 1M).
+    #[arg(long, value_parser = parse_size)]
+    pub bwlimit_per_connection: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -178,6 +191,27 @@ pub struct ServeArgs {
     /// a server crash can cost a resumed upload at most.
     #[arg(long, value_parser = parse_size, default_value = "64M")]
     pub checkpoint: u64,
+    /// Most bytes stored in the folder (e.g. 100G); uploads that would exceed it are refused.
+    #[arg(long, value_parser = parse_size)]
+    pub quota: Option<u64>,
+    /// Encrypt barge's protocol with TLS 1.3 (plain-text barge connections are then refused). Without
+    /// --cert/--key a self-signed certificate is made in <dir>/.barge/tls on first start.
+    #[arg(long)]
+    pub tls: bool,
+    /// Certificate chain (PEM) to serve instead of the self-signed one; implies --tls.
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Require a token on every barge connection: lines of `<token> <rights> [root]`, rights
+    /// `all` or some of `upload,download,list`, root a folder below --dir the token is confined to.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Accept the lesson's upload format (no authentication, no encryption) even when listening
+    /// on a non-loopback address or requiring tokens, where it is off by default.
+    #[arg(long)]
+    pub legacy: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -204,6 +238,27 @@ pub struct ClientArgs {
     /// Seconds the server may leave a send or receive waiting before giving up.
     #[arg(long, default_value_t = 300.0)]
     pub timeout: f64,
+    /// Connect with TLS, trusting the server's certificate on first use (recorded in the
+    /// known-hosts file, refused loudly if it ever changes) unless --fingerprint or --ca is given.
+    #[arg(long)]
+    pub tls: bool,
+    /// Trust exactly the certificate with this fingerprint (SHA256:..., printed by `serve --tls`);
+    /// implies --tls.
+    #[arg(long, conflicts_with = "ca")]
+    pub fingerprint: Option<String>,
+    /// Trust certificates issued by the CAs in this PEM file, for the host name dialled; implies --tls.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Known-hosts file for trust on first use [default: $BARGE_KNOWN_HOSTS, else
+    /// ~/.config/barge/known_hosts].
+    #[arg(long)]
+    pub known_hosts: Option<PathBuf>,
+    /// File whose first line is the token to present (else the BARGE_TOKEN environment variable).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Bandwidth limit, bytes per second (e.g. 10M).
+    #[arg(long, value_parser = parse_size)]
+    pub bwlimit: Option<u64>,
 }
 
 /// Options of the commands that speak barge's protocol.

@@ -53,6 +53,9 @@ pub fn code_for(e: &anyhow::Error) -> u8 {
         if let Some(TransferError::Connect { .. }) = cause.downcast_ref() {
             return UNREACHABLE;
         }
+        if let Some(TransferError::Refused { .. }) = cause.downcast_ref() {
+            return REFUSED;
+        }
         if let Some(TransferError::Storage(StorageError::Integrity(_))) = cause.downcast_ref() {
             return INTEGRITY;
         }

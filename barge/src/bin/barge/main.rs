@@ -23,6 +23,7 @@ use args::{Command, EchoCommand, FrameworkArgs, Opts, UdpCommand};
 
 fn main() -> ExitCode {
     let opts = Opts::parse();
+    barge::tls::install_crypto_provider();
     init_logging(&opts);
     let runtime = match runtime_for(&opts.command) {
         Ok(rt) => rt,
@@ -59,7 +60,10 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
         Err(e) => {
-            eprintln!("barge: error: {}", describe(&e));
+            eprintln!(
+                "barge: error: {}",
+                barge_proto::name::printable(&describe(&e))
+            );
             ExitCode::from(exit::code_for(&e))
         }
     }
@@ -159,6 +163,11 @@ fn server_config(f: &FrameworkArgs) -> Result<ServerConfig> {
         max_connections: f.max_connections,
         idle_timeout: seconds(f.idle_timeout, "--idle-timeout")?,
         shutdown_grace: seconds(f.shutdown_grace, "--shutdown-grace")?,
+        header_timeout: seconds(f.header_timeout, "--header-timeout")?,
+        max_connections_per_ip: f.max_connections_per_ip,
+        tls: None,
+        bwlimit: f.bwlimit,
+        bwlimit_per_connection: f.bwlimit_per_connection,
     })
 }
 

@@ -84,24 +84,17 @@ pub fn file_bar(name: &str, size: u64, mode: ProgressMode) -> ProgressBar {
     ) {
         bar.set_style(style.progress_chars("=> "));
     }
-    bar.set_message(printable(name));
+    bar.set_message(printable(name).into_owned());
     bar
 }
 
-/// A name safe to print on a terminal: control characters (escape sequences) are shown escaped.
-pub fn printable(name: &str) -> String {
-    if name.chars().any(char::is_control) {
-        name.escape_debug().to_string()
-    } else {
-        name.to_owned()
-    }
-}
+pub use barge_proto::name::printable;
 
 /// Bytes from a peer made safe to print: text as is when it is UTF-8 without control characters,
 /// otherwise escaped; cut after `max` characters.
 pub fn printable_bytes(bytes: &[u8], max: usize) -> String {
     let text = match std::str::from_utf8(bytes) {
-        Ok(s) => printable(s),
+        Ok(s) => printable(s).into_owned(),
         Err(_) => bytes.escape_ascii().to_string(),
     };
     match text.char_indices().nth(max) {

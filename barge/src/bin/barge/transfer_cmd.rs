@@ -4,9 +4,11 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use barge::client::transfer::{self, Event, Options, Report, Tcp};
 use barge::storage::OnConflict;
+use barge::throttle::Bucket;
+use barge::tls::{Fingerprint, Trust};
 use indicatif::ProgressBar;
 use serde_json::json;
 
@@ -24,15 +26,50 @@ fn options(c: &ClientArgs, t: Option<&TransferArgs>) -> Result<Options> {
         io_timeout: seconds(c.timeout, "--timeout")?,
         retries: t.map_or(defaults.retries, |t| t.retries),
         backoff: Duration::from_millis(500),
+        token: token(c)?,
     })
 }
 
-/// A TCP dialer for `addr` with the options' connect timeout.
-fn tcp(addr: &str, opts: &Options) -> Tcp {
-    Tcp {
-        addr: addr.to_owned(),
-        timeout: opts.connect_timeout,
+/// The token: the first line of --token-file, else $BARGE_TOKEN (never a flag: command lines are
+/// visible to every user of the machine).
+fn token(c: &ClientArgs) -> Result<Option<String>> {
+    if let Some(path) = &c.token_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read token file {}", path.display()))?;
+        let first = text.lines().next().unwrap_or("").trim();
+        if first.is_empty() {
+            bail!("token file {} is empty", path.display());
+        }
+        return Ok(Some(first.to_owned()));
     }
+    Ok(std::env::var("BARGE_TOKEN")
+        .ok()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty()))
+}
+
+/// A dialer for `addr`: TLS when asked for (with the trust the flags choose), paced by --bwlimit.
+fn tcp(addr: &str, c: &ClientArgs, opts: &Options) -> Result<Tcp> {
+    let trust = if let Some(fp) = &c.fingerprint {
+        Some(Trust::Pinned(Fingerprint::parse(fp)?))
+    } else if let Some(ca) = &c.ca {
+        Some(Trust::Ca(ca.clone()))
+    } else if c.tls {
+        Some(Trust::KnownHosts {
+            file: c
+                .known_hosts
+                .clone()
+                .unwrap_or_else(barge::tls::default_known_hosts),
+        })
+    } else {
+        None
+    };
+    let mut dial = Tcp::new(addr, opts.connect_timeout);
+    if let Some(trust) = trust {
+        dial.tls = Some(barge::tls::client_config(&trust, addr)?);
+    }
+    dial.bwlimit = c.bwlimit.map(Bucket::new);
+    Ok(dial)
 }
 
 /// A server given positionally wins over `--to`; `--to` is the default otherwise.
@@ -54,7 +91,7 @@ pub async fn send_paths(
     let opts = options(client, Some(t))?;
     let mut view = View::new(client.progress, t.json, "sent");
     let started = Instant::now();
-    let dial = tcp(&client.to, &opts);
+    let dial = tcp(&client.to, client, &opts)?;
     let result = transfer::send(&dial, &paths, &opts, &mut |e| view.event(e)).await;
     view.finish(result, started)
 }
@@ -72,7 +109,7 @@ pub async fn get(a: GetArgs) -> Result<u8> {
     };
     let mut view = View::new(a.client.progress, a.transfer.json, "got");
     let started = Instant::now();
-    let dial = tcp(&addr, &opts);
+    let dial = tcp(&addr, &a.client, &opts)?;
     let result = transfer::get(&dial, &names, &a.out, policy, &opts, &mut |e| view.event(e)).await;
     view.finish(result, started)
 }
@@ -84,11 +121,14 @@ pub async fn ls(a: LsArgs) -> Result<u8> {
     };
     let path = rest.first().map_or("", String::as_str).trim_matches('/');
     let opts = options(&a.client, None)?;
-    let dial = tcp(&addr, &opts);
+    let dial = tcp(&addr, &a.client, &opts)?;
     let entries = match transfer::list(&dial, path, a.recursive, &opts).await? {
         Ok(entries) => entries,
         Err((status, message)) => {
-            eprintln!("barge: {addr} refused to list {path:?}: {message}");
+            eprintln!(
+                "barge: {addr} refused to list {path:?}: {}",
+                printable(&message)
+            );
             return Ok(if status == barge_proto::wire::Status::NotFound {
                 exit::FAILURE
             } else {
@@ -115,7 +155,7 @@ pub async fn ls(a: LsArgs) -> Result<u8> {
                     e.size.to_string()
                 },
                 utc(e.mtime),
-                e.digest.as_deref().unwrap_or("-"),
+                printable(e.digest.as_deref().unwrap_or("-")),
                 printable(&name)
             )?;
         }
@@ -126,7 +166,7 @@ pub async fn ls(a: LsArgs) -> Result<u8> {
 pub async fn bench(a: BenchArgs) -> Result<u8> {
     let (addr, _) = split_target(&a.args, &a.client.to);
     let opts = options(&a.client, None)?;
-    let dial = tcp(&addr, &opts);
+    let dial = tcp(&addr, &a.client, &opts)?;
     let elapsed = transfer::bench(&dial, a.size, &opts).await?;
     let secs = elapsed.as_secs_f64().max(1e-9);
     let bytes_per_s = a.size as f64 / secs;
@@ -230,10 +270,11 @@ impl View {
                     String::new()
                 };
                 println!(
-                    "{} {}{renamed} ({size} bytes) in {secs:.2}s, {:.1} MB/s{resumed}, blake3 {digest}",
+                    "{} {}{renamed} ({size} bytes) in {secs:.2}s, {:.1} MB/s{resumed}, blake3 {}",
                     self.verb,
                     printable(&path),
-                    transferred as f64 / secs.max(1e-9) / 1e6
+                    transferred as f64 / secs.max(1e-9) / 1e6,
+                    printable(&digest)
                 );
             }
             Event::Folder { .. } => {}
@@ -247,7 +288,8 @@ impl View {
                     bar.abandon();
                 }
                 eprintln!(
-                    "barge: {reason}; retry {attempt} of {of} in {:.1}s",
+                    "barge: {}; retry {attempt} of {of} in {:.1}s",
+                    printable(&reason),
                     wait_ms as f64 / 1000.0
                 );
             }

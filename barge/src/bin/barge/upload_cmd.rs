@@ -4,11 +4,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
+use barge::auth::{FailureBrake, Tokens};
 use barge::client::upload::{self, ClientError, LegacySender, Outgoing};
 use barge::pick::{self, Choice};
 use barge::server;
 use barge::service::upload::UploadService;
-use barge::storage::{OnConflict, Storage, StorageConfig};
+use barge::storage::{OnConflict, Quota, Storage, StorageConfig, bytes_stored};
 use std::io::Write;
 
 use tokio::io::AsyncBufReadExt;
@@ -29,12 +30,54 @@ pub async fn serve(a: ServeArgs) -> Result<u8> {
         fsync: !a.no_fsync,
         partial_ttl: seconds(a.partial_ttl, "--partial-ttl")?,
         checkpoint_bytes: a.checkpoint.max(barge_proto::tree::CHUNK),
+        quota: match a.quota {
+            None => None,
+            Some(limit) => {
+                std::fs::create_dir_all(&a.dir)
+                    .with_context(|| format!("cannot create {}", a.dir.display()))?;
+                let used = bytes_stored(&a.dir)
+                    .with_context(|| format!("cannot measure {}", a.dir.display()))?;
+                if used > limit {
+                    tracing::warn!(used, quota = limit, "the folder is already over its quota");
+                }
+                Some(Quota::new(limit, used))
+            }
+        },
         ..StorageConfig::new(&a.dir)
     })
     .with_context(|| format!("cannot use {} for storage", a.dir.display()))?;
-    let config = crate::server_config(&a.framework)?;
+    let mut config = crate::server_config(&a.framework)?;
     let dir = std::fs::canonicalize(storage.dir()).unwrap_or_else(|_| storage.dir().to_owned());
-    let listener = crate::listen(a.addr, &format!(", storing files in {}", dir.display()))?;
+    let tokens = match &a.token_file {
+        Some(path) => Some(Tokens::load(path)?),
+        None => None,
+    };
+    let tls = a.tls || a.cert.is_some();
+    let mut what = format!(", storing files in {}", dir.display());
+    if tls {
+        let identity = barge::tls::server_identity(
+            &storage.dir().join(barge::storage::STATE_DIR).join("tls"),
+            a.cert.as_deref().zip(a.key.as_deref()),
+        )
+        .context("cannot set up TLS")?;
+        what.push_str(&format!(", TLS certificate {}", identity.fingerprint));
+        config.tls = Some(identity.config);
+    }
+    // The lesson's format cannot authenticate or encrypt: only on loopback without tokens, unless
+    // asked for.
+    let legacy = a.legacy || (a.addr.ip().is_loopback() && tokens.is_none());
+    if a.legacy && (!a.addr.ip().is_loopback() || tokens.is_some()) {
+        tracing::warn!(
+            "--legacy: the lesson's upload format is on; it has no authentication or encryption, \
+             so anyone who reaches {} can upload files",
+            a.addr
+        );
+    } else if !legacy {
+        tracing::info!(
+            "the lesson's upload format is off here (no authentication); --legacy turns it on"
+        );
+    }
+    let listener = crate::listen(a.addr, &what)?;
     // Abandoned partial uploads are swept at start and then regularly.
     let sweeper = storage.clone();
     let period = seconds(a.partial_ttl, "--partial-ttl")?.min(std::time::Duration::from_secs(600));
@@ -45,7 +88,15 @@ pub async fn serve(a: ServeArgs) -> Result<u8> {
             let _ = tokio::task::spawn_blocking(move || s.expire_partials()).await;
         }
     });
-    let service = UploadService::new(storage).with_downloads(!a.no_download);
+    let mut service = UploadService::new(storage)
+        .with_downloads(!a.no_download)
+        .with_legacy(legacy)
+        .with_tls_required(tls);
+    if let Some(tokens) = tokens {
+        service = service
+            .with_tokens(tokens, FailureBrake::default())
+            .context("cannot set up the tokens' root folders")?;
+    }
     server::serve(
         listener,
         Arc::new(service),
@@ -57,6 +108,9 @@ pub async fn serve(a: ServeArgs) -> Result<u8> {
 }
 
 async fn connect(c: &ClientArgs) -> Result<barge::net::IdleTimeout<TcpStream>> {
+    if c.tls || c.fingerprint.is_some() || c.ca.is_some() || c.token_file.is_some() {
+        bail!("the lesson's format (--legacy) has no TLS and no tokens: drop --legacy to use them");
+    }
     let stream = barge::net::connect(&c.to, seconds(c.connect_timeout, "--connect-timeout")?)
         .await
         .map_err(|source| ClientError::Connect {
