@@ -305,6 +305,12 @@ where
                     continue;
                 };
                 warn!(request = req.op(), status = ?reply.status, "request refused");
+                if rights.is_none() {
+                    // Refuses the connection (id 0): nothing will work without a token.
+                    send(conn, &Reply { id: 0, ..reply }).await?;
+                    conn.stream.shutdown().await?;
+                    return Err(UploadError::Protocol("request without a token".into()));
+                }
                 send(conn, &reply).await?;
                 match req {
                     Request::Put { id, .. } => *state = State::Skipping { id },

@@ -72,6 +72,12 @@ pub struct UploadService {
     access: Option<Arc<Access>>,
 }
 
+/// Whether the lesson's format is on when the operator has not said: it cannot authenticate or
+/// encrypt, so only on a loopback address of a server without tokens.
+pub fn lesson_format_by_default(addr: std::net::IpAddr, has_tokens: bool) -> bool {
+    addr.is_loopback() && !has_tokens
+}
+
 /// The tokens a server requires, the storage of each token's root, and the brake on guessing.
 #[derive(Debug)]
 pub struct Access {
@@ -294,4 +300,20 @@ fn unreachable_frame() -> Result<(), UploadError> {
     Err(UploadError::Io(std::io::Error::other(
         "decoder produced a frame out of order",
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lesson_format_by_default;
+
+    #[test]
+    fn the_lesson_format_is_off_on_networks_and_with_tokens() {
+        let on = |a: &str, t| lesson_format_by_default(a.parse().unwrap(), t);
+        assert!(on("127.0.0.1", false));
+        assert!(on("::1", false));
+        assert!(!on("127.0.0.1", true));
+        assert!(!on("0.0.0.0", false));
+        assert!(!on("::", false));
+        assert!(!on("192.168.1.20", false));
+    }
 }

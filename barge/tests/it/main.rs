@@ -9,6 +9,7 @@ mod echo;
 mod interop;
 mod memory;
 mod proxy;
+mod security;
 mod support;
 mod transfer;
 mod udp;

@@ -51,6 +51,8 @@ pub struct Counts {
 pub struct Proxy {
     pub addr: SocketAddr,
     counts: Arc<Mutex<Vec<Counts>>>,
+    /// The first [`CAPTURE_MAX`] bytes each direction carried, all connections together.
+    captured: Arc<Mutex<Vec<u8>>>,
     task: JoinHandle<()>,
 }
 
@@ -60,7 +62,9 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let counts: Arc<Mutex<Vec<Counts>>> = Arc::default();
+        let captured: Arc<Mutex<Vec<u8>>> = Arc::default();
         let shared = counts.clone();
+        let capture = captured.clone();
         let task = tokio::spawn(async move {
             let mut n = 0usize;
             while let Ok((client, _)) = listener.accept().await {
@@ -68,14 +72,23 @@ impl Proxy {
                 n += 1;
                 shared.lock().unwrap().push(Counts::default());
                 let counts = shared.clone();
+                let capture = capture.clone();
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(upstream).await else {
                         return; // upstream down: the client sees its connection close
                     };
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
-                    let up = pump(cr, sw, Dir::Up, index, fault, rate, counts.clone());
-                    let down = pump(sr, cw, Dir::Down, index, fault, rate, counts);
+                    let up = pump(
+                        cr,
+                        sw,
+                        (Dir::Up, index),
+                        fault,
+                        rate,
+                        counts.clone(),
+                        capture.clone(),
+                    );
+                    let down = pump(sr, cw, (Dir::Down, index), fault, rate, counts, capture);
                     // Either direction ending (or cutting) ends the connection both ways.
                     tokio::select! {
                         () = up => {},
@@ -84,7 +97,17 @@ impl Proxy {
                 });
             }
         });
-        Self { addr, counts, task }
+        Self {
+            addr,
+            counts,
+            captured,
+            task,
+        }
+    }
+
+    /// What crossed the proxy (both directions, up to [`CAPTURE_MAX`] bytes).
+    pub fn captured(&self) -> Vec<u8> {
+        self.captured.lock().unwrap().clone()
     }
 
     /// Bytes forwarded per connection, in accept order.
@@ -99,14 +122,17 @@ impl Drop for Proxy {
     }
 }
 
+/// Bytes the proxy keeps a copy of: enough to look for plaintext in.
+pub const CAPTURE_MAX: usize = 16 << 20;
+
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    dir: Dir,
-    index: usize,
+    (dir, index): (Dir, usize),
     fault: Fault,
     rate: Option<u64>,
     counts: Arc<Mutex<Vec<Counts>>>,
+    captured: Arc<Mutex<Vec<u8>>>,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut offset = 0u64;
@@ -145,6 +171,11 @@ async fn pump(
                 cut = true;
             }
             _ => {}
+        }
+        {
+            let mut c = captured.lock().unwrap();
+            let room = CAPTURE_MAX.saturating_sub(c.len()).min(n);
+            c.extend_from_slice(&buf[..room]);
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return;

@@ -275,7 +275,13 @@ pub fn barge() -> Command {
 
 /// Spawns a barge server command (with `--addr 127.0.0.1:0` or similar already in it) and reads
 /// the address it announces on its first stdout line. Stderr is left as the caller set it.
-pub fn spawn_announced(mut cmd: Command) -> (ChildGuard, SocketAddr) {
+pub fn spawn_announced(cmd: Command) -> (ChildGuard, SocketAddr) {
+    let (guard, addr, _) = spawn_announced_line(cmd);
+    (guard, addr)
+}
+
+/// [`spawn_announced`], also returning the whole announcement line.
+pub fn spawn_announced_line(mut cmd: Command) -> (ChildGuard, SocketAddr, String) {
     use std::io::{BufRead, BufReader};
     let mut child = cmd.stdout(Stdio::piped()).spawn().expect("spawn barge");
     let stdout = child.stdout.take().expect("stdout");
@@ -292,7 +298,7 @@ pub fn spawn_announced(mut cmd: Command) -> (ChildGuard, SocketAddr) {
         .trim()
         .parse()
         .expect("address");
-    (guard, addr)
+    (guard, addr, line)
 }
 
 /// A port that was free a moment ago, for peers (the lesson's programs) that cannot bind port 0

@@ -8,7 +8,7 @@ use barge::auth::{FailureBrake, Tokens};
 use barge::client::upload::{self, ClientError, LegacySender, Outgoing};
 use barge::pick::{self, Choice};
 use barge::server;
-use barge::service::upload::UploadService;
+use barge::service::upload::{UploadService, lesson_format_by_default};
 use barge::storage::{OnConflict, Quota, Storage, StorageConfig, bytes_stored};
 use std::io::Write;
 
@@ -65,8 +65,9 @@ pub async fn serve(a: ServeArgs) -> Result<u8> {
     }
     // The lesson's format cannot authenticate or encrypt: only on loopback without tokens, unless
     // asked for.
-    let legacy = a.legacy || (a.addr.ip().is_loopback() && tokens.is_none());
-    if a.legacy && (!a.addr.ip().is_loopback() || tokens.is_some()) {
+    let by_default = lesson_format_by_default(a.addr.ip(), tokens.is_some());
+    let legacy = a.legacy || by_default;
+    if a.legacy && !by_default {
         tracing::warn!(
             "--legacy: the lesson's upload format is on; it has no authentication or encryption, \
              so anyone who reaches {} can upload files",
