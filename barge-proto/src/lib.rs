@@ -20,6 +20,8 @@
 //! | echo line | configurable cap, checked as bytes arrive | see [`line::LineDecoder`] |
 //! | UDP payload | 65,507 (IPv4) / 65,527 (IPv6) bytes | see [`datagram::check_payload`] |
 
+#[doc(hidden)]
+pub mod check;
 pub mod datagram;
 pub mod legacy;
 pub mod line;
