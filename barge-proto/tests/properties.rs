@@ -43,7 +43,9 @@ fn legacy_streams() -> impl Strategy<Value = Vec<u8>> {
         .prop_map(|(step, uploads, tail)| {
             let mut out = vec![step];
             for (name, size) in uploads {
-                Header::new(name, size as u64).encode(&mut out).unwrap();
+                Header::new(name, size as u64)
+                    .encode(&mut out)
+                    .expect("encodable header");
                 out.extend(std::iter::repeat_n(3u8, size));
             }
             out.extend_from_slice(&tail);
