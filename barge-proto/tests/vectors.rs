@@ -24,6 +24,17 @@ fn vectors() -> Vec<(&'static str, Vec<u8>, Option<Frame>)> {
     };
     let msgs = vec![
         (
+            "auth",
+            Frame::Request(Request::Auth {
+                id: 2,
+                token: "9f2c7e1d4b8a6f3e0c5d".into(),
+            }),
+        ),
+        (
+            "reply-unauthorized",
+            Frame::Reply(Reply::error(0, Status::Unauthorized, "wrong token")),
+        ),
+        (
             "probe",
             Frame::Request(Request::Probe {
                 id: 1,
