@@ -15,6 +15,7 @@ use bytes::BytesMut;
 use crate::legacy;
 use crate::line::LineDecoder;
 use crate::name::{printable, validate_file_name};
+use crate::tree::Cv;
 use crate::wire;
 
 /// The read size and the stream in a fuzz input.
@@ -100,7 +101,44 @@ pub fn wire_stream(data: &[u8]) {
             }))
         })
     };
-    assert_eq!(run(Some(step)), run(None));
+    let whole = run(Some(step));
+    assert_eq!(whole, run(None));
+    // The streaming decoder, taking data bytes off as they come, sees the same frames.
+    let streamed = drive(stream, Some(step), wire::FRAME_HEADER + wire::MAX_JSON, {
+        let mut data: Option<(Cv, usize, Vec<u8>)> = None;
+        move |buf| {
+            if let Some((cv, left, mut bytes)) = data.take() {
+                if buf.is_empty() {
+                    data = Some((cv, left, bytes));
+                    return Ok(None);
+                }
+                let n = left.min(buf.len());
+                bytes.extend_from_slice(&buf.split_to(n));
+                if n < left {
+                    data = Some((cv, left - n, bytes));
+                    return Ok(Some(None));
+                }
+                let frame = wire::Frame::Data {
+                    cv,
+                    data: bytes.into(),
+                };
+                return Ok(Some(Some(format!("{frame:?}"))));
+            }
+            match wire::decode_frame_streaming(buf)? {
+                None => Ok(None),
+                Some(wire::Next::Frame(f)) => Ok(Some(Some(format!("{f:?}")))),
+                Some(wire::Next::Data { cv, len }) => {
+                    data = Some((cv, len, Vec::new()));
+                    Ok::<_, wire::WireError>(Some(None))
+                }
+            }
+        }
+    });
+    // A stream ending inside a data frame is only an unfinished frame to the whole decoder.
+    assert!(
+        whole.0.starts_with(&streamed.0) && whole.1 == streamed.1,
+        "streaming decode differs: {streamed:?} vs {whole:?}"
+    );
 }
 
 /// A decoded frame encodes to bytes that decode to the same frame.

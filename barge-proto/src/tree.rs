@@ -35,6 +35,54 @@ pub fn chunk_cv(index: u64, data: &[u8]) -> Cv {
     h.finalize_non_root()
 }
 
+/// Hashes chunk `index` as its bytes arrive in pieces: the same CV as [`chunk_cv`] over their
+/// concatenation, without holding the chunk.
+#[derive(Debug, Clone)]
+pub struct ChunkHasher {
+    hasher: blake3::Hasher,
+    index: u64,
+    len: u64,
+}
+
+impl ChunkHasher {
+    /// Starts chunk `index`.
+    pub fn new(index: u64) -> Self {
+        let mut hasher = blake3::Hasher::new();
+        hasher.set_input_offset(index * CHUNK);
+        Self {
+            hasher,
+            index,
+            len: 0,
+        }
+    }
+
+    /// Adds the next bytes of the chunk.
+    pub fn update(&mut self, piece: &[u8]) {
+        self.hasher.update(piece);
+        self.len += piece.len() as u64;
+    }
+
+    /// Bytes hashed so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True before any byte.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The chunk's CV.
+    pub fn cv(&self) -> Cv {
+        self.hasher.finalize_non_root()
+    }
+
+    /// The hash of a file that is this one chunk (chunk 0, the whole file).
+    pub fn root(&self) -> Option<Cv> {
+        (self.index == 0).then(|| *self.hasher.finalize().as_bytes())
+    }
+}
+
 /// The BLAKE3 hash of a whole `size`-byte file from its chunk CVs. For files of one chunk or less
 /// the root is not a merge, so the caller passes that chunk's bytes as `single`.
 pub fn file_digest(cvs: &[Cv], size: u64, single: Option<&[u8]>) -> Option<Cv> {
@@ -107,6 +155,25 @@ mod tests {
             .map(|(i, c)| chunk_cv(i as u64, c))
             .collect();
         file_digest(&cvs, size, (size <= CHUNK).then_some(d)).unwrap()
+    }
+
+    #[test]
+    fn chunk_hasher_in_pieces_equals_chunk_cv() {
+        let d = data(CHUNK as usize);
+        for index in [0, 1, 7] {
+            let mut h = ChunkHasher::new(index);
+            for piece in d.chunks(65_537) {
+                h.update(piece);
+            }
+            assert_eq!(h.len(), CHUNK);
+            assert_eq!(h.cv(), chunk_cv(index, &d));
+        }
+        let small = data(5000);
+        let mut h = ChunkHasher::new(0);
+        h.update(&small[..10]);
+        h.update(&small[10..]);
+        assert_eq!(h.root(), Some(*blake3::hash(&small).as_bytes()));
+        assert_eq!(ChunkHasher::new(1).root(), None);
     }
 
     #[test]

@@ -381,6 +381,56 @@ pub fn decode_frame(buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
     }))
 }
 
+/// What [`decode_frame_streaming`] found next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// A whole request or reply.
+    Frame(Frame),
+    /// The start of a data frame: its CV is taken off the buffer; its `len` chunk bytes follow and
+    /// are the caller's to take off the stream as they arrive.
+    Data {
+        /// BLAKE3 chaining value of the chunk.
+        cv: Cv,
+        /// Bytes of chunk data that follow.
+        len: usize,
+    },
+}
+
+/// Like [`decode_frame`], but a data frame is returned as soon as its header and CV have arrived,
+/// so a receiver can hash and write a chunk piece by piece instead of buffering all of it.
+pub fn decode_frame_streaming(buf: &mut BytesMut) -> Result<Option<Next>, WireError> {
+    let Some(head) = buf.get(..FRAME_HEADER) else {
+        return Ok(None);
+    };
+    if head[0] != KIND_DATA {
+        return Ok(decode_frame(buf)?.map(Next::Frame));
+    }
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+    if len as usize > MAX_DATA {
+        return Err(WireError::TooLong {
+            kind: KIND_DATA,
+            len,
+            max: MAX_DATA,
+        });
+    }
+    if len < 32 {
+        return Err(WireError::TooShort {
+            kind: KIND_DATA,
+            len,
+        });
+    }
+    if buf.len() < FRAME_HEADER + 32 {
+        return Ok(None);
+    }
+    buf.advance(FRAME_HEADER);
+    let mut cv = [0u8; 32];
+    buf.copy_to_slice(&mut cv);
+    Ok(Some(Next::Data {
+        cv,
+        len: len as usize - 32,
+    }))
+}
+
 /// Splits a `/`-separated relative path into components, each checked with
 /// [`crate::name::validate_file_name`]. The empty path is the top folder (no components).
 pub fn split_path(path: &str) -> Result<Vec<&str>, crate::name::NameError> {

@@ -4,11 +4,13 @@
 
 use std::time::Instant;
 
-use barge_proto::tree::{CHUNK, hex, parse_hex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use barge_proto::tree::{CHUNK, Cv, hex, parse_hex};
 use barge_proto::wire::{
-    self, Frame, MAX_JSON, PREFACE_LEN, Reply, Request, Status, VERSION, WireError,
+    self, Frame, MAX_JSON, Next, PREFACE_LEN, Reply, Request, Status, VERSION, WireError,
 };
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{info, warn};
 
@@ -16,6 +18,47 @@ use super::upload::{READ_CHUNK, UploadError, UploadService};
 use crate::auth::Rights;
 use crate::server::Connection;
 use crate::storage::{Storage, StorageError, Upload};
+
+/// Socket reads are this large or smaller while file data streams in, whatever the number of
+/// uploads: together they are the bulk of a server's memory.
+const DATA_BUDGET: usize = 8 << 20;
+/// Smallest read while data streams in: below this, per-read costs would dominate.
+const MIN_DATA_READ: usize = 64 << 10;
+
+/// Connections in the middle of a data frame, server-wide.
+static RECEIVING: AtomicUsize = AtomicUsize::new(0);
+
+/// This connection's place among [`RECEIVING`] while it reads a data frame.
+struct Receiving;
+
+impl Receiving {
+    fn start() -> Self {
+        RECEIVING.fetch_add(1, Ordering::Relaxed);
+        Receiving
+    }
+
+    /// Reads share [`DATA_BUDGET`]: up to [`READ_CHUNK`] each for a few uploads, less for many.
+    fn read_size(&self) -> usize {
+        let n = RECEIVING.load(Ordering::Relaxed).max(1);
+        (DATA_BUDGET / n).clamp(MIN_DATA_READ, READ_CHUNK)
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        RECEIVING.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One step of the conversation.
+enum Step {
+    /// A whole request or reply.
+    Frame(Frame),
+    /// A data frame begins: its CV, and how many bytes follow.
+    Data { cv: Cv, len: usize },
+    /// The next bytes of the current data frame.
+    Piece(Bytes),
+}
 
 /// Listing entries are sent in pages whose JSON stays well inside [`MAX_JSON`].
 const PAGE_BUDGET: usize = MAX_JSON / 2;
@@ -131,6 +174,44 @@ async fn read<S: AsyncRead + Unpin>(
     }
 }
 
+/// Reads up to `size` more bytes of a data frame (never more: what sits in `buf` is memory held).
+async fn read_data<S: AsyncRead + Unpin>(
+    conn: &mut Connection<S>,
+    buf: &mut BytesMut,
+    size: usize,
+) -> Result<usize, UploadError> {
+    if buf.capacity() - buf.len() < size {
+        if buf.is_empty() {
+            // A fresh buffer of exactly this size: the pieces handed out keep the old one alive.
+            *buf = BytesMut::with_capacity(size);
+        } else {
+            buf.reserve(size);
+        }
+    }
+    let mut limited = (&mut conn.stream).take(size as u64);
+    Ok(limited.read_buf(buf).await?)
+}
+
+/// An upload failed (refused chunk, bad digest, disk error): reply now, then skip its data.
+async fn upload_failed<S: AsyncWrite + Unpin>(
+    conn: &mut Connection<S>,
+    state: &mut State,
+    e: StorageError,
+) -> Result<(), UploadError> {
+    let State::Receiving { upload, id, .. } = state else {
+        return Ok(());
+    };
+    let mut reply = refusal(*id, &e);
+    reply.offset = Some(upload.verified());
+    warn!(error = %e, "upload failed; skipping its remaining data");
+    send(conn, &reply).await?;
+    let id = *id;
+    if let State::Receiving { upload, .. } = std::mem::replace(state, State::Skipping { id }) {
+        upload.suspend().await;
+    }
+    Ok(())
+}
+
 async fn send<S: AsyncWrite + Unpin>(
     conn: &mut Connection<S>,
     reply: &Reply,
@@ -157,14 +238,43 @@ where
         Some(_) => None,
     };
     let mut started = None;
+    // Bytes of the current data frame still to come, and this connection's place among receivers.
+    let mut data_left = 0usize;
+    let mut receiving: Option<Receiving> = None;
     loop {
-        let frame = loop {
-            if let Some(frame) = wire::decode_frame(buf)? {
-                started = None;
-                break frame;
+        let step = loop {
+            if data_left > 0 && !buf.is_empty() {
+                let n = data_left.min(buf.len());
+                data_left -= n;
+                if data_left == 0 {
+                    receiving = None;
+                }
+                break Step::Piece(buf.split_to(n).freeze());
             }
-            let idle = matches!(state, State::Idle);
-            if read(conn, buf, idle, &mut started).await? == 0 {
+            if data_left == 0
+                && let Some(next) = wire::decode_frame_streaming(buf)?
+            {
+                started = None;
+                break match next {
+                    Next::Frame(frame) => Step::Frame(frame),
+                    Next::Data { cv, len } => {
+                        data_left = len;
+                        if len > 0 {
+                            receiving = Some(Receiving::start());
+                        }
+                        Step::Data { cv, len }
+                    }
+                };
+            }
+            let idle = matches!(state, State::Idle) && data_left == 0;
+            let n = if data_left > 0 {
+                // Chunk bytes go to the writer as read: the read size bounds this upload's memory.
+                let size = receiving.as_ref().map_or(READ_CHUNK, Receiving::read_size);
+                read_data(conn, buf, size.min(data_left)).await?
+            } else {
+                read(conn, buf, idle, &mut started).await?
+            };
+            if n == 0 {
                 return if idle && buf.is_empty() {
                     Ok(())
                 } else {
@@ -174,42 +284,56 @@ where
                 };
             }
         };
-        match frame {
-            Frame::Data { cv, data } => match state {
-                State::Receiving { upload, id, .. } => {
-                    if let Err(e) = upload.write_chunk(cv, data).await {
-                        let mut reply = refusal(*id, &e);
-                        reply.offset = Some(upload.verified());
-                        warn!(error = %e, "upload failed; skipping its remaining data");
-                        send(conn, &reply).await?;
-                        let id = *id;
-                        if let State::Receiving { upload, .. } =
-                            std::mem::replace(state, State::Skipping { id })
-                        {
-                            upload.suspend().await;
+        let frame = match step {
+            Step::Data { cv, len } => {
+                match state {
+                    State::Receiving { upload, .. } => {
+                        if let Err(e) = upload.begin_chunk(cv, len as u64).await {
+                            upload_failed(conn, state, e).await?;
                         }
                     }
-                }
-                State::Skipping { .. } => {}
-                State::Benching { id, left, size } => {
-                    let len = data.len() as u64;
-                    if len > *left {
-                        return Err(UploadError::Protocol(
-                            "more bench data than announced".into(),
-                        ));
+                    State::Skipping { .. } => {}
+                    State::Benching { left, .. } => {
+                        if len as u64 > *left {
+                            return Err(UploadError::Protocol(
+                                "more bench data than announced".into(),
+                            ));
+                        }
                     }
-                    *left -= len;
-                    if *left == 0 {
-                        let reply = Reply {
-                            size: Some(*size),
-                            ..Reply::ok(*id)
-                        };
-                        *state = State::Idle;
-                        send(conn, &reply).await?;
+                    State::Idle => {
+                        return Err(UploadError::Protocol("data outside an upload".into()));
                     }
                 }
-                State::Idle => return Err(UploadError::Protocol("data outside an upload".into())),
-            },
+                continue;
+            }
+            Step::Piece(piece) => {
+                match state {
+                    State::Receiving { upload, .. } => {
+                        if let Err(e) = upload.write_piece(piece).await {
+                            upload_failed(conn, state, e).await?;
+                        }
+                    }
+                    State::Benching { id, left, size } => {
+                        *left -= piece.len() as u64;
+                        if *left == 0 {
+                            let reply = Reply {
+                                size: Some(*size),
+                                ..Reply::ok(*id)
+                            };
+                            *state = State::Idle;
+                            send(conn, &reply).await?;
+                        }
+                    }
+                    State::Skipping { .. } | State::Idle => {}
+                }
+                continue;
+            }
+            Step::Frame(frame) => frame,
+        };
+        match frame {
+            Frame::Data { .. } => {
+                return Err(UploadError::Protocol("unexpected whole data frame".into()));
+            }
             Frame::Reply(_) => return Err(UploadError::Protocol("a client sent a reply".into())),
             Frame::Request(Request::End { id, digest }) => {
                 match std::mem::replace(state, State::Idle) {

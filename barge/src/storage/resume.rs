@@ -24,7 +24,7 @@ use std::time::SystemTime;
 
 use barge_proto::name::NameError;
 use barge_proto::tree::{
-    CHUNK, Cv, chunk_count, chunk_cv, chunk_len, file_digest, hex, prefix_digest,
+    CHUNK, ChunkHasher, Cv, chunk_count, chunk_len, file_digest, hex, prefix_digest,
 };
 use barge_proto::wire::{Entry, split_path};
 use bytes::Bytes;
@@ -34,9 +34,9 @@ use tracing::{debug, info, warn};
 
 use super::{OnConflict, Storage, StorageError, Stored, blocking, publish};
 
-/// Chunks queued for a writer: enough to overlap network and disk, little enough to keep 100
-/// concurrent uploads within a few hundred MiB at worst.
-const QUEUED_CHUNKS: usize = 2;
+/// Pieces queued for a writer: enough to overlap network and disk. A chunk arrives in pieces the
+/// size of a socket read, so a writer's queue holds at most this many reads' worth of memory.
+const QUEUED_PIECES: usize = 4;
 /// Extended attribute caching a file's digest, with the size and mtime it was computed for.
 const DIGEST_XATTR: &str = "user.barge.blake3";
 
@@ -279,7 +279,7 @@ impl Storage {
             Ok((dir, name, file, cvs_file, kept, paths))
         })
         .await??;
-        let (tx, rx) = mpsc::channel(QUEUED_CHUNKS);
+        let (tx, rx) = mpsc::channel(QUEUED_PIECES);
         let (done_tx, done) = oneshot::channel();
         let shared = Arc::new(Shared {
             failure: Mutex::new(None),
@@ -297,7 +297,8 @@ impl Storage {
             durable: kept.len(),
             verified: kept,
             since_checkpoint: 0,
-            single: None,
+            single_root: None,
+            current: None,
             shared: shared.clone(),
         };
         let live = LiveWriter::start();
@@ -309,6 +310,7 @@ impl Storage {
                 drop(live);
             })?;
         Ok(Upload {
+            piece_left: 0,
             reservation: Some(reservation),
             tx: Some(tx),
             done,
@@ -603,11 +605,10 @@ impl Shared {
 }
 
 enum Cmd {
-    Chunk {
-        index: u64,
-        cv: Cv,
-        data: Bytes,
-    },
+    /// Chunk `index` starts; its bytes follow as pieces and must hash to `cv`.
+    Begin { index: u64, cv: Cv },
+    /// The next bytes of the current chunk.
+    Piece(Bytes),
     Commit {
         digest: Cv,
         reply: oneshot::Sender<Result<Stored, StorageError>>,
@@ -618,6 +619,8 @@ enum Cmd {
 /// [`Upload::commit`] keeps the verified part for a later resume.
 #[derive(Debug)]
 pub struct Upload {
+    /// Bytes of the current chunk not yet passed to the writer.
+    piece_left: u64,
     /// Quota held for the file until it is published.
     reservation: Option<super::Reservation>,
     tx: Option<mpsc::Sender<Cmd>>,
@@ -641,26 +644,59 @@ impl Upload {
     /// Queues the next chunk, which must carry its CV. An earlier chunk's failure (digest
     /// mismatch, disk error) is reported here, one chunk later at most.
     pub async fn write_chunk(&mut self, cv: Cv, data: Bytes) -> Result<(), StorageError> {
+        self.begin_chunk(cv, data.len() as u64).await?;
+        if !data.is_empty() {
+            self.write_piece(data).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts the next chunk, of `len` bytes, which must hash to `cv`; its bytes follow through
+    /// [`Upload::write_piece`]. An earlier failure (digest mismatch, disk error) is reported here.
+    pub async fn begin_chunk(&mut self, cv: Cv, len: u64) -> Result<(), StorageError> {
         if let Some(f) = self.shared.failure() {
             return Err(f.into());
         }
-        let expected = chunk_len(self.size, self.next);
-        if data.len() as u64 != expected {
+        if self.piece_left > 0 {
             return Err(StorageError::BadRequest(format!(
-                "chunk {} is {} bytes, expected {expected}",
-                self.next,
-                data.len()
+                "chunk {} started before the previous one ended",
+                self.next
+            )));
+        }
+        let expected = chunk_len(self.size, self.next);
+        if len != expected || self.next >= chunk_count(self.size) {
+            return Err(StorageError::BadRequest(format!(
+                "chunk {} is {len} bytes, expected {expected}",
+                self.next
             )));
         }
         let index = self.next;
         self.next += 1;
+        self.piece_left = len;
+        self.send(Cmd::Begin { index, cv }).await
+    }
+
+    /// The next bytes of the chunk begun last.
+    pub async fn write_piece(&mut self, piece: Bytes) -> Result<(), StorageError> {
+        if let Some(f) = self.shared.failure() {
+            return Err(f.into());
+        }
+        let len = piece.len() as u64;
+        if len > self.piece_left {
+            return Err(StorageError::BadRequest(
+                "more bytes than the chunk holds".into(),
+            ));
+        }
+        self.piece_left -= len;
+        self.send(Cmd::Piece(piece)).await
+    }
+
+    async fn send(&mut self, cmd: Cmd) -> Result<(), StorageError> {
         let tx = self
             .tx
             .as_ref()
             .ok_or_else(|| StorageError::BadRequest("upload closed".into()))?;
-        tx.send(Cmd::Chunk { index, cv, data })
-            .await
-            .map_err(|_| self.stopped())
+        tx.send(cmd).await.map_err(|_| self.stopped())
     }
 
     fn stopped(&self) -> StorageError {
@@ -708,8 +744,10 @@ struct Writer {
     /// How many of `verified` are on disk in the CV file.
     durable: usize,
     since_checkpoint: u64,
-    /// The bytes of a file that is a single chunk: its digest is a plain hash, not a merge.
-    single: Option<Bytes>,
+    /// The digest of a file that is a single chunk: a plain hash, not a merge of CVs.
+    single_root: Option<Cv>,
+    /// The chunk being received: its index, expected CV and hash so far.
+    current: Option<(u64, Cv, ChunkHasher)>,
     shared: Arc<Shared>,
 }
 
@@ -717,16 +755,19 @@ impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
         while let Some(cmd) = rx.blocking_recv() {
             match cmd {
-                Cmd::Chunk { index, cv, data } => {
+                Cmd::Begin { index, cv } => {
                     if self.shared.failure().is_some() {
                         continue; // drain what was queued after the failure
                     }
-                    if let Err(f) = self.chunk(index, cv, data) {
-                        warn!(name = ?self.name, error = ?f, "transfer stopped");
-                        if let Ok(mut slot) = self.shared.failure.lock() {
-                            *slot = Some(f);
-                        }
+                    let begun = self.begin(index, cv);
+                    self.record(begun);
+                }
+                Cmd::Piece(data) => {
+                    if self.shared.failure().is_some() {
+                        continue;
                     }
+                    let written = self.piece(&data);
+                    self.record(written);
                 }
                 Cmd::Commit { digest, reply } => {
                     let result = self.commit(digest);
@@ -743,28 +784,64 @@ impl Writer {
         let _ = &self.lock;
     }
 
-    fn chunk(&mut self, index: u64, cv: Cv, data: Bytes) -> Result<(), Failure> {
-        if index != self.verified.len() as u64 {
+    fn record(&self, result: Result<(), Failure>) {
+        if let Err(f) = result {
+            warn!(name = ?self.name, error = ?f, "transfer stopped");
+            if let Ok(mut slot) = self.shared.failure.lock() {
+                *slot = Some(f);
+            }
+        }
+    }
+
+    fn begin(&mut self, index: u64, cv: Cv) -> Result<(), Failure> {
+        if index != self.verified.len() as u64 || self.current.is_some() {
             return Err(Failure::BadRequest(format!(
                 "chunk {index} out of order (expected {})",
                 self.verified.len()
             )));
         }
-        if chunk_cv(index, &data) != cv {
+        self.current = Some((index, cv, ChunkHasher::new(index)));
+        if chunk_len(self.size, index) == 0 {
+            return self.finish_chunk();
+        }
+        Ok(())
+    }
+
+    /// Hashes and writes the next bytes of the current chunk (unverified bytes may reach the
+    /// file: only verified chunks are ever counted, and a resume truncates to them).
+    fn piece(&mut self, data: &[u8]) -> Result<(), Failure> {
+        let Some((index, _, hasher)) = self.current.as_mut() else {
+            return Err(Failure::BadRequest("data outside a chunk".into()));
+        };
+        let at = *index * CHUNK + hasher.len();
+        hasher.update(data);
+        let complete = hasher.len() == chunk_len(self.size, *index);
+        self.file
+            .write_all_at(data, at)
+            .map_err(|e| Failure::Io(e.to_string()))?;
+        if complete {
+            self.finish_chunk()?;
+        }
+        Ok(())
+    }
+
+    fn finish_chunk(&mut self) -> Result<(), Failure> {
+        let Some((index, cv, hasher)) = self.current.take() else {
+            return Ok(());
+        };
+        let len = hasher.len();
+        if hasher.cv() != cv {
             return Err(Failure::Integrity(format!(
                 "chunk {index} (bytes {}..{}) does not match its digest",
                 index * CHUNK,
-                index * CHUNK + data.len() as u64
+                index * CHUNK + len
             )));
         }
-        self.file
-            .write_all_at(&data, index * CHUNK)
-            .map_err(|e| Failure::Io(e.to_string()))?;
         if self.size <= CHUNK {
-            self.single = Some(data.clone());
+            self.single_root = hasher.root();
         }
         self.verified.push(cv);
-        self.since_checkpoint += data.len() as u64;
+        self.since_checkpoint += len;
         self.shared.verified.store(
             (self.verified.len() as u64 * CHUNK).min(self.size),
             Ordering::Release,
@@ -839,12 +916,13 @@ impl Writer {
                 self.verified.len()
             )));
         }
-        let single = if self.size == 0 {
-            Some(Bytes::new())
+        let root = if self.size == 0 {
+            Some(*blake3::hash(b"").as_bytes())
+        } else if self.size <= CHUNK {
+            self.single_root
         } else {
-            self.single.clone()
+            file_digest(&self.verified, self.size, None)
         };
-        let root = file_digest(&self.verified, self.size, single.as_deref());
         if root != Some(digest) {
             self.discard();
             return Err(StorageError::Integrity(

@@ -112,6 +112,9 @@ async fn connect(c: &ClientArgs) -> Result<barge::net::IdleTimeout<TcpStream>> {
     if c.tls || c.fingerprint.is_some() || c.ca.is_some() || c.token_file.is_some() {
         bail!("the lesson's format (--legacy) has no TLS and no tokens: drop --legacy to use them");
     }
+    if c.bwlimit.is_some() {
+        bail!("--bwlimit works with barge's protocol, not with --legacy");
+    }
     let stream = barge::net::connect(&c.to, seconds(c.connect_timeout, "--connect-timeout")?)
         .await
         .map_err(|source| ClientError::Connect {
