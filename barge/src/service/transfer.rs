@@ -21,7 +21,7 @@ use crate::storage::{Storage, StorageError, Upload};
 
 /// Socket reads are this large or smaller while file data streams in, whatever the number of
 /// uploads: together they are the bulk of a server's memory.
-const DATA_BUDGET: usize = 8 << 20;
+const DATA_BUDGET: usize = 4 << 20;
 /// Smallest read while data streams in: below this, per-read costs would dominate.
 const MIN_DATA_READ: usize = 64 << 10;
 

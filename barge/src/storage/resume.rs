@@ -36,7 +36,7 @@ use super::{OnConflict, Storage, StorageError, Stored, blocking, publish};
 
 /// Pieces queued for a writer: enough to overlap network and disk. A chunk arrives in pieces the
 /// size of a socket read, so a writer's queue holds at most this many reads' worth of memory.
-const QUEUED_PIECES: usize = 4;
+const QUEUED_PIECES: usize = 3;
 /// Extended attribute caching a file's digest, with the size and mtime it was computed for.
 const DIGEST_XATTR: &str = "user.barge.blake3";
 
