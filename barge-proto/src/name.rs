@@ -9,6 +9,8 @@ pub const MAX_NAME_BYTES: usize = 255;
 
 /// Names the receiver keeps for itself inside its storage directory.
 pub const RESERVED_NAMES: &[&str] = &[".barge"];
+/// Names starting with this are the receiver's too: files being received, in their folder.
+pub const RESERVED_PREFIX: &str = ".barge-";
 
 /// Why a name is not one safe path component.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,7 +54,7 @@ pub fn validate_file_name(name: &str) -> Result<&str, NameError> {
     if name.chars().any(char::is_control) {
         return Err(NameError::Control(name.to_owned()));
     }
-    if RESERVED_NAMES.contains(&name) {
+    if RESERVED_NAMES.contains(&name) || name.starts_with(RESERVED_PREFIX) {
         return Err(NameError::Reserved(name.to_owned()));
     }
     Ok(name)
@@ -156,6 +158,10 @@ mod tests {
         assert!(matches!(
             validate_file_name(&"荷".repeat(86)),
             Err(NameError::TooLong(258))
+        ));
+        assert!(matches!(
+            validate_file_name(".barge-1f2e.part"),
+            Err(NameError::Reserved(_))
         ));
         assert!(matches!(
             validate_file_name(".barge"),

@@ -124,7 +124,13 @@ pub fn prefix_digest(cvs: &[Cv]) -> Cv {
 
 /// Lower-case hex of a digest.
 pub fn hex(cv: &Cv) -> String {
-    cv.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(64);
+    for b in cv {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 /// Parses 64 hex digits.

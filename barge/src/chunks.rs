@@ -3,11 +3,11 @@
 //! overlap the network and nothing makes a pass over the file before the first byte goes out.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 
 use barge_proto::tree::{CHUNK, Cv, chunk_count, chunk_cv, chunk_len};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::mpsc;
 
 /// One chunk ready to send.
@@ -29,20 +29,33 @@ const READ_AHEAD: usize = 3;
 pub fn read_chunks(file: File, size: u64, from: u64) -> mpsc::Receiver<io::Result<Chunk>> {
     let (tx, rx) = mpsc::channel(READ_AHEAD);
     tokio::task::spawn_blocking(move || {
-        for index in from / CHUNK..chunk_count(size) {
+        let first = from / CHUNK;
+        let mut file = file;
+        if let Err(e) = file.seek(SeekFrom::Start(first * CHUNK)) {
+            let _ = tx.blocking_send(Err(e));
+            return;
+        }
+        for index in first..chunk_count(size) {
             let len = chunk_len(size, index) as usize;
-            let mut buf = BytesMut::zeroed(len);
-            let read = file.read_exact_at(&mut buf, index * CHUNK).map_err(|e| {
-                if e.kind() == io::ErrorKind::UnexpectedEof {
-                    io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while being sent")
-                } else {
-                    e
-                }
-            });
+            // Read into spare capacity: no zero-filling a buffer the read overwrites anyway.
+            let mut buf = Vec::with_capacity(len);
+            let read = (&file)
+                .take(len as u64)
+                .read_to_end(&mut buf)
+                .and_then(|n| {
+                    if n < len {
+                        Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "file shrank while being sent",
+                        ))
+                    } else {
+                        Ok(())
+                    }
+                });
             let item = read.map(|()| Chunk {
                 index,
                 cv: chunk_cv(index, &buf),
-                data: buf.freeze(),
+                data: Bytes::from(buf),
             });
             let failed = item.is_err();
             if tx.blocking_send(item).is_err() || failed {

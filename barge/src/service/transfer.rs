@@ -19,6 +19,11 @@ use crate::auth::Rights;
 use crate::server::Connection;
 use crate::storage::{Storage, StorageError, Upload};
 
+/// Files up to this size are received into memory and stored in one step at their `end`: for
+/// thousands of small files, a writer thread and its hand-offs per file would cost more than the
+/// data. Small enough that hundreds of connections doing it at once stay within the memory budget.
+const WHOLE_MAX: u64 = 64 << 10;
+
 /// Socket reads are this large or smaller while file data streams in, whatever the number of
 /// uploads: together they are the bulk of a server's memory.
 const DATA_BUDGET: usize = 4 << 20;
@@ -75,6 +80,15 @@ enum State {
         started: Instant,
         from: u64,
     },
+    /// Receiving small put `id` whole into memory (see [`WHOLE_MAX`]).
+    Whole {
+        id: u64,
+        path: String,
+        size: u64,
+        data: BytesMut,
+        cv: Option<Cv>,
+        started: Instant,
+    },
     /// Put `id` was refused or failed (and its reply sent): its frames are dropped up to `end`.
     Skipping { id: u64 },
     /// Counting and dropping the data of bench `id`.
@@ -120,7 +134,7 @@ where
     buf.advance(PREFACE_LEN);
     conn.stream.write_all(&wire::preface(VERSION)).await?;
     if service.tls_required() && !conn.secure {
-        send(
+        send_now(
             &mut conn,
             &Reply::error(
                 0,
@@ -134,7 +148,7 @@ where
         ));
     }
     if version < 1 {
-        send(
+        send_now(
             &mut conn,
             &Reply::error(0, Status::BadRequest, "unsupported protocol version"),
         )
@@ -194,25 +208,27 @@ async fn read_data<S: AsyncRead + Unpin>(
 
 /// An upload failed (refused chunk, bad digest, disk error): reply now, then skip its data.
 async fn upload_failed<S: AsyncWrite + Unpin>(
-    conn: &mut Connection<S>,
+    conn: &mut Conv<'_, S>,
     state: &mut State,
     e: StorageError,
 ) -> Result<(), UploadError> {
-    let State::Receiving { upload, id, .. } = state else {
-        return Ok(());
+    let (id, verified) = match state {
+        State::Receiving { upload, id, .. } => (*id, upload.verified()),
+        State::Whole { id, .. } => (*id, 0),
+        _ => return Ok(()),
     };
-    let mut reply = refusal(*id, &e);
-    reply.offset = Some(upload.verified());
+    let mut reply = refusal(id, &e);
+    reply.offset = Some(verified);
     warn!(error = %e, "upload failed; skipping its remaining data");
     send(conn, &reply).await?;
-    let id = *id;
     if let State::Receiving { upload, .. } = std::mem::replace(state, State::Skipping { id }) {
         upload.suspend().await;
     }
     Ok(())
 }
 
-async fn send<S: AsyncWrite + Unpin>(
+/// Sends a reply at once (outside the conversation loop).
+async fn send_now<S: AsyncWrite + Unpin>(
     conn: &mut Connection<S>,
     reply: &Reply,
 ) -> Result<(), UploadError> {
@@ -222,9 +238,101 @@ async fn send<S: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// Replies gathered up to this many bytes go out in one write.
+const REPLY_BATCH: usize = 64 * 1024;
+
+/// A connection whose replies are gathered and written when the client has nothing more to say
+/// for now (before any read that would wait), or when a batch is full: a client pipelining
+/// thousands of small files then gets a few hundred writes back instead of one per file.
+struct Conv<'a, S> {
+    conn: &'a mut Connection<S>,
+    out: BytesMut,
+    /// Replies that must wait for a small file being stored before them; in request order.
+    queue: std::collections::VecDeque<Pending>,
+    /// Bytes of the small files being stored.
+    storing: u64,
+}
+
+impl<S> std::ops::Deref for Conv<'_, S> {
+    type Target = Connection<S>;
+    fn deref(&self) -> &Connection<S> {
+        self.conn
+    }
+}
+
+impl<S> std::ops::DerefMut for Conv<'_, S> {
+    fn deref_mut(&mut self) -> &mut Connection<S> {
+        self.conn
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Conv<'_, S> {
+    /// Waits for the small files being stored and queues every pending reply, in order.
+    async fn settle(&mut self) -> Result<(), UploadError> {
+        while let Some(pending) = self.queue.pop_front() {
+            let reply = match pending {
+                Pending::Ready(reply) => reply,
+                Pending::Store(store) => {
+                    self.storing -= store.size;
+                    store.reply().await
+                }
+            };
+            wire::encode_reply(&reply, &mut self.out);
+        }
+        Ok(())
+    }
+
+    /// Settles, then writes everything queued.
+    async fn flush(&mut self) -> Result<(), UploadError> {
+        self.settle().await?;
+        if !self.out.is_empty() {
+            let result = self.conn.stream.write_all_buf(&mut self.out).await;
+            self.out.clear();
+            result?;
+        }
+        Ok(())
+    }
+}
+
+async fn send<S: AsyncWrite + Unpin>(
+    conn: &mut Conv<'_, S>,
+    reply: &Reply,
+) -> Result<(), UploadError> {
+    if !conn.queue.is_empty() {
+        conn.queue.push_back(Pending::Ready(reply.clone()));
+        return Ok(());
+    }
+    wire::encode_reply(reply, &mut conn.out);
+    if conn.out.len() >= REPLY_BATCH {
+        conn.flush().await?;
+    }
+    Ok(())
+}
+
 async fn converse<S>(
     service: &UploadService,
     conn: &mut Connection<S>,
+    buf: &mut BytesMut,
+    state: &mut State,
+) -> Result<(), UploadError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let conn = &mut Conv {
+        conn,
+        out: BytesMut::new(),
+        queue: std::collections::VecDeque::new(),
+        storing: 0,
+    };
+    let result = talk(service, conn, buf, state).await;
+    // What was answered reaches the client even when the conversation ends on an error.
+    let flushed = conn.flush().await;
+    result.and(flushed)
+}
+
+async fn talk<S>(
+    service: &UploadService,
+    conn: &mut Conv<'_, S>,
     buf: &mut BytesMut,
     state: &mut State,
 ) -> Result<(), UploadError>
@@ -267,6 +375,7 @@ where
                 };
             }
             let idle = matches!(state, State::Idle) && data_left == 0;
+            conn.flush().await?;
             let n = if data_left > 0 {
                 // Chunk bytes go to the writer as read: the read size bounds this upload's memory.
                 let size = receiving.as_ref().map_or(READ_CHUNK, Receiving::read_size);
@@ -292,6 +401,16 @@ where
                             upload_failed(conn, state, e).await?;
                         }
                     }
+                    State::Whole { size, cv: slot, .. } => {
+                        if slot.is_some() || len as u64 != *size {
+                            let e = StorageError::BadRequest(format!(
+                                "a {len}-byte chunk does not fit this file"
+                            ));
+                            upload_failed(conn, state, e).await?;
+                        } else {
+                            *slot = Some(cv);
+                        }
+                    }
                     State::Skipping { .. } => {}
                     State::Benching { left, .. } => {
                         if len as u64 > *left {
@@ -313,6 +432,7 @@ where
                             upload_failed(conn, state, e).await?;
                         }
                     }
+                    State::Whole { data, .. } => data.extend_from_slice(&piece),
                     State::Benching { id, left, size } => {
                         *left -= piece.len() as u64;
                         if *left == 0 {
@@ -358,34 +478,48 @@ where
                             continue;
                         };
                         let reply = match upload.commit(digest).await {
-                            Ok(stored) => {
-                                let secs = started.elapsed().as_secs_f64();
-                                let final_path = match path.rsplit_once('/') {
-                                    Some((dir, _)) => format!("{dir}/{}", stored.name),
-                                    None => stored.name.clone(),
-                                };
-                                info!(
-                                    path = ?final_path,
-                                    bytes = stored.size,
-                                    resumed_from = from,
-                                    secs = format_args!("{secs:.3}"),
-                                    mb_per_s = format_args!("{:.1}", (stored.size - from) as f64 / secs.max(1e-9) / 1e6),
-                                    digest = %hex(&digest),
-                                    "upload complete"
-                                );
-                                Reply {
-                                    path: Some(final_path),
-                                    size: Some(stored.size),
-                                    digest: Some(hex(&digest)),
-                                    ..Reply::ok(id)
-                                }
-                            }
+                            Ok(stored) => completed(id, &path, &stored, digest, from, started),
                             Err(e) => {
                                 warn!(path = ?path, error = %e, "upload not stored");
                                 refusal(id, &e)
                             }
                         };
                         send(conn, &reply).await?;
+                    }
+                    State::Whole {
+                        id: put_id,
+                        path,
+                        data,
+                        cv,
+                        started,
+                        ..
+                    } if put_id == id => {
+                        let Some(digest) = parse_hex(&digest) else {
+                            let reply =
+                                Reply::error(id, Status::BadRequest, "digest is not 64 hex digits");
+                            send(conn, &reply).await?;
+                            continue;
+                        };
+                        let data = data.freeze();
+                        let size = data.len() as u64;
+                        if conn.storing + size > STORES_MAX_BYTES {
+                            conn.settle().await?;
+                        }
+                        let target = path.clone();
+                        let st = storage.clone();
+                        let task =
+                            tokio::spawn(
+                                async move { st.store_whole(&target, data, cv, digest).await },
+                            );
+                        conn.storing += size;
+                        conn.queue.push_back(Pending::Store(Store {
+                            id,
+                            path,
+                            started,
+                            digest,
+                            size,
+                            task,
+                        }));
                     }
                     State::Skipping { id: skip_id } if skip_id == id => {}
                     other => {
@@ -417,6 +551,7 @@ where
                         reply.id = id;
                         let status = reply.status;
                         send(conn, &reply).await?;
+                        conn.flush().await?;
                         conn.stream.shutdown().await?;
                         return Err(UploadError::Protocol(format!(
                             "authentication refused ({status:?})"
@@ -432,6 +567,7 @@ where
                 if rights.is_none() {
                     // Refuses the connection (id 0): nothing will work without a token.
                     send(conn, &Reply { id: 0, ..reply }).await?;
+                    conn.flush().await?;
                     conn.stream.shutdown().await?;
                     return Err(UploadError::Protocol("request without a token".into()));
                 }
@@ -470,6 +606,30 @@ where
                 size,
                 from,
             }) => {
+                if from == 0 && size <= WHOLE_MAX {
+                    match wire::split_path(&path) {
+                        Ok(parts) if !parts.is_empty() => {
+                            *state = State::Whole {
+                                id,
+                                path,
+                                size,
+                                data: BytesMut::with_capacity(size as usize),
+                                cv: None,
+                                started: Instant::now(),
+                            };
+                        }
+                        refused => {
+                            let e = match refused {
+                                Err(e) => StorageError::Name(e),
+                                Ok(_) => StorageError::Name(barge_proto::name::NameError::Empty),
+                            };
+                            warn!(path = ?path, size, error = %e, "upload refused");
+                            send(conn, &refusal(id, &e)).await?;
+                            *state = State::Skipping { id };
+                        }
+                    }
+                    continue;
+                }
                 let begun = if !from.is_multiple_of(CHUNK) && from != size || from > size {
                     Err(StorageError::BadRequest(format!(
                         "cannot start at byte {from}"
@@ -531,6 +691,74 @@ where
                 send_file(conn, &storage, id, &path, from).await?;
             }
         }
+    }
+}
+
+/// A small file being stored on a blocking thread while the next requests are read.
+struct Store {
+    id: u64,
+    path: String,
+    started: Instant,
+    digest: Cv,
+    size: u64,
+    task: tokio::task::JoinHandle<Result<crate::storage::Stored, StorageError>>,
+}
+
+/// A reply not sent yet: ready, or waiting for its store to finish.
+enum Pending {
+    Ready(Reply),
+    Store(Store),
+}
+
+impl Store {
+    async fn reply(self) -> Reply {
+        let result = match self.task.await {
+            Ok(result) => result,
+            Err(e) => Err(StorageError::Io(std::io::Error::other(format!(
+                "storing failed: {e}"
+            )))),
+        };
+        match result {
+            Ok(stored) => completed(self.id, &self.path, &stored, self.digest, 0, self.started),
+            Err(e) => {
+                warn!(path = ?self.path, error = %e, "upload not stored");
+                refusal(self.id, &e)
+            }
+        }
+    }
+}
+
+/// Bytes of small files a connection may have in flight to storage at once.
+const STORES_MAX_BYTES: u64 = 256 << 10;
+
+/// The reply to a stored upload, logged.
+fn completed(
+    id: u64,
+    path: &str,
+    stored: &crate::storage::Stored,
+    digest: Cv,
+    from: u64,
+    started: Instant,
+) -> Reply {
+    let secs = started.elapsed().as_secs_f64();
+    let final_path = match path.rsplit_once('/') {
+        Some((dir, _)) => format!("{dir}/{}", stored.name),
+        None => stored.name.clone(),
+    };
+    info!(
+        path = ?final_path,
+        bytes = stored.size,
+        resumed_from = from,
+        secs = format_args!("{secs:.3}"),
+        mb_per_s = format_args!("{:.1}", (stored.size - from) as f64 / secs.max(1e-9) / 1e6),
+        digest = %hex(&digest),
+        "upload complete"
+    );
+    Reply {
+        path: Some(final_path),
+        size: Some(stored.size),
+        digest: Some(hex(&digest)),
+        ..Reply::ok(id)
     }
 }
 
@@ -619,7 +847,7 @@ fn refused(req: &Request, rights: Option<Rights>, service: &UploadService) -> Op
 }
 
 async fn send_listing<S: AsyncWrite + Unpin>(
-    conn: &mut Connection<S>,
+    conn: &mut Conv<'_, S>,
     id: u64,
     entries: Vec<wire::Entry>,
 ) -> Result<(), UploadError> {
@@ -646,7 +874,7 @@ async fn send_listing<S: AsyncWrite + Unpin>(
 }
 
 async fn send_file<S: AsyncWrite + Unpin>(
-    conn: &mut Connection<S>,
+    conn: &mut Conv<'_, S>,
     storage: &crate::storage::Storage,
     id: u64,
     path: &str,
@@ -671,6 +899,8 @@ async fn send_file<S: AsyncWrite + Unpin>(
         offset: Some(from),
         ..Reply::ok(id)
     };
+    // Data goes straight into the output: every earlier reply must be in it first.
+    conn.settle().await?;
     send(conn, &reply).await?;
     let started = Instant::now();
     let mut chunks = crate::chunks::read_chunks(file, size, from);
@@ -683,6 +913,16 @@ async fn send_file<S: AsyncWrite + Unpin>(
                 return Err(UploadError::Io(e));
             }
         };
+        if chunk.data.len() < REPLY_BATCH {
+            // Small files' data joins the batch after its reply.
+            wire::encode_data_header(&chunk.cv, chunk.data.len(), &mut conn.out);
+            conn.out.extend_from_slice(&chunk.data);
+            if conn.out.len() >= REPLY_BATCH {
+                conn.flush().await?;
+            }
+            continue;
+        }
+        conn.flush().await?;
         head.clear();
         wire::encode_data_header(&chunk.cv, chunk.data.len(), &mut head);
         let mut data = chunk.data;

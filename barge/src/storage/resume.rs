@@ -15,16 +15,16 @@
 //! partials untouched for [`super::StorageConfig::partial_ttl`] are removed.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use barge_proto::name::NameError;
+use barge_proto::name::{NameError, RESERVED_PREFIX};
 use barge_proto::tree::{
-    CHUNK, ChunkHasher, Cv, chunk_count, chunk_len, file_digest, hex, prefix_digest,
+    CHUNK, ChunkHasher, Cv, chunk_count, chunk_cv, chunk_len, file_digest, hex, prefix_digest,
 };
 use barge_proto::wire::{Entry, split_path};
 use bytes::Bytes;
@@ -196,6 +196,76 @@ impl Storage {
         .await?
     }
 
+    /// Stores a small file received whole into memory, in one blocking step: checks its chunk's
+    /// CV (`None` for an empty file) and its digest, writes it next to its final name and
+    /// publishes it. For small files this replaces a writer thread and several hand-offs.
+    pub async fn store_whole(
+        &self,
+        path: &str,
+        data: Bytes,
+        cv: Option<Cv>,
+        digest: Cv,
+    ) -> Result<Stored, StorageError> {
+        let size = data.len() as u64;
+        if size > CHUNK {
+            return Err(StorageError::BadRequest(
+                "a file received whole is at most one chunk".into(),
+            ));
+        }
+        if let Some(max) = self.inner.config.max_file_size
+            && size > max
+        {
+            return Err(StorageError::TooLarge { size, max });
+        }
+        let key = Self::partial_key(path, size, "");
+        let lock = KeyLock::take(self, &key).ok_or_else(|| StorageError::Busy(path.to_owned()))?;
+        let reservation = self.reserve(size)?;
+        let this = self.clone();
+        let path = path.to_owned();
+        let stored = blocking(move || {
+            let chunk_ok = match cv {
+                Some(cv) => size > 0 && chunk_cv(0, &data) == cv,
+                None => size == 0,
+            };
+            if !chunk_ok {
+                return Err(StorageError::Integrity(
+                    "chunk 0 does not match its digest".into(),
+                ));
+            }
+            if *blake3::hash(&data).as_bytes() != digest {
+                return Err(StorageError::Integrity(
+                    "the file's digest does not match the sender's".into(),
+                ));
+            }
+            let (dir, name) = this.resolve(&path, true)?;
+            let config = &this.inner.config;
+            if config.on_conflict == OnConflict::Fail
+                && std::fs::symlink_metadata(dir.join(&name)).is_ok()
+            {
+                return Err(StorageError::Conflict(path));
+            }
+            let named = tempfile::Builder::new()
+                .prefix(RESERVED_PREFIX)
+                .suffix(".part")
+                .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+                .tempfile_in(&dir)?;
+            let (mut file, temp) = named.into_parts();
+            file.write_all(&data)?;
+            if config.fsync {
+                file.sync_all()?;
+            }
+            cache_digest(&file, &digest);
+            drop(file);
+            let mut stored = publish(config, &dir, temp, name, size)?;
+            stored.digest = Some(digest);
+            Ok(stored)
+        })
+        .await??;
+        reservation.keep();
+        drop(lock);
+        Ok(stored)
+    }
+
     fn is_busy(&self, key: &str) -> bool {
         self.inner.busy.lock().map_or(true, |b| b.contains(key))
     }
@@ -227,7 +297,14 @@ impl Storage {
             {
                 return Err(StorageError::Conflict(path_owned));
             }
-            let paths = this.partial_paths(&key);
+            let mut paths = this.partial_paths(&key);
+            if size <= CHUNK {
+                // A one-chunk file has nothing worth resuming: it is received next to its final
+                // name, as rsync does, so new inodes spread over the folders' block groups instead
+                // of piling into one (ext4 crawls when thousands of files are created in one
+                // folder among recently deleted inodes).
+                paths.part = dir.join(format!("{RESERVED_PREFIX}{key}.part"));
+            }
             let mut kept = load_cvs(&paths, size)?;
             let kept_bytes = (kept.len() as u64 * CHUNK).min(size);
             if from != 0 && from != kept_bytes {
@@ -378,7 +455,10 @@ impl Storage {
                     let Ok(name) = item.file_name().into_string() else {
                         continue; // not UTF-8: cannot be named on the wire
                     };
-                    if prefix.is_empty() && dir == this.inner.config.dir && name == super::STATE_DIR
+                    if (prefix.is_empty()
+                        && dir == this.inner.config.dir
+                        && name == super::STATE_DIR)
+                        || name.starts_with(RESERVED_PREFIX)
                     {
                         continue;
                     }
@@ -777,9 +857,7 @@ impl Writer {
             }
         }
         // Dropped without commit: keep what is verified, durably, for a resume.
-        if let Err(e) = self.checkpoint() {
-            warn!(error = %e, "cannot save resume point");
-        }
+        self.keep();
         debug!(name = ?self.name, kept = self.verified.len(), "transfer suspended");
         let _ = &self.lock;
     }
@@ -896,8 +974,13 @@ impl Writer {
         }
     }
 
-    /// Saves the resume point after a failure, so the verified chunks are not sent again.
+    /// Saves the resume point after a failure, so the verified chunks are not sent again (a
+    /// one-chunk file is simply removed: sending it again costs no more than resuming).
     fn keep(&mut self) {
+        if self.size <= CHUNK {
+            self.discard();
+            return;
+        }
         if let Err(e) = self.checkpoint() {
             warn!(error = %e, "cannot save resume point");
         }
