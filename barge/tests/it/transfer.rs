@@ -1005,3 +1005,111 @@ async fn progress_bars_are_off_when_piped_unless_forced() {
     let err = String::from_utf8_lossy(&forced.stderr);
     assert!(err.contains("bar.bin") && err.contains("ETA"), "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_files_corrupted_in_transit_are_sent_again_and_replies_stay_in_order() {
+    let server = TestServer::start().await;
+    let src = tempfile::tempdir().unwrap();
+    // Small files (stored in parallel, replies batched) around a folder and a multi-chunk file,
+    // so replies of every kind interleave.
+    let tree = src.path().join("mix");
+    for i in 0..300 {
+        let dir = tree.join(format!("d{}", i % 3));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("s{i}")), content(i, 100 + i as usize * 13)).unwrap();
+    }
+    std::fs::create_dir_all(tree.join("empty")).unwrap();
+    std::fs::write(tree.join("d1/big.bin"), content(9, 2_200_000)).unwrap();
+    // One flipped byte somewhere in the small files' data on the first connection.
+    let proxy = Proxy::start(
+        server.addr,
+        Fault::Flip {
+            dir: Dir::Up,
+            at: 20_000,
+            connections: 1,
+        },
+        None,
+    )
+    .await;
+    let mut events = Vec::new();
+    let report = within(
+        "send",
+        transfer::send(&tcp(proxy.addr), &[tree.clone()], &opts(), &mut |e| {
+            events.push(e)
+        }),
+    )
+    .await
+    .unwrap();
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!(report.files, 301);
+    assert_eq!(snapshot(&server.dir.path().join("mix")), snapshot(&tree));
+    // Nothing of barge's own is left in the folders, and none of it is listed.
+    let listed = transfer::list(&tcp(server.addr), "mix", true, &opts())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(listed.iter().all(|e| !e.path.contains(".barge")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_starting_with_barges_prefix_are_reserved() {
+    // The client refuses to send one...
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join(".barge-evil.part"), b"x").unwrap();
+    let server = TestServer::start().await;
+    let refused = transfer::send(
+        &tcp(server.addr),
+        &[src.path().join(".barge-evil.part")],
+        &opts(),
+        &mut |_| {},
+    )
+    .await;
+    assert!(
+        matches!(refused, Err(transfer::TransferError::Name { .. })),
+        "{refused:?}"
+    );
+    // ...and the server refuses one sent by hand, then serves the next request.
+    use barge_proto::wire::{self, Frame, Reply, Request};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut out = bytes::BytesMut::new();
+    out.extend_from_slice(&wire::preface(wire::VERSION));
+    for (id, path) in [(2, "sub/.barge-x.part"), (3, "fine.txt")] {
+        wire::encode_request(
+            &Request::Put {
+                id,
+                path: path.into(),
+                size: 1,
+                from: 0,
+            },
+            &mut out,
+        );
+        let cv = barge_proto::tree::chunk_cv(0, b"x");
+        wire::encode_data_header(&cv, 1, &mut out);
+        out.extend_from_slice(b"x");
+        let digest = barge_proto::tree::hex(blake3::hash(b"x").as_bytes());
+        wire::encode_request(&Request::End { id, digest }, &mut out);
+    }
+    s.write_all(&out).await.unwrap();
+    let mut buf = bytes::BytesMut::new();
+    let mut replies: Vec<Reply> = Vec::new();
+    within("replies", async {
+        while replies.len() < 2 {
+            if buf.len() >= wire::PREFACE_LEN && buf.starts_with(&wire::MAGIC) {
+                let _ = buf.split_to(wire::PREFACE_LEN);
+            }
+            while let Some(Frame::Reply(r)) = wire::decode_frame(&mut buf).unwrap() {
+                replies.push(r);
+            }
+            if replies.len() < 2 {
+                assert!(s.read_buf(&mut buf).await.unwrap() > 0, "closed early");
+            }
+        }
+    })
+    .await;
+    assert_eq!(replies[0].id, 2);
+    assert_eq!(replies[0].status, Status::NameRejected);
+    assert_eq!(replies[1].id, 3);
+    assert_eq!(replies[1].status, Status::Ok);
+    assert_eq!(server.published(), ["fine.txt"]);
+}
