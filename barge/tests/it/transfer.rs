@@ -1034,9 +1034,12 @@ async fn small_files_corrupted_in_transit_are_sent_again_and_replies_stay_in_ord
     let mut events = Vec::new();
     let report = within(
         "send",
-        transfer::send(&tcp(proxy.addr), &[tree.clone()], &opts(), &mut |e| {
-            events.push(e)
-        }),
+        transfer::send(
+            &tcp(proxy.addr),
+            std::slice::from_ref(&tree),
+            &opts(),
+            &mut |e| events.push(e),
+        ),
     )
     .await
     .unwrap();
