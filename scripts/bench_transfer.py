@@ -10,6 +10,7 @@ by its PID and every file made here is removed.
 Usage: scripts/bench_transfer.py [--size 1G] [--rounds 5] [--files 10000] [--work DIR]
 """
 import argparse
+import json
 import os
 import re
 import shutil
@@ -105,6 +106,31 @@ class Bench:
         finally:
             stop(server)
 
+    def iperf3(self, size):
+        """Memory to memory, 1 MiB writes: what the loopback link carries (seconds from the
+        receiver's own report, so process start-up is not counted)."""
+        port = free_port()
+        server = start(["iperf3", "-s", "-1", "-B", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL)
+        wait_listening(port)
+        try:
+            out = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", str(port), "-l", "1M", "-n", str(size), "-J"],
+                                 stdin=subprocess.DEVNULL, capture_output=True, timeout=600, check=True)
+            return size * 8 / json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"]
+        finally:
+            stop(server)
+
+    def barge_bench(self, size):
+        """barge's framing memory to memory (no disk, no hashing), from its own report."""
+        server = start([BARGE, "-q", "serve", "--addr", "127.0.0.1:0", "--dir", self.fresh()],
+                       stdout=subprocess.PIPE, text=True)
+        addr = re.search(r"listening on (\S+),", server.stdout.readline()).group(1)
+        try:
+            out = subprocess.run([BARGE, "-q", "bench", addr, "--size", str(size), "--json"],
+                                 stdin=subprocess.DEVNULL, capture_output=True, timeout=600, check=True)
+            return json.loads(out.stdout)["secs"]
+        finally:
+            stop(server)
+
     def barge_get(self, name, server_dir):
         server = start([BARGE, "-q", "serve", "--addr", "127.0.0.1:0", "--dir", server_dir, "--no-fsync"],
                        stdout=subprocess.PIPE, text=True)
@@ -168,6 +194,8 @@ def main():
             ("barge get (BLAKE3 verified)", mb, lambda: b.barge_get("src.bin", served)),
             ("rsync daemon push, %d x 4 KiB" % a.files, a.files * 4096 / 1e6, lambda: b.rsync(tree, rsync_port)),
             ("barge send, %d x 4 KiB (--no-fsync)" % a.files, a.files * 4096 / 1e6, lambda: b.barge_send(tree, [], ["--no-fsync"])),
+            ("iperf3 -l 1M, memory to memory, 4 GiB", (4 << 30) / 1e6, lambda: b.iperf3(4 << 30)),
+            ("barge bench, memory to memory, 4 GiB", (4 << 30) / 1e6, lambda: b.barge_bench(4 << 30)),
         ]
         secs = {name: [] for name, _, _ in rows}
         for r in range(a.rounds):
@@ -199,8 +227,10 @@ def main():
         small_rsync = med[rows[8][0]]
         small_barge = med[rows[9][0]]
         print()
-        print("barge send vs lesson's Python pair: %.2fx; vs rsync daemon: %.2fx; %d small files vs rsync: %.2fx"
-              % (lesson / barge1, rsync1 / barge1, a.files, small_rsync / small_barge))
+        print("barge send vs lesson's Python pair: %.2fx; vs rsync daemon: %.2fx; %d small files vs rsync: %.2fx;"
+              " barge bench vs iperf3: %.2fx"
+              % (lesson / barge1, rsync1 / barge1, a.files, small_rsync / small_barge,
+                 med[rows[10][0]] / med[rows[11][0]]))
         print("file %s; medians of %d rounds; kernel %s; %d cores" % (a.size, a.rounds, os.uname().release, os.cpu_count()))
     finally:
         stop_all()

@@ -27,6 +27,8 @@ const WHOLE_MAX: u64 = 64 << 10;
 /// Socket reads are this large or smaller while file data streams in, whatever the number of
 /// uploads: together they are the bulk of a server's memory.
 const DATA_BUDGET: usize = 4 << 20;
+/// Reads of bench data, which is dropped as soon as it is counted.
+const BENCH_READ: usize = 1 << 20;
 /// Smallest read while data streams in: below this, per-read costs would dominate.
 const MIN_DATA_READ: usize = 64 << 10;
 
@@ -196,8 +198,11 @@ async fn read_data<S: AsyncRead + Unpin>(
 ) -> Result<usize, UploadError> {
     if buf.capacity() - buf.len() < size {
         if buf.is_empty() {
-            // A fresh buffer of exactly this size: the pieces handed out keep the old one alive.
-            *buf = BytesMut::with_capacity(size);
+            // Reuse the buffer once every piece cut from it is gone (written, or dropped by a
+            // bench); else a fresh one of exactly this size, as pieces in flight keep the old alive.
+            if !buf.try_reclaim(size) {
+                *buf = BytesMut::with_capacity(size);
+            }
         } else {
             buf.reserve(size);
         }
@@ -378,7 +383,11 @@ where
             conn.flush().await?;
             let n = if data_left > 0 {
                 // Chunk bytes go to the writer as read: the read size bounds this upload's memory.
-                let size = receiving.as_ref().map_or(READ_CHUNK, Receiving::read_size);
+                let size = match state {
+                    // Nothing is kept of bench data: read as much as the socket holds.
+                    State::Benching { .. } => BENCH_READ,
+                    _ => receiving.as_ref().map_or(READ_CHUNK, Receiving::read_size),
+                };
                 read_data(conn, buf, size.min(data_left)).await?
             } else {
                 read(conn, buf, idle, &mut started).await?
