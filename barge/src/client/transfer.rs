@@ -274,7 +274,20 @@ impl Dial for Tcp {
     }
 }
 
-type Reader = mpsc::Receiver<io::Result<Frame>>;
+/// What the reader task passes on: requests and replies whole, data frames piece by piece as they
+/// arrive, so a downloaded chunk is hashed and written without ever being buffered whole.
+#[derive(Debug)]
+enum Incoming {
+    Frame(Frame),
+    /// A data frame begins: its CV and the length of the data that follows in pieces.
+    Data {
+        cv: Cv,
+        len: usize,
+    },
+    Piece(bytes::Bytes),
+}
+
+type Reader = mpsc::Receiver<io::Result<Incoming>>;
 type Writer = IdleTimeout<WriteHalf<Box<dyn Stream>>>;
 
 /// An open connection: frames arrive from a reader task; the write half has the idle timeout.
@@ -420,8 +433,8 @@ impl Link {
         Ok(())
     }
 
-    /// The next frame, waiting at most the I/O timeout.
-    async fn frame(&mut self) -> Result<Frame, TransferError> {
+    /// The next frame or piece of one, waiting at most the I/O timeout.
+    async fn next(&mut self) -> Result<Incoming, TransferError> {
         self.flush().await?;
         match tokio::time::timeout(self.io_timeout, self.frames.recv()).await {
             Err(_) => Err(TransferError::Lost(io::Error::new(
@@ -433,15 +446,43 @@ impl Link {
                 "closed",
             ))),
             Ok(Some(Err(e))) => Err(self.lost(e)),
-            Ok(Some(Ok(f))) => screen(f),
+            Ok(Some(Ok(Incoming::Frame(f)))) => screen(f).map(Incoming::Frame),
+            Ok(Some(Ok(other))) => Ok(other),
+        }
+    }
+
+    /// The next whole frame (a data frame's pieces put back together).
+    async fn frame(&mut self) -> Result<Frame, TransferError> {
+        match self.next().await? {
+            Incoming::Frame(f) => Ok(f),
+            Incoming::Data { cv, len } => {
+                let mut data = BytesMut::with_capacity(len);
+                while data.len() < len {
+                    match self.next().await? {
+                        Incoming::Piece(p) => data.extend_from_slice(&p),
+                        other => {
+                            return Err(TransferError::Protocol(format!(
+                                "data frame interrupted by {other:?}"
+                            )));
+                        }
+                    }
+                }
+                Ok(Frame::Data {
+                    cv,
+                    data: data.freeze(),
+                })
+            }
+            Incoming::Piece(_) => Err(TransferError::Protocol("data outside a frame".into())),
         }
     }
 
     /// The error for a failed connection: the server's refusal if it sent one before closing
     /// (it may have arrived while we were writing), else the I/O error.
     fn lost(&mut self, e: io::Error) -> TransferError {
-        while let Ok(Ok(frame)) = self.frames.try_recv() {
-            if let Err(refusal) = screen(frame) {
+        while let Ok(Ok(incoming)) = self.frames.try_recv() {
+            if let Incoming::Frame(frame) = incoming
+                && let Err(refusal) = screen(frame)
+            {
                 return refusal;
             }
         }
@@ -460,7 +501,7 @@ impl Link {
     /// A reply if one has already arrived.
     fn ready_reply(&mut self) -> Result<Option<Reply>, TransferError> {
         match self.frames.try_recv() {
-            Ok(Ok(Frame::Reply(r))) => match screen(Frame::Reply(r))? {
+            Ok(Ok(Incoming::Frame(Frame::Reply(r)))) => match screen(Frame::Reply(r))? {
                 Frame::Reply(r) => Ok(Some(r)),
                 _ => Err(TransferError::Protocol("unexpected data frame".into())),
             },
@@ -485,28 +526,51 @@ fn screen(frame: Frame) -> Result<Frame, TransferError> {
     }
 }
 
+/// Largest read of data-frame bytes (each read becomes one piece for the writer).
+const PIECE: usize = 256 * 1024;
+
 async fn read_frames(
     mut read: ReadHalf<Box<dyn Stream>>,
     mut buf: BytesMut,
-    tx: mpsc::Sender<io::Result<Frame>>,
+    tx: mpsc::Sender<io::Result<Incoming>>,
 ) {
+    let mut data_left = 0usize;
     loop {
-        match wire::decode_frame(&mut buf) {
-            Ok(Some(frame)) => {
-                if tx.send(Ok(frame)).await.is_err() {
-                    return;
-                }
-                continue;
+        let item = if data_left > 0 {
+            if buf.is_empty() {
+                None
+            } else {
+                let n = data_left.min(buf.len());
+                data_left -= n;
+                Some(Ok(Incoming::Piece(buf.split_to(n).freeze())))
             }
-            Ok(None) => {}
-            Err(e) => {
-                let _ = tx
-                    .send(Err(io::Error::new(io::ErrorKind::InvalidData, e)))
-                    .await;
+        } else {
+            match wire::decode_frame_streaming(&mut buf) {
+                Ok(Some(wire::Next::Frame(frame))) => Some(Ok(Incoming::Frame(frame))),
+                Ok(Some(wire::Next::Data { cv, len })) => {
+                    data_left = len;
+                    Some(Ok(Incoming::Data { cv, len }))
+                }
+                Ok(None) => None,
+                Err(e) => Some(Err(io::Error::new(io::ErrorKind::InvalidData, e))),
+            }
+        };
+        if let Some(item) = item {
+            let failed = item.is_err();
+            if tx.send(item).await.is_err() || failed {
                 return;
             }
+            continue;
         }
-        buf.reserve(256 * 1024);
+        if data_left > 0 {
+            // Reuse the buffer once the writer has let go of every piece cut from it.
+            let size = data_left.min(PIECE);
+            if buf.capacity() < size && !buf.try_reclaim(size) {
+                buf = BytesMut::with_capacity(size);
+            }
+        } else {
+            buf.reserve(PIECE);
+        }
         match read.read_buf(&mut buf).await {
             Ok(0) => {
                 let _ = tx
@@ -1329,20 +1393,37 @@ async fn download(
     let mut done = from;
     let mut throttle = Throttle::new();
     for _ in from / CHUNK..chunk_count(size) {
-        let (cv, data) = match link.frame().await? {
-            Frame::Data { cv, data } => (cv, data),
-            Frame::Reply(r) => {
+        let (cv, len) = match link.next().await? {
+            Incoming::Data { cv, len } => (cv, len),
+            Incoming::Frame(Frame::Reply(r)) => {
                 upload.suspend().await;
                 return Err(TransferError::Lost(io::Error::other(
                     r.message.unwrap_or_else(|| "download stopped".into()),
                 )));
             }
-            Frame::Request(_) => {
-                return Err(TransferError::Protocol("the server sent a request".into()));
+            other => {
+                return Err(TransferError::Protocol(format!(
+                    "expected file data, got {other:?}"
+                )));
             }
         };
-        done += data.len() as u64;
-        if let Err(e) = upload.write_chunk(cv, data).await {
+        // Each piece is hashed and written as it arrives; the chunk is checked at its end.
+        let mut written = upload.begin_chunk(cv, len as u64).await;
+        let mut left = len;
+        while left > 0 && written.is_ok() {
+            let piece = match link.next().await? {
+                Incoming::Piece(p) => p,
+                other => {
+                    return Err(TransferError::Protocol(format!(
+                        "data frame interrupted by {other:?}"
+                    )));
+                }
+            };
+            left -= piece.len().min(left);
+            done += piece.len() as u64;
+            written = upload.write_piece(piece).await;
+        }
+        if let Err(e) = written {
             upload.suspend().await;
             // Corrupted in transit: reconnect and resume from the verified part.
             return Err(TransferError::Lost(io::Error::other(e.to_string())));
