@@ -553,6 +553,10 @@ async fn timed_uploads(dials: Vec<Tcp>, size: usize) -> f64 {
 fn assert_rate(bytes: usize, secs: f64, rate: u64) {
     let measured = bytes as f64 / secs;
     let error = (measured - rate as f64).abs() / rate as f64;
+    eprintln!(
+        "bandwidth: {measured:.0} B/s against a limit of {rate} B/s ({:+.1}%)",
+        (measured / rate as f64 - 1.0) * 100.0
+    );
     assert!(
         error <= 0.10,
         "{bytes} bytes in {secs:.3} s = {measured:.0} B/s, limit {rate} B/s ({:.1}% off)",
