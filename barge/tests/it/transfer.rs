@@ -225,6 +225,21 @@ async fn five_thousand_files_send_ls_get_over_sockets() {
 }
 
 /// A file big enough to span several chunks and checkpoints.
+/// Sends `paths` to `addr`, returning the report and every event.
+async fn send_recording(
+    addr: std::net::SocketAddr,
+    paths: &[PathBuf],
+) -> (transfer::Report, Vec<Event>) {
+    let mut events = Vec::new();
+    let report = within(
+        "send",
+        transfer::send(&tcp(addr), paths, &opts(), &mut |e| events.push(e)),
+    )
+    .await
+    .unwrap();
+    (report, events)
+}
+
 fn big_file(dir: &Path, name: &str, size: usize) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, content(7, size)).unwrap();
@@ -959,18 +974,7 @@ async fn a_lost_reply_after_the_file_was_stored_does_not_store_it_twice() {
             None,
         )
         .await;
-        let mut events = Vec::new();
-        let report = within(
-            "send",
-            transfer::send(
-                &tcp(proxy.addr),
-                std::slice::from_ref(&file),
-                &opts(),
-                &mut |e| events.push(e),
-            ),
-        )
-        .await
-        .unwrap();
+        let (report, events) = send_recording(proxy.addr, std::slice::from_ref(&file)).await;
         assert_eq!((report.files, report.retries), (1, 1), "{events:?}");
         assert!(
             events
@@ -1031,18 +1035,11 @@ async fn small_files_corrupted_in_transit_are_sent_again_and_replies_stay_in_ord
         None,
     )
     .await;
-    let mut events = Vec::new();
-    let report = within(
-        "send",
-        transfer::send(
-            &tcp(proxy.addr),
-            std::slice::from_ref(&tree),
-            &opts(),
-            &mut |e| events.push(e),
-        ),
-    )
-    .await
-    .unwrap();
+    let (report, events) = send_recording(proxy.addr, std::slice::from_ref(&tree)).await;
+    assert!(
+        events.iter().any(|e| matches!(e, Event::Retry { .. })),
+        "the flipped byte went unnoticed: {events:?}"
+    );
     assert!(report.failed.is_empty(), "{:?}", report.failed);
     assert_eq!(report.files, 301);
     assert_eq!(snapshot(&server.dir.path().join("mix")), snapshot(&tree));
