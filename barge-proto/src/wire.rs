@@ -342,8 +342,9 @@ pub fn encode_data_header(cv: &Cv, len: usize, dst: &mut impl BufMut) {
     dst.put_slice(cv);
 }
 
-/// Incremental frame decoder. `Ok(None)`: `buf` holds no complete frame and nothing was consumed.
-pub fn decode_frame(buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
+/// A frame's kind and length, checked against the kind's bounds before anything is buffered for
+/// it; `None` until the header has arrived.
+fn frame_head(buf: &[u8]) -> Result<Option<(u8, u32)>, WireError> {
     let Some(head) = buf.get(..FRAME_HEADER) else {
         return Ok(None);
     };
@@ -361,6 +362,14 @@ pub fn decode_frame(buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
     if (len as usize) < min {
         return Err(WireError::TooShort { kind, len });
     }
+    Ok(Some((kind, len)))
+}
+
+/// Incremental frame decoder. `Ok(None)`: `buf` holds no complete frame and nothing was consumed.
+pub fn decode_frame(buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
+    let Some((kind, len)) = frame_head(buf)? else {
+        return Ok(None);
+    };
     if buf.len() < FRAME_HEADER + len as usize {
         // Make room once for the whole frame rather than growing step by step.
         buf.reserve(FRAME_HEADER + len as usize - buf.len());
@@ -399,36 +408,22 @@ pub enum Next {
 /// Like [`decode_frame`], but a data frame is returned as soon as its header and CV have arrived,
 /// so a receiver can hash and write a chunk piece by piece instead of buffering all of it.
 pub fn decode_frame_streaming(buf: &mut BytesMut) -> Result<Option<Next>, WireError> {
-    let Some(head) = buf.get(..FRAME_HEADER) else {
-        return Ok(None);
-    };
-    if head[0] != KIND_DATA {
-        return Ok(decode_frame(buf)?.map(Next::Frame));
+    match frame_head(buf)? {
+        None => Ok(None),
+        Some((KIND_DATA, len)) => {
+            if buf.len() < FRAME_HEADER + 32 {
+                return Ok(None);
+            }
+            buf.advance(FRAME_HEADER);
+            let mut cv = [0u8; 32];
+            buf.copy_to_slice(&mut cv);
+            Ok(Some(Next::Data {
+                cv,
+                len: len as usize - 32,
+            }))
+        }
+        Some(_) => Ok(decode_frame(buf)?.map(Next::Frame)),
     }
-    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]);
-    if len as usize > MAX_DATA {
-        return Err(WireError::TooLong {
-            kind: KIND_DATA,
-            len,
-            max: MAX_DATA,
-        });
-    }
-    if len < 32 {
-        return Err(WireError::TooShort {
-            kind: KIND_DATA,
-            len,
-        });
-    }
-    if buf.len() < FRAME_HEADER + 32 {
-        return Ok(None);
-    }
-    buf.advance(FRAME_HEADER);
-    let mut cv = [0u8; 32];
-    buf.copy_to_slice(&mut cv);
-    Ok(Some(Next::Data {
-        cv,
-        len: len as usize - 32,
-    }))
 }
 
 /// Splits a `/`-separated relative path into components, each checked with

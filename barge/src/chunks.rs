@@ -36,23 +36,7 @@ pub fn read_chunks(file: File, size: u64, from: u64) -> mpsc::Receiver<io::Resul
             return;
         }
         for index in first..chunk_count(size) {
-            let len = chunk_len(size, index) as usize;
-            // Read into spare capacity: no zero-filling a buffer the read overwrites anyway.
-            let mut buf = Vec::with_capacity(len);
-            let read = (&file)
-                .take(len as u64)
-                .read_to_end(&mut buf)
-                .and_then(|n| {
-                    if n < len {
-                        Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "file shrank while being sent",
-                        ))
-                    } else {
-                        Ok(())
-                    }
-                });
-            let item = read.map(|()| Chunk {
+            let item = read_next(&file, chunk_len(size, index)).map(|buf| Chunk {
                 index,
                 cv: chunk_cv(index, &buf),
                 data: Bytes::from(buf),
@@ -64,6 +48,20 @@ pub fn read_chunks(file: File, size: u64, from: u64) -> mpsc::Receiver<io::Resul
         }
     });
     rx
+}
+
+/// The next `len` bytes of `file` (from its current position), read into spare capacity: no
+/// zero-filling of a buffer the read overwrites anyway. A file that ends first is an error.
+pub fn read_next(file: &File, len: u64) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(len as usize);
+    let n = file.take(len).read_to_end(&mut buf)?;
+    if (n as u64) < len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "file shrank while being sent",
+        ));
+    }
+    Ok(buf)
 }
 
 /// The CVs of the first `upto` bytes of a file (a chunk boundary, or the whole file): what a

@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -980,26 +980,12 @@ async fn upload_file(
     if from == 0 && size > 0 && size <= SMALL_INLINE {
         // A small file is read right here: a page-cache read costs less than handing it to a
         // blocking thread and back, which dominated sending thousands of small files.
-        let mut bytes = Vec::with_capacity(size as usize);
-        let read = (&file).take(size).read_to_end(&mut bytes);
-        let data = match read {
-            Ok(n) if n as u64 == size => bytes::Bytes::from(bytes),
-            Ok(_) => {
-                return Err(TransferError::Local {
-                    path: remote.into(),
-                    source: io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "file shrank while being sent",
-                    ),
-                });
-            }
-            Err(source) => {
-                return Err(TransferError::Local {
-                    path: remote.into(),
-                    source,
-                });
-            }
-        };
+        let data = crate::chunks::read_next(&file, size)
+            .map(bytes::Bytes::from)
+            .map_err(|source| TransferError::Local {
+                path: remote.into(),
+                source,
+            })?;
         let cv = barge_proto::tree::chunk_cv(0, &data);
         cvs.push(cv);
         single = Some(data.clone());

@@ -40,8 +40,17 @@ fn opts(token: Option<&str>) -> Options {
     }
 }
 
-/// A server whose service and framework policy the test chooses.
+/// A server on 127.0.0.1:0 whose service and framework policy the test chooses.
 fn server(
+    service: impl FnOnce(UploadService) -> UploadService,
+    storage: impl FnOnce(StorageConfig) -> StorageConfig,
+    config: ServerConfig,
+) -> TestServer {
+    server_at("127.0.0.1:0", service, storage, config)
+}
+
+fn server_at(
+    addr: &str,
     service: impl FnOnce(UploadService) -> UploadService,
     storage: impl FnOnce(StorageConfig) -> StorageConfig,
     config: ServerConfig,
@@ -52,12 +61,7 @@ fn server(
         ..StorageConfig::new(dir.path())
     }))
     .unwrap();
-    TestServer::start_service(
-        service(UploadService::new(storage)),
-        config,
-        "127.0.0.1:0",
-        dir,
-    )
+    TestServer::start_service(service(UploadService::new(storage)), config, addr, dir)
 }
 
 fn with_tokens(s: UploadService) -> UploadService {
@@ -229,24 +233,19 @@ async fn failed_attempts_lock_the_address_out() {
     );
 }
 
-/// A TLS server with its self-signed identity made in a fresh folder.
+/// A TLS-only server with its self-signed identity made in `state`.
 fn tls_server(state: &Path, addr: &str) -> (TestServer, Fingerprint) {
     let identity = barge::tls::server_identity(state, None).unwrap();
+    let fingerprint = identity.fingerprint;
+    (tls_server_with(identity, addr), fingerprint)
+}
+
+fn tls_server_with(identity: barge::tls::ServerIdentity, addr: &str) -> TestServer {
     let config = ServerConfig {
         tls: Some(identity.config),
         ..ServerConfig::default()
     };
-    let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::open(StorageConfig {
-        fsync: false,
-        ..StorageConfig::new(dir.path())
-    })
-    .unwrap();
-    let service = UploadService::new(storage).with_tls_required(true);
-    (
-        TestServer::start_service(service, config, addr, dir),
-        identity.fingerprint,
-    )
+    server_at(addr, |s| s.with_tls_required(true), |c| c, config)
 }
 
 fn tls_dial(addr: impl ToString, trust: Trust) -> Tcp {
@@ -350,21 +349,7 @@ async fn a_ca_signed_certificate_is_verified() {
     let pki = tempfile::tempdir().unwrap();
     let (ca, cert, key) = ca_signed(pki.path());
     let identity = barge::tls::server_identity(pki.path(), Some((&cert, &key))).unwrap();
-    let server = TestServer::start_service(
-        UploadService::new(
-            Storage::open(StorageConfig {
-                fsync: false,
-                ..StorageConfig::new(pki.path().join("inbox"))
-            })
-            .unwrap(),
-        ),
-        ServerConfig {
-            tls: Some(identity.config),
-            ..ServerConfig::default()
-        },
-        "127.0.0.1:0",
-        tempfile::tempdir().unwrap(),
-    );
+    let server = tls_server_with(identity, "127.0.0.1:0");
     let (_src, file) = source("signed", b"trusted via the CA");
     assert_eq!(
         send(&tls_dial(server.addr, Trust::Ca(ca)), &file, None)
