@@ -1375,7 +1375,7 @@ async fn download(
         size,
         offset: from,
     });
-    let mut upload = storage.begin_upload(local, size, digest, from).await?;
+    let mut upload = storage.begin_upload(local, size, digest, from, "").await?;
     let mut done = from;
     let mut throttle = Throttle::new();
     for _ in from / CHUNK..chunk_count(size) {

@@ -644,7 +644,9 @@ where
                         "cannot start at byte {from}"
                     )))
                 } else {
-                    storage.begin_upload(&path, size, "", from).await
+                    storage
+                        .begin_upload(&path, size, "", from, &conn.peer.ip().to_string())
+                        .await
                 };
                 match begun {
                     Ok(upload) => {

@@ -1,12 +1,17 @@
 //! Where received files go: validated names, a hidden temporary file that becomes visible under its
-//! final name only after the last byte, conflict policy, and size and free-space checks.
+//! final name only after the last byte, conflict policy, and size, quota and free-space checks.
+//! The store owns its invariants here, not its callers: one writer per partial file across
+//! processes (an OS lock), partials counted against the quota, one sweep for every token root.
 //!
 //! Layout of a storage directory:
 //! ```text
 //! DIR/                      published files, each complete
-//! DIR/.barge/               barge's own state; never a published name
+//! DIR/.barge/               barge's own state; never a published name, never listed
 //! DIR/.barge/.upload-XXXX   a file being received (removed if the transfer does not finish)
+//! DIR/.barge/partial/       resumable transfers, for DIR and every token root below it
 //! ```
+//! A token root is a view of the same storage ([`Storage::subfolder`]): it publishes below its
+//! folder but shares the state folder, the quota and the sweep.
 //! Publishing is a `rename` inside one file system: atomic, so a reader of `DIR` never sees a
 //! partial file. Without overwrite it is `renameat2(RENAME_NOREPLACE)` (via `tempfile`), so two
 //! uploads of the same name at once cannot both take it. A symlink in `DIR` is never followed:
@@ -68,6 +73,9 @@ pub struct StorageConfig {
     pub checkpoint_bytes: u64,
     /// A cap on the bytes stored, shared with every other storage of the server.
     pub quota: Option<Arc<Quota>>,
+    /// Interrupted transfers kept per client (address or token); beyond it the client's oldest
+    /// is removed, so one client cannot pile up partials.
+    pub max_partials_per_client: usize,
 }
 
 impl StorageConfig {
@@ -81,6 +89,7 @@ impl StorageConfig {
             partial_ttl: Duration::from_secs(24 * 3600),
             checkpoint_bytes: 64 << 20,
             quota: None,
+            max_partials_per_client: 64,
         }
     }
 }
@@ -151,10 +160,16 @@ pub enum StorageError {
     Io(#[from] io::Error),
 }
 
-/// A storage directory. Cheap to clone; clones share the directory.
+/// A storage directory, or a token root's view of one. Cheap to clone; clones share the
+/// directory and its state.
 #[derive(Debug, Clone)]
 pub struct Storage {
     inner: Arc<Inner>,
+    /// The folder this view publishes into: the storage directory or a root below it.
+    dir: PathBuf,
+    /// `dir` relative to the storage directory, with a trailing `/` (empty for the top): keys of
+    /// partials are made from the full relative path, so every view shares one partial folder.
+    prefix: String,
 }
 
 #[derive(Debug)]
@@ -164,8 +179,15 @@ struct Inner {
     temp_dir: PathBuf,
     /// `dir/.barge/partial`, where resumable uploads keep their data and verified chunk list.
     partial_dir: PathBuf,
-    /// Keys of resumable transfers in progress: one writer per partial file.
+    /// Keys of resumable transfers in progress in this process (the file lock covers others).
     busy: Mutex<HashSet<String>>,
+    /// Woken when a key leaves `busy`: a probe right after a disconnect waits for the old writer.
+    freed: tokio::sync::Notify,
+    /// Interrupted transfers: what each holds of the quota, and whose they are.
+    partials: Mutex<resume::PartialBook>,
+    /// Bytes promised to transfers in progress and not yet written: the free-space check counts
+    /// them, since blocks are allocated only as data arrives.
+    promised: std::sync::atomic::AtomicU64,
 }
 
 /// A file published under its final name.
@@ -204,34 +226,47 @@ impl Storage {
                 "removed unfinished uploads left by an earlier run"
             );
         }
+        let dir = config.dir.clone();
         let storage = Self {
             inner: Arc::new(Inner {
                 config,
                 temp_dir,
                 partial_dir,
                 busy: Mutex::new(HashSet::new()),
+                freed: tokio::sync::Notify::new(),
+                partials: Mutex::new(resume::PartialBook::default()),
+                promised: std::sync::atomic::AtomicU64::new(0),
             }),
+            dir,
+            prefix: String::new(),
         };
         storage.expire_partials()?;
+        storage.sweep_orphans(Duration::ZERO);
+        storage.count_partials()?;
         Ok(storage)
     }
 
     /// The directory files are published in.
     pub fn dir(&self) -> &Path {
-        &self.inner.config.dir
+        &self.dir
     }
 
-    /// A storage for the folder `rel` (safe names joined by `/`) below this one, with the same
-    /// rules and quota: a token's root.
+    /// A view of the folder `rel` (safe names joined by `/`) below this one, with the same
+    /// rules, quota, partial folder and sweep: a token's root.
     pub fn subfolder(&self, rel: &str) -> Result<Storage, StorageError> {
-        let mut dir = self.inner.config.dir.clone();
+        let mut dir = self.dir.clone();
+        let mut prefix = self.prefix.clone();
         for part in rel.split('/') {
-            dir.push(validate_file_name(part)?);
+            let part = validate_file_name(part)?;
+            dir.push(part);
             real_dir(&dir)?;
+            prefix.push_str(part);
+            prefix.push('/');
         }
-        Storage::open(StorageConfig {
+        Ok(Storage {
+            inner: self.inner.clone(),
             dir,
-            ..self.inner.config.clone()
+            prefix,
         })
     }
 
@@ -252,7 +287,7 @@ impl Storage {
         }
         if config.on_conflict == OnConflict::Fail {
             // Early refusal saves receiving the body; the final rename re-checks without races.
-            let target = config.dir.join(&name);
+            let target = self.dir.join(&name);
             if std::fs::symlink_metadata(&target).is_ok() {
                 return Err(StorageError::Conflict(name));
             }
@@ -389,13 +424,14 @@ impl PartialFile {
             });
         }
         let config = self.storage.inner.config.clone();
+        let dir = self.storage.dir.clone();
         let (name, size, temp) = (self.name, self.written, self.temp);
         let stored = blocking(move || {
             if config.fsync {
                 file.sync_all()?;
             }
             drop(file);
-            publish(&config, &config.dir, temp, name, size)
+            publish(&config, &dir, temp, name, size)
         })
         .await??;
         self.reservation.keep();
@@ -421,7 +457,15 @@ fn publish(
     let stored = match config.on_conflict {
         OnConflict::Overwrite => {
             let path = dir.join(&name);
+            // The replaced file's bytes leave the quota (a symlink or folder held none).
+            let replaced = std::fs::symlink_metadata(&path)
+                .ok()
+                .filter(|m| m.is_file())
+                .map_or(0, |m| m.len());
             temp.persist(&path).map_err(|e| e.error)?;
+            if let Some(q) = &config.quota {
+                q.release(replaced);
+            }
             stored(name, path)
         }
         OnConflict::Fail => {
@@ -464,12 +508,21 @@ fn publish(
 }
 
 /// `movie.mp4` -> `movie (n).mp4`; names without an extension (or dot-files) get the suffix at
-/// the end.
+/// the end. The stem is shortened (whole characters) so the result stays within the name rule's
+/// 255 bytes; an extension too long to leave room is treated as part of the stem.
 pub fn numbered(name: &str, n: u32) -> String {
-    match name.rfind('.') {
-        Some(dot) if dot > 0 => format!("{} ({n}){}", &name[..dot], &name[dot..]),
-        _ => format!("{name} ({n})"),
+    const MAX: usize = barge_proto::name::MAX_NAME_BYTES;
+    let suffix = format!(" ({n})");
+    let (stem, ext) = match name.rfind('.') {
+        Some(dot) if dot > 0 && name.len() - dot + suffix.len() < MAX => name.split_at(dot),
+        _ => (name, ""),
+    };
+    let room = MAX.saturating_sub(suffix.len() + ext.len());
+    let mut cut = stem.len().min(room);
+    while !stem.is_char_boundary(cut) {
+        cut -= 1;
     }
+    format!("{}{suffix}{ext}", &stem[..cut])
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
@@ -494,6 +547,49 @@ mod tests {
             numbered("性感荷官在线发牌.,mp4", 1),
             "性感荷官在线发牌 (1).,mp4"
         );
+    }
+
+    #[test]
+    fn numbered_names_of_255_bytes_still_fit() {
+        // Regression (D12): names of 252..255 bytes could not be renamed.
+        let long = format!("{}.bin", "n".repeat(251));
+        let renamed = numbered(&long, 1);
+        assert_eq!(renamed.len(), 255);
+        assert!(renamed.ends_with(" (1).bin"));
+        assert!(validate_file_name(&renamed).is_ok());
+        let wide = "é".repeat(127); // 254 bytes, two bytes a character
+        let renamed = numbered(&wide, 12);
+        assert!(renamed.len() <= 255 && renamed.ends_with(" (12)"));
+        assert!(validate_file_name(&renamed).is_ok());
+        let dotted = format!(".{}", "x".repeat(254)); // the "extension" is the whole name
+        assert!(validate_file_name(&numbered(&dotted, 3)).is_ok());
+    }
+
+    #[tokio::test]
+    async fn rename_makes_room_for_the_counter_in_a_long_name() {
+        let d = tempfile::tempdir().unwrap();
+        let s = storage(d.path(), OnConflict::Rename);
+        let long = format!("{}.bin", "n".repeat(251));
+        assert_eq!(put(&s, &long, b"1").await.unwrap().name, long);
+        let second = put(&s, &long, b"2").await.unwrap().name;
+        assert_eq!(second, numbered(&long, 1));
+    }
+
+    #[tokio::test]
+    async fn overwrite_gives_the_replaced_bytes_back_to_the_quota() {
+        // Regression (D8): every overwrite used to keep the old file's bytes counted.
+        let d = tempfile::tempdir().unwrap();
+        let quota = Quota::new(20, 0);
+        let s = Storage::open(StorageConfig {
+            on_conflict: OnConflict::Overwrite,
+            quota: Some(quota.clone()),
+            ..StorageConfig::new(d.path())
+        })
+        .unwrap();
+        for _ in 0..4 {
+            put(&s, "six", b"123456").await.unwrap();
+        }
+        assert_eq!(quota.used(), 6);
     }
 
     fn storage(dir: &Path, on_conflict: OnConflict) -> Storage {

@@ -1,7 +1,8 @@
 //! `--quota`: a cap on the bytes a server stores. Each upload reserves its declared size before a
-//! byte is written; the reservation becomes stored bytes when the file is published and is given
-//! back when the upload fails or is interrupted (a resumable partial is not counted while its
-//! sender is away: it is temporary, and expires).
+//! byte is written; the reservation becomes stored bytes when the file is published, shrinks to the
+//! bytes kept when the upload is interrupted (a resumable partial counts until it is resumed,
+//! published or expired: otherwise walking away from uploads would fill the disk past the quota),
+//! and is given back when the upload fails. A file replaced by an overwrite gives its bytes back.
 
 use std::io;
 use std::path::Path;
@@ -34,6 +35,15 @@ impl Quota {
     /// The cap.
     pub fn limit(&self) -> u64 {
         self.limit
+    }
+
+    /// Gives back `bytes` that are no longer stored (a file replaced by an overwrite).
+    pub fn release(&self, bytes: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_sub(bytes))
+            });
     }
 }
 
@@ -70,6 +80,45 @@ impl Reservation {
         })
     }
 
+    /// Counts `bytes` that are already on disk (a partial found at start), even over the limit.
+    pub fn force(quota: Option<&Arc<Quota>>, bytes: u64) -> Self {
+        if let Some(q) = quota {
+            q.used.fetch_add(bytes, Ordering::AcqRel);
+        }
+        Self {
+            quota: quota.cloned(),
+            bytes: if quota.is_some() { bytes } else { 0 },
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Holds `size` bytes in all, reserving only what this reservation does not hold yet; on
+    /// refusal it is unchanged.
+    pub fn grow_to(&mut self, size: u64) -> Result<(), StorageError> {
+        let Some(quota) = &self.quota else {
+            return Ok(());
+        };
+        let extra = size.saturating_sub(self.bytes);
+        let more = Reservation::take(Some(quota), extra)?;
+        std::mem::forget(more);
+        self.bytes += extra;
+        Ok(())
+    }
+
+    /// Gives back everything above `size` (an interrupted upload keeps only what it received).
+    pub fn shrink_to(&mut self, size: u64) {
+        if size < self.bytes {
+            if let Some(q) = &self.quota {
+                q.release(self.bytes - size);
+            }
+            self.bytes = size;
+        }
+    }
+
     /// The file was published: its bytes now count as stored.
     pub fn keep(mut self) {
         self.quota = None;
@@ -92,8 +141,13 @@ pub fn bytes_stored(dir: &Path) -> io::Result<u64> {
     while let Some(folder) = pending.pop() {
         for entry in std::fs::read_dir(&folder)? {
             let entry = entry?;
-            if folder == dir && entry.file_name() == STATE_DIR {
-                continue;
+            let name = entry.file_name();
+            if name == STATE_DIR
+                || name
+                    .as_encoded_bytes()
+                    .starts_with(barge_proto::name::RESERVED_PREFIX.as_bytes())
+            {
+                continue; // barge's own state, at any depth (older versions kept one per root)
             }
             let meta = entry.metadata()?; // does not follow a symlink
             if meta.is_dir() {
@@ -123,6 +177,25 @@ mod tests {
         assert_eq!(q.used(), 100);
         assert!(Reservation::take(Some(&q), 1).is_err());
         assert!(Reservation::take(None, u64::MAX).is_ok());
+    }
+
+    #[test]
+    fn reservations_grow_shrink_and_release() {
+        let q = Quota::new(100, 0);
+        let mut r = Reservation::take(Some(&q), 10).unwrap();
+        r.grow_to(60).unwrap();
+        assert_eq!((q.used(), r.bytes()), (60, 60));
+        assert!(r.grow_to(101).is_err());
+        assert_eq!((q.used(), r.bytes()), (60, 60));
+        r.shrink_to(5);
+        assert_eq!((q.used(), r.bytes()), (5, 5));
+        let forced = Reservation::force(Some(&q), 200);
+        assert_eq!(q.used(), 205);
+        drop(forced);
+        drop(r);
+        assert_eq!(q.used(), 0);
+        q.release(7); // never below zero
+        assert_eq!(q.used(), 0);
     }
 
     #[test]

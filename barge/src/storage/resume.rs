@@ -13,7 +13,18 @@
 //! `KEY.cvs` never claims bytes the disk does not have. A transfer that is dropped without commit
 //! (disconnect, cancellation, shutdown) checkpoints and keeps its partial for the sender's return;
 //! partials untouched for [`super::StorageConfig::partial_ttl`] are removed.
+//!
+//! Invariants this file owns:
+//! - One writer per partial, across processes: the writer holds an exclusive `flock` on its data
+//!   file for its whole life, taken before anything is read or truncated, and checks that the file
+//!   it locked is still the one at the path (not one just published by another writer). Two
+//!   uploads of one name at once do not wait for each other: the second gets a partial of its own
+//!   (not resumable) and is published under the conflict policy.
+//! - Space follows data: blocks are preallocated a window ahead of what was received, and an
+//!   interrupted partial is cut back to its verified bytes, which stay counted against the quota
+//!   until the partial is resumed, published or expired.
 
+use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
@@ -33,6 +44,13 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::{OnConflict, Storage, StorageError, Stored, blocking, publish};
+
+/// Blocks are preallocated this far ahead of the data received, not for the whole declared size:
+/// an upload abandoned early holds little disk.
+const PREALLOC_WINDOW: u64 = 64 << 20;
+/// How long a probe waits for a transfer of the same file that is still finishing (typically the
+/// client's own previous connection, whose writer is saving its resume point).
+const PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Pieces queued for a writer: enough to overlap network and disk. A chunk arrives in pieces the
 /// size of a socket read, so a writer's queue holds at most this many reads' worth of memory.
@@ -90,6 +108,107 @@ pub struct ProbeResult {
 /// One page-able listing.
 pub type Listing = Vec<Entry>;
 
+/// Interrupted transfers this process knows of: the quota each holds and whose they are.
+#[derive(Debug, Default)]
+pub(super) struct PartialBook {
+    charges: HashMap<String, (super::Reservation, String)>,
+    /// Per client, its partials' keys, oldest first.
+    owners: HashMap<String, VecDeque<String>>,
+}
+
+impl PartialBook {
+    /// Takes `key`'s charge out of the book (it is being resumed, published or removed).
+    fn take(&mut self, key: &str) -> Option<(super::Reservation, String)> {
+        let (r, owner) = self.charges.remove(key)?;
+        if let Some(keys) = self.owners.get_mut(&owner) {
+            keys.retain(|k| k != key);
+            if keys.is_empty() {
+                self.owners.remove(&owner);
+            }
+        }
+        Some((r, owner))
+    }
+
+    /// Records an interrupted transfer; returns the keys of `owner`'s oldest partials beyond `cap`.
+    fn record(
+        &mut self,
+        key: String,
+        owner: String,
+        charge: super::Reservation,
+        cap: usize,
+    ) -> Vec<String> {
+        self.take(&key);
+        self.charges.insert(key.clone(), (charge, owner.clone()));
+        if owner.is_empty() {
+            return Vec::new();
+        }
+        let keys = self.owners.entry(owner).or_default();
+        keys.push_back(key);
+        let excess = keys.len().saturating_sub(cap.max(1));
+        keys.iter().take(excess).cloned().collect()
+    }
+}
+
+/// Bytes promised to one transfer and not written yet (see `Inner::promised`).
+struct SpaceHold {
+    storage: Storage,
+    left: u64,
+}
+
+impl SpaceHold {
+    /// Promises `need` bytes if the file system has them beside every other promise.
+    fn take(storage: &Storage, need: u64, size: u64) -> Result<Self, StorageError> {
+        let stat = rustix::fs::statvfs(&storage.inner.partial_dir).map_err(io::Error::from)?;
+        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        let before = storage.inner.promised.fetch_add(need, Ordering::AcqRel);
+        let hold = Self {
+            storage: storage.clone(),
+            left: need,
+        };
+        if before.saturating_add(need) > free {
+            return Err(StorageError::NoSpace {
+                size,
+                available: free.saturating_sub(before),
+            });
+        }
+        Ok(hold)
+    }
+
+    /// `n` of the promised bytes were written (and so left the file system's free count).
+    fn spent(&mut self, n: u64) {
+        let n = n.min(self.left);
+        self.left -= n;
+        self.storage.inner.promised.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+impl Drop for SpaceHold {
+    fn drop(&mut self) {
+        self.storage
+            .inner
+            .promised
+            .fetch_sub(self.left, Ordering::AcqRel);
+    }
+}
+
+/// Takes the exclusive lock of a partial's data file without waiting; `false` if another writer
+/// (in any process) holds it, or the file at `path` is no longer the one opened (it was just
+/// published, or removed, by the writer that held it).
+fn lock_partial(file: &File, path: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    match rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::WOULDBLOCK) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    }
+    let ours = file.metadata()?;
+    Ok(match std::fs::symlink_metadata(path) {
+        Ok(now) => now.dev() == ours.dev() && now.ino() == ours.ino(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        Err(e) => return Err(e),
+    })
+}
+
 /// The on-disk files of one partial transfer.
 struct PartialPaths {
     part: PathBuf,
@@ -98,8 +217,11 @@ struct PartialPaths {
 }
 
 impl Storage {
-    fn partial_key(path: &str, size: u64, tag: &str) -> String {
+    /// The partial's key: from the path below the storage directory (whichever root's view it
+    /// came through), the size and the tag.
+    fn partial_key(&self, path: &str, size: u64, tag: &str) -> String {
         let mut h = blake3::Hasher::new();
+        h.update(self.prefix.as_bytes());
         h.update(path.as_bytes());
         h.update(&[0]);
         h.update(&size.to_le_bytes());
@@ -123,7 +245,7 @@ impl Storage {
         let Some((name, folders)) = parts.split_last() else {
             return Err(NameError::Empty.into());
         };
-        let mut dir = self.inner.config.dir.clone();
+        let mut dir = self.dir.clone();
         for (i, folder) in folders.iter().enumerate() {
             dir.push(folder);
             let shown = || folders[..=i].join("/");
@@ -151,7 +273,10 @@ impl Storage {
         Ok((dir, (*name).to_owned()))
     }
 
-    /// How much of `path` (`size` bytes, `tag`) an interrupted transfer left verified.
+    /// How much of `path` (`size` bytes, `tag`) an interrupted transfer left verified. A transfer
+    /// of it still running is waited for briefly (usually the same client's previous connection,
+    /// saving its resume point); if it goes on, nothing is reported kept: an upload begun now
+    /// gets a partial of its own.
     pub async fn probe(
         &self,
         path: &str,
@@ -159,9 +284,19 @@ impl Storage {
         tag: &str,
     ) -> Result<ProbeResult, StorageError> {
         split_path(path)?;
-        let key = Self::partial_key(path, size, tag);
-        if self.is_busy(&key) {
-            return Err(StorageError::Busy(path.to_owned()));
+        let key = self.partial_key(path, size, tag);
+        let deadline = tokio::time::Instant::now() + PROBE_WAIT;
+        loop {
+            let freed = self.inner.freed.notified();
+            if !self.is_busy(&key) {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return Ok(ProbeResult {
+                    offset: 0,
+                    prefix: prefix_digest(&[]),
+                });
+            }
         }
         let paths = self.partial_paths(&key);
         blocking(move || {
@@ -217,8 +352,8 @@ impl Storage {
         {
             return Err(StorageError::TooLarge { size, max });
         }
-        let key = Self::partial_key(path, size, "");
-        let lock = KeyLock::take(self, &key).ok_or_else(|| StorageError::Busy(path.to_owned()))?;
+        // No partial, so no key to hold: two small files of one name at once are simply stored
+        // under the conflict policy.
         let reservation = self.reserve(size)?;
         let this = self.clone();
         let path = path.to_owned();
@@ -250,6 +385,8 @@ impl Storage {
                 .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
                 .tempfile_in(&dir)?;
             let (mut file, temp) = named.into_parts();
+            // Locked like every partial, so a sweep by another process leaves it alone.
+            lock_partial(&file, &temp)?;
             file.write_all(&data)?;
             if config.fsync {
                 file.sync_all()?;
@@ -262,7 +399,6 @@ impl Storage {
         })
         .await??;
         reservation.keep();
-        drop(lock);
         Ok(stored)
     }
 
@@ -270,14 +406,17 @@ impl Storage {
         self.inner.busy.lock().map_or(true, |b| b.contains(key))
     }
 
-    /// Starts (or resumes, when `from > 0`) a verified transfer of `path`. `from` must be 0 or
-    /// exactly what [`Storage::probe`] reported.
+    /// Starts (or resumes, when `from > 0`) a verified transfer of `path` for `owner` (the
+    /// client's address or token, for the per-client cap on partials; empty for none). `from`
+    /// must be 0 or exactly what [`Storage::probe`] reported. A fresh start (`from == 0`) while
+    /// another writer holds the same partial gets a partial of its own instead of `Busy`.
     pub async fn begin_upload(
         &self,
         path: &str,
         size: u64,
         tag: &str,
         from: u64,
+        owner: &str,
     ) -> Result<Upload, StorageError> {
         let config = &self.inner.config;
         if let Some(max) = config.max_file_size
@@ -285,25 +424,76 @@ impl Storage {
         {
             return Err(StorageError::TooLarge { size, max });
         }
-        let key = Self::partial_key(path, size, tag);
+        let key = self.partial_key(path, size, tag);
+        match self
+            .begin_keyed(path, size, key.clone(), from, owner, true)
+            .await
+        {
+            Err(StorageError::Busy(_)) if from == 0 => {
+                let own = format!("{key}-{}", unique_suffix());
+                self.begin_keyed(path, size, own, 0, owner, false).await
+            }
+            other => other,
+        }
+    }
+
+    async fn begin_keyed(
+        &self,
+        path: &str,
+        size: u64,
+        key: String,
+        from: u64,
+        owner: &str,
+        resumable: bool,
+    ) -> Result<Upload, StorageError> {
         let lock = KeyLock::take(self, &key).ok_or_else(|| StorageError::Busy(path.to_owned()))?;
-        let reservation = self.reserve(size)?;
+        // What the partial already holds of the quota is this upload's, then grown to the size.
+        let taken = self
+            .inner
+            .partials
+            .lock()
+            .ok()
+            .and_then(|mut b| b.take(&key));
+        let (mut reservation, old_owner) = taken.unwrap_or_else(|| {
+            let none = super::Reservation::force(self.inner.config.quota.as_ref(), 0);
+            (none, String::new())
+        });
+        if let Err(e) = reservation.grow_to(size) {
+            if reservation.bytes() > 0
+                && let Ok(mut book) = self.inner.partials.lock()
+            {
+                book.record(key, old_owner, reservation, usize::MAX);
+            }
+            return Err(e);
+        }
+        let space = SpaceHold::take(self, size - from.min(size), size)?;
         let this = self.clone();
         let path_owned = path.to_owned();
-        let (dir, name, file, cvs_file, kept, paths) = blocking(move || {
+        let key_owned = key.clone();
+        let (dir, name, file, cvs_file, kept, paths, allocated) = blocking(move || {
             let (dir, name) = this.resolve(&path_owned, true)?;
             if this.inner.config.on_conflict == OnConflict::Fail
                 && std::fs::symlink_metadata(dir.join(&name)).is_ok()
             {
                 return Err(StorageError::Conflict(path_owned));
             }
-            let mut paths = this.partial_paths(&key);
+            let mut paths = this.partial_paths(&key_owned);
             if size <= CHUNK {
                 // A one-chunk file has nothing worth resuming: it is received next to its final
                 // name, as rsync does, so new inodes spread over the folders' block groups instead
                 // of piling into one (ext4 crawls when thousands of files are created in one
                 // folder among recently deleted inodes).
-                paths.part = dir.join(format!("{RESERVED_PREFIX}{key}.part"));
+                paths.part = dir.join(format!("{RESERVED_PREFIX}{key_owned}.part"));
+            }
+            // Lock first: nothing of the partial is read or cut before it is ours alone.
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&paths.part)?;
+            if !lock_partial(&file, &paths.part)? {
+                return Err(StorageError::Busy(path_owned));
             }
             let mut kept = load_cvs(&paths, size)?;
             let kept_bytes = (kept.len() as u64 * CHUNK).min(size);
@@ -313,28 +503,18 @@ impl Storage {
                 )));
             }
             kept.truncate((from / CHUNK) as usize);
-            let stat = rustix::fs::statvfs(&this.inner.partial_dir).map_err(io::Error::from)?;
-            let available = stat.f_bavail.saturating_mul(stat.f_frsize);
-            if size - from > available {
-                return Err(StorageError::NoSpace { size, available });
-            }
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&paths.part)?;
             file.set_len(from)?;
-            if size > from
+            let window = (size - from).min(PREALLOC_WINDOW);
+            if window > 0
                 && let Err(e) = rustix::fs::fallocate(
                     &file,
                     rustix::fs::FallocateFlags::KEEP_SIZE,
                     from,
-                    size - from,
+                    window,
                 )
             {
                 if e == rustix::io::Errno::NOSPC {
-                    return Err(StorageError::NoSpace { size, available });
+                    return Err(StorageError::NoSpace { size, available: 0 });
                 }
                 debug!(error = %e, "cannot preallocate");
             }
@@ -353,7 +533,7 @@ impl Storage {
                 f.set_len(kept.len() as u64 * 32)?;
                 Some(f)
             };
-            Ok((dir, name, file, cvs_file, kept, paths))
+            Ok((dir, name, file, cvs_file, kept, paths, from + window))
         })
         .await??;
         let (tx, rx) = mpsc::channel(QUEUED_PIECES);
@@ -365,6 +545,13 @@ impl Storage {
         let writer = Writer {
             storage: self.clone(),
             lock,
+            key,
+            owner: owner.to_owned(),
+            resumable,
+            reservation: Some(reservation),
+            space,
+            written_to: from,
+            allocated,
             paths,
             dir,
             name,
@@ -388,7 +575,6 @@ impl Storage {
             })?;
         Ok(Upload {
             piece_left: 0,
-            reservation: Some(reservation),
             tx: Some(tx),
             done,
             shared,
@@ -426,7 +612,7 @@ impl Storage {
         let path = path.to_owned();
         blocking(move || {
             let target = if path.is_empty() {
-                this.inner.config.dir.clone()
+                this.dir.clone()
             } else {
                 let (dir, name) = this.resolve(&path, false)?;
                 dir.join(name)
@@ -455,11 +641,8 @@ impl Storage {
                     let Ok(name) = item.file_name().into_string() else {
                         continue; // not UTF-8: cannot be named on the wire
                     };
-                    if (prefix.is_empty()
-                        && dir == this.inner.config.dir
-                        && name == super::STATE_DIR)
-                        || name.starts_with(RESERVED_PREFIX)
-                    {
+                    // barge's own state, at any depth (older versions kept one in each token root).
+                    if name == super::STATE_DIR || name.starts_with(RESERVED_PREFIX) {
                         continue;
                     }
                     let meta = item.path().symlink_metadata()?;
@@ -524,19 +707,111 @@ impl Storage {
         let mut removed = 0;
         for (key, modified) in newest {
             let expired = now.duration_since(modified).is_ok_and(|age| age > ttl);
-            if expired && !self.is_busy(&key) {
-                let p = self.partial_paths(&key);
-                for f in [&p.part, &p.cvs, &p.meta] {
-                    let _ = std::fs::remove_file(f);
-                }
+            if expired && self.remove_partial(&key) {
                 removed += 1;
             }
         }
         if removed > 0 {
             info!(count = removed, "expired abandoned partial transfers");
         }
+        self.sweep_orphans(ttl);
         Ok(removed)
     }
+
+    /// Removes a partial's files and gives its bytes back to the quota, unless a writer (of this
+    /// process or another) holds it. Returns whether it was removed.
+    fn remove_partial(&self, key: &str) -> bool {
+        if self.is_busy(key) {
+            return false;
+        }
+        let p = self.partial_paths(key);
+        if let Ok(file) = File::open(&p.part)
+            && !matches!(lock_partial(&file, &p.part), Ok(true))
+        {
+            return false;
+        }
+        for f in [&p.part, &p.cvs, &p.meta] {
+            let _ = std::fs::remove_file(f);
+        }
+        if let Ok(mut book) = self.inner.partials.lock() {
+            book.take(key);
+        }
+        true
+    }
+
+    /// Removes one-chunk temporary files (`.barge-*.part` next to published files) that no writer
+    /// holds and that are older than `min_age`: left by a crash (at start, any age) or abandoned.
+    pub(super) fn sweep_orphans(&self, min_age: std::time::Duration) {
+        let now = SystemTime::now();
+        let mut removed = 0;
+        let mut folders = vec![self.inner.config.dir.clone()];
+        while let Some(folder) = folders.pop() {
+            let Ok(items) = std::fs::read_dir(&folder) else {
+                continue;
+            };
+            for item in items.flatten() {
+                let name = item.file_name();
+                let Ok(meta) = item.metadata() else { continue };
+                if meta.is_dir() {
+                    if name != super::STATE_DIR {
+                        folders.push(item.path());
+                    }
+                    continue;
+                }
+                let name = name.to_string_lossy();
+                if !(meta.is_file() && name.starts_with(RESERVED_PREFIX) && name.ends_with(".part"))
+                {
+                    continue;
+                }
+                let old = meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| now.duration_since(m).ok())
+                    .is_some_and(|age| age >= min_age);
+                if old
+                    && let Ok(file) = File::open(item.path())
+                    && matches!(lock_partial(&file, &item.path()), Ok(true))
+                    && std::fs::remove_file(item.path()).is_ok()
+                {
+                    removed += 1;
+                }
+            }
+        }
+        if removed > 0 {
+            info!(count = removed, "removed unfinished small uploads");
+        }
+    }
+
+    /// Counts the partials found at start against the quota (they are on disk).
+    pub(super) fn count_partials(&self) -> io::Result<()> {
+        let quota = self.inner.config.quota.as_ref();
+        let Ok(mut book) = self.inner.partials.lock() else {
+            return Ok(());
+        };
+        for item in std::fs::read_dir(&self.inner.partial_dir)? {
+            let item = item?;
+            let name = item.file_name().to_string_lossy().into_owned();
+            if let Some(key) = name.strip_suffix(".part") {
+                let bytes = item.metadata()?.len();
+                let charge = super::Reservation::force(quota, bytes);
+                book.record(key.to_owned(), String::new(), charge, usize::MAX);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A suffix that makes a partial's key its own (see [`Storage::begin_upload`]).
+fn unique_suffix() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = blake3::Hasher::new();
+    h.update(&std::process::id().to_le_bytes());
+    h.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    h.update(&nanos.to_le_bytes());
+    hex(h.finalize().as_bytes())[..12].to_owned()
 }
 
 fn mtime_secs(meta: &std::fs::Metadata) -> i64 {
@@ -650,6 +925,7 @@ impl Drop for KeyLock {
         if let Ok(mut busy) = self.storage.inner.busy.lock() {
             busy.remove(&self.key);
         }
+        self.storage.inner.freed.notify_waiters();
     }
 }
 
@@ -701,8 +977,6 @@ enum Cmd {
 pub struct Upload {
     /// Bytes of the current chunk not yet passed to the writer.
     piece_left: u64,
-    /// Quota held for the file until it is published.
-    reservation: Option<super::Reservation>,
     tx: Option<mpsc::Sender<Cmd>>,
     done: oneshot::Receiver<()>,
     shared: Arc<Shared>,
@@ -795,11 +1069,7 @@ impl Upload {
         tx.send(Cmd::Commit { digest, reply })
             .await
             .map_err(|_| self.stopped())?;
-        let stored = answer.await.map_err(|_| self.stopped())??;
-        if let Some(r) = self.reservation.take() {
-            r.keep();
-        }
-        Ok(stored)
+        answer.await.map_err(|_| self.stopped())?
     }
 
     /// Stops taking chunks and waits until the verified part is durable.
@@ -813,6 +1083,19 @@ impl Upload {
 struct Writer {
     storage: Storage,
     lock: KeyLock,
+    key: String,
+    /// Whose transfer this is, for the per-client cap on partials.
+    owner: String,
+    /// False for a partial of its own beside a busy one: nobody can find it to resume it.
+    resumable: bool,
+    /// Quota held for the file: kept when published, cut to the bytes kept when interrupted.
+    reservation: Option<super::Reservation>,
+    /// Free space promised to this transfer and not written yet.
+    space: SpaceHold,
+    /// Highest offset written so far.
+    written_to: u64,
+    /// Blocks are preallocated up to here.
+    allocated: u64,
     paths: PartialPaths,
     dir: PathBuf,
     name: String,
@@ -894,9 +1177,28 @@ impl Writer {
         let at = *index * CHUNK + hasher.len();
         hasher.update(data);
         let complete = hasher.len() == chunk_len(self.size, *index);
+        let end = at + data.len() as u64;
+        if end > self.allocated && self.allocated < self.size {
+            let window = (self.size - self.allocated).min(PREALLOC_WINDOW);
+            match rustix::fs::fallocate(
+                &self.file,
+                rustix::fs::FallocateFlags::KEEP_SIZE,
+                self.allocated,
+                window,
+            ) {
+                Err(rustix::io::Errno::NOSPC) => {
+                    return Err(Failure::Io("no space left on the device".into()));
+                }
+                _ => self.allocated += window,
+            }
+        }
         self.file
             .write_all_at(data, at)
             .map_err(|e| Failure::Io(e.to_string()))?;
+        if end > self.written_to {
+            self.space.spent(end - self.written_to);
+            self.written_to = end;
+        }
         if complete {
             self.finish_chunk()?;
         }
@@ -975,14 +1277,39 @@ impl Writer {
     }
 
     /// Saves the resume point after a failure, so the verified chunks are not sent again (a
-    /// one-chunk file is simply removed: sending it again costs no more than resuming).
+    /// one-chunk file, or one nobody can resume, is simply removed). The partial is cut to its
+    /// verified bytes, which releases the blocks preallocated beyond them, and those bytes stay
+    /// counted against the quota.
     fn keep(&mut self) {
-        if self.size <= CHUNK {
+        if self.size <= CHUNK || !self.resumable {
             self.discard();
             return;
         }
         if let Err(e) = self.checkpoint() {
             warn!(error = %e, "cannot save resume point");
+        }
+        let kept = (self.durable as u64 * CHUNK).min(self.size);
+        if let Err(e) = self.file.set_len(kept) {
+            warn!(error = %e, "cannot release the space of an interrupted transfer");
+        }
+        let Some(mut charge) = self.reservation.take() else {
+            return;
+        };
+        charge.shrink_to(kept);
+        let config = &self.storage.inner.config;
+        let evicted = match self.storage.inner.partials.lock() {
+            Ok(mut book) => book.record(
+                self.key.clone(),
+                self.owner.clone(),
+                charge,
+                config.max_partials_per_client,
+            ),
+            Err(_) => Vec::new(),
+        };
+        for key in evicted {
+            if key != self.key && self.storage.remove_partial(&key) {
+                info!(owner = ?self.owner, "removed the client's oldest interrupted transfer (too many kept)");
+            }
         }
     }
 
@@ -1024,6 +1351,9 @@ impl Writer {
         let temp = TempPath::try_from_path(&self.paths.part)?;
         let mut stored = publish(&config, &self.dir, temp, self.name.clone(), self.size)?;
         stored.digest = Some(digest);
+        if let Some(r) = self.reservation.take() {
+            r.keep();
+        }
         drop(self.lock);
         Ok(stored)
     }

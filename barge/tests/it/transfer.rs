@@ -562,7 +562,7 @@ fn partials_expire_after_their_time() {
     .unwrap();
     rt.block_on(async {
         let mut up = storage
-            .begin_upload("old.bin", 3 << 20, "", 0)
+            .begin_upload("old.bin", 3 << 20, "", 0, "")
             .await
             .unwrap();
         let chunk = bytes::Bytes::from(vec![1u8; 1 << 20]);
