@@ -75,12 +75,17 @@ impl Bucket {
 }
 
 /// A stream whose reads and writes (together) are paced by `buckets`; with none it passes through.
+///
+/// Reads and writes each have their own pause: a split stream is polled by two tasks, and one
+/// shared timer would keep only the last task's waker, so a reader waiting behind a writer's
+/// pause was never woken and did not notice a dead peer until its timeout.
 #[derive(Debug)]
 pub struct Throttled<S> {
     inner: S,
     buckets: Vec<Arc<Bucket>>,
     slice: usize,
-    pause: Option<Pin<Box<Sleep>>>,
+    read_pause: Option<Pin<Box<Sleep>>>,
+    write_pause: Option<Pin<Box<Sleep>>>,
 }
 
 impl<S> Throttled<S> {
@@ -95,7 +100,8 @@ impl<S> Throttled<S> {
             inner,
             buckets,
             slice,
-            pause: None,
+            read_pause: None,
+            write_pause: None,
         }
     }
 
@@ -104,23 +110,22 @@ impl<S> Throttled<S> {
         &self.inner
     }
 
-    /// Ready once every bucket is out of debt.
-    fn poll_allowed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    /// Ready once every bucket is out of debt; `pause` is the direction's own timer.
+    fn poll_allowed(
+        buckets: &[Arc<Bucket>],
+        pause: &mut Option<Pin<Box<Sleep>>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
         loop {
-            if let Some(pause) = self.pause.as_mut() {
-                ready!(pause.as_mut().poll(cx));
-                self.pause = None;
+            if let Some(p) = pause.as_mut() {
+                ready!(p.as_mut().poll(cx));
+                *pause = None;
             }
-            let wait = self
-                .buckets
-                .iter()
-                .map(|b| b.wait())
-                .max()
-                .unwrap_or_default();
+            let wait = buckets.iter().map(|b| b.wait()).max().unwrap_or_default();
             if wait.is_zero() {
                 return Poll::Ready(());
             }
-            self.pause = Some(Box::pin(tokio::time::sleep(wait)));
+            *pause = Some(Box::pin(tokio::time::sleep(wait)));
         }
     }
 
@@ -141,7 +146,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Throttled<S> {
         if this.buckets.is_empty() {
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
-        ready!(this.poll_allowed(cx));
+        ready!(Self::poll_allowed(&this.buckets, &mut this.read_pause, cx));
         let n = buf.remaining().min(this.slice);
         let mut part = ReadBuf::new(buf.initialize_unfilled_to(n));
         ready!(Pin::new(&mut this.inner).poll_read(cx, &mut part))?;
@@ -162,7 +167,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Throttled<S> {
         if this.buckets.is_empty() {
             return Pin::new(&mut this.inner).poll_write(cx, data);
         }
-        ready!(this.poll_allowed(cx));
+        ready!(Self::poll_allowed(&this.buckets, &mut this.write_pause, cx));
         let n = data.len().min(this.slice);
         let written = ready!(Pin::new(&mut this.inner).poll_write(cx, &data[..n]))?;
         this.pay(written);
@@ -226,6 +231,36 @@ mod tests {
             (secs - expected).abs() / expected < 0.1,
             "{size} bytes at {rate} B/s took {secs:.3} s, expected {expected:.3}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_behind_a_pacing_writer_sees_the_peer_close() {
+        // Regression (D9): reads and writes shared one pause timer, so the reading task's waker
+        // was lost while the writing task paced, and a dead peer went unnoticed until a timeout.
+        let (a, mut peer) = tokio::io::duplex(64 << 10);
+        let (mut rd, mut wr) = tokio::io::split(Throttled::new(a, vec![Bucket::new(1 << 20)]));
+        let writer = tokio::spawn(async move {
+            let block = vec![1u8; 256 << 10];
+            while wr.write_all(&block).await.is_ok() {}
+        });
+        let drain = tokio::spawn(async move {
+            let mut sink = vec![0u8; 64 << 10];
+            let until = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < until {
+                if peer.read(&mut sink).await.unwrap_or(0) == 0 {
+                    break;
+                }
+            }
+            drop(peer); // the peer dies
+        });
+        let mut buf = [0u8; 16];
+        let got = tokio::time::timeout(Duration::from_secs(30), rd.read(&mut buf)).await;
+        assert!(
+            matches!(got, Ok(Ok(0)) | Ok(Err(_))),
+            "the reader did not notice the closed peer: {got:?}"
+        );
+        drain.await.unwrap();
+        writer.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

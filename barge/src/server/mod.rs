@@ -89,6 +89,10 @@ pub struct Connection<S> {
     pub secure: bool,
     /// How long a header may take once its first byte has arrived ([`ServerConfig::header_timeout`]).
     pub header_timeout: Duration,
+    /// The first request must be complete by then (accept + header timeout): a connection that
+    /// says nothing cannot hold a slot for the whole idle timeout. Cleared by
+    /// [`Connection::request_done`].
+    pub first_request_by: Option<tokio::time::Instant>,
 }
 
 impl<S> Connection<S> {
@@ -105,7 +109,14 @@ impl<S> Connection<S> {
             shutdown: shutdown.clone(),
             secure,
             header_timeout: config.header_timeout,
+            first_request_by: Some(tokio::time::Instant::now() + config.header_timeout),
         }
+    }
+
+    /// The service read a whole request: from now on only the header timeout of each request and
+    /// the idle timeout apply.
+    pub fn request_done(&mut self) {
+        self.first_request_by = None;
     }
 }
 
@@ -134,19 +145,22 @@ impl<S: AsyncRead + Unpin> Connection<S> {
         reserve: usize,
         started: &mut Option<tokio::time::Instant>,
     ) -> io::Result<Option<usize>> {
-        let n = match *started {
+        let limit = self.header_timeout;
+        let deadline = match (*started, self.first_request_by) {
+            (Some(t), Some(first)) => Some((t + limit).min(first)),
+            (Some(t), None) => Some(t + limit),
+            (None, first) => first,
+        };
+        let n = match deadline {
             None => self.read_more(buf, reserve).await?,
-            Some(t) => {
-                let limit = self.header_timeout;
-                tokio::time::timeout_at(t + limit, self.read_more(buf, reserve))
-                    .await
-                    .map_err(|_| {
-                        io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!("header not complete within {limit:?}"),
-                        )
-                    })??
-            }
+            Some(deadline) => tokio::time::timeout_at(deadline, self.read_more(buf, reserve))
+                .await
+                .map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("header not complete within {limit:?}"),
+                    )
+                })??,
         };
         if started.is_none() && n.is_some_and(|n| n > 0) {
             *started = Some(tokio::time::Instant::now());
@@ -185,7 +199,10 @@ pub async fn serve<H: Handler>(
     let stop_requested = CancellationToken::new();
     let abort = CancellationToken::new();
     let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
-    let per_ip = PerIp::new(config.max_connections_per_ip);
+    let per_ip = PerIp::new(
+        config.max_connections_per_ip,
+        default_per_remote_ip(config.max_connections),
+    );
     let global = config.bwlimit.map(Bucket::new);
     let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let mut backoff = ACCEPT_BACKOFF.0;
@@ -320,7 +337,7 @@ impl Accepted {
         // Peek at the first byte (waiting like for any request) to tell TLS from plain text.
         let mut first = [0u8; 1];
         let peeked = tokio::select! {
-            r = tokio::time::timeout(config.idle_timeout, stream.get_ref().peek(&mut first)) => r,
+            r = tokio::time::timeout(config.header_timeout, stream.get_ref().peek(&mut first)) => r,
             () = shutdown.cancelled() => return Ok(()),
         };
         match peeked {
@@ -333,7 +350,7 @@ impl Accepted {
                     .map_err(Ended::Handler);
             }
             Ok(Err(e)) => return Err(Ended::Tls(e)),
-            Err(_) => return Ok(()), // silent until the idle timeout: nothing to serve
+            Err(_) => return Ok(()), // silent for the header timeout: nothing to serve
         }
         let secured = tokio::time::timeout(config.header_timeout, acceptor.accept(stream))
             .await
@@ -351,10 +368,20 @@ impl Accepted {
     }
 }
 
+/// Without `--max-connections-per-ip`, one remote (non-loopback) address may hold this share of
+/// the connection slots: an eighth (at least 4), so a few addresses cannot take every slot from
+/// the rest. Loopback is the machine's own users, and is left to the explicit option.
+fn default_per_remote_ip(max_connections: usize) -> usize {
+    (max_connections / 8).max(4)
+}
+
 /// Counts connections per IP address.
 #[derive(Clone)]
 struct PerIp {
+    /// The cap for every address, when set.
     max: Option<usize>,
+    /// The cap for non-loopback addresses when `max` is not set.
+    remote: usize,
     counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
@@ -365,16 +392,19 @@ struct IpSlot {
 }
 
 impl PerIp {
-    fn new(max: Option<usize>) -> Self {
+    fn new(max: Option<usize>, remote: usize) -> Self {
         Self {
             max,
+            remote,
             counts: Arc::default(),
         }
     }
 
     fn take(&self, ip: IpAddr) -> Option<IpSlot> {
-        let Some(max) = self.max else {
-            return Some(IpSlot { ip, counts: None });
+        let max = match self.max {
+            Some(max) => max,
+            None if !ip.to_canonical().is_loopback() => self.remote,
+            None => return Some(IpSlot { ip, counts: None }),
         };
         let mut counts = self.counts.lock().ok()?;
         let n = counts.entry(ip).or_insert(0);
@@ -435,5 +465,32 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => info!("Ctrl-C received"),
         () = term => info!("SIGTERM received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_addresses_get_a_share_of_the_slots_by_default() {
+        let per_ip = PerIp::new(None, default_per_remote_ip(512));
+        let remote: IpAddr = "192.0.2.7".parse().unwrap();
+        let slots: Vec<_> = (0..64).map(|_| per_ip.take(remote).unwrap()).collect();
+        assert!(per_ip.take(remote).is_none(), "64 of 512 is the share");
+        assert!(per_ip.take("192.0.2.8".parse().unwrap()).is_some());
+        drop(slots);
+        assert!(per_ip.take(remote).is_some());
+        // The machine's own users are not capped unless asked.
+        let local: Vec<_> = (0..600)
+            .map(|_| per_ip.take("127.0.0.1".parse().unwrap()))
+            .collect();
+        assert!(local.iter().all(Option::is_some));
+        assert!(per_ip.take("::ffff:127.0.0.1".parse().unwrap()).is_some());
+        let explicit = PerIp::new(Some(2), 64);
+        let _a = explicit.take("127.0.0.1".parse().unwrap()).unwrap();
+        let _b = explicit.take("127.0.0.1".parse().unwrap()).unwrap();
+        assert!(explicit.take("127.0.0.1".parse().unwrap()).is_none());
+        assert_eq!(default_per_remote_ip(16), 4);
     }
 }

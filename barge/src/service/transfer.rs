@@ -368,6 +368,7 @@ where
                 && let Some(next) = wire::decode_frame_streaming(buf)?
             {
                 started = None;
+                conn.request_done();
                 break match next {
                     Next::Frame(frame) => Step::Frame(frame),
                     Next::Data { cv, len } => {

@@ -214,6 +214,7 @@ impl UploadService {
                     match frame {
                         Frame::Header(h) => {
                             started = None;
+                            conn.request_done();
                             break h;
                         }
                         // Only headers come between uploads.

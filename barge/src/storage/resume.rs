@@ -1358,3 +1358,332 @@ impl Writer {
         Ok(stored)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+    use crate::storage::{Quota, StorageConfig};
+
+    const MIB: u64 = 1 << 20;
+
+    fn data(seed: u8, len: u64) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect()
+    }
+
+    fn open(dir: &Path, f: impl FnOnce(&mut StorageConfig)) -> Storage {
+        let mut config = StorageConfig::new(dir);
+        config.fsync = false;
+        f(&mut config);
+        Storage::open(config).unwrap()
+    }
+
+    /// Sends chunks `from..to` of `body` into `upload`.
+    async fn send(upload: &mut Upload, body: &[u8], chunks: std::ops::Range<u64>) {
+        for i in chunks {
+            let start = (i * CHUNK) as usize;
+            let end = (start + CHUNK as usize).min(body.len());
+            let piece = &body[start..end];
+            upload
+                .write_chunk(chunk_cv(i, piece), Bytes::copy_from_slice(piece))
+                .await
+                .unwrap();
+        }
+    }
+
+    fn digest(body: &[u8]) -> Cv {
+        *blake3::hash(body).as_bytes()
+    }
+
+    /// Waits (bounded) for the writer of a dropped upload to save its resume point.
+    async fn suspended(upload: Upload) {
+        tokio::time::timeout(std::time::Duration::from_secs(10), upload.suspend())
+            .await
+            .unwrap();
+    }
+
+    fn partial_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.join(".barge/partial"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn two_writers_in_two_processes_never_share_a_partial() {
+        // Regression (D1): a second writer (another process: its own Storage) truncated the
+        // first's partial, which was then published with a zeroed range.
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (open(d.path(), |_| {}), open(d.path(), |_| {}));
+        let (x, y) = (data(1, 3 * MIB + 5), data(2, 3 * MIB + 5));
+        let mut first = a
+            .begin_upload("f.bin", x.len() as u64, "", 0, "")
+            .await
+            .unwrap();
+        send(&mut first, &x, 0..2).await;
+        // Resuming what the first is writing is refused while it holds the partial.
+        let kept = 2 * MIB;
+        assert!(matches!(
+            b.begin_upload("f.bin", x.len() as u64, "", kept, "").await,
+            Err(StorageError::Busy(_)) | Err(StorageError::BadRequest(_))
+        ));
+        // A fresh start gets a partial of its own and is published beside the first.
+        let mut second = b
+            .begin_upload("f.bin", y.len() as u64, "", 0, "")
+            .await
+            .unwrap();
+        send(&mut second, &y, 0..4).await;
+        let stored_b = second.commit(digest(&y)).await.unwrap();
+        send(&mut first, &x, 2..4).await;
+        let stored_a = first.commit(digest(&x)).await.unwrap();
+        assert_eq!(std::fs::read(&stored_a.path).unwrap(), x);
+        assert_eq!(std::fs::read(&stored_b.path).unwrap(), y);
+        assert_ne!(stored_a.name, stored_b.name);
+    }
+
+    #[tokio::test]
+    async fn a_locked_partial_is_refused_to_another_process_resuming_it() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (open(d.path(), |_| {}), open(d.path(), |_| {}));
+        let x = data(3, 4 * MIB);
+        let mut up = a
+            .begin_upload("r.bin", x.len() as u64, "", 0, "")
+            .await
+            .unwrap();
+        send(&mut up, &x, 0..2).await;
+        suspended(up).await;
+        // Another process resumes it and holds it; the first cannot take it meanwhile.
+        let offset = b.probe("r.bin", x.len() as u64, "").await.unwrap().offset;
+        assert_eq!(offset, 2 * MIB);
+        let mut resumed = b
+            .begin_upload("r.bin", x.len() as u64, "", offset, "")
+            .await
+            .unwrap();
+        assert!(matches!(
+            a.begin_upload("r.bin", x.len() as u64, "", offset, "")
+                .await,
+            Err(StorageError::Busy(_))
+        ));
+        send(&mut resumed, &x, 2..4).await;
+        let stored = resumed.commit(digest(&x)).await.unwrap();
+        assert_eq!(std::fs::read(stored.path).unwrap(), x);
+    }
+
+    #[tokio::test]
+    async fn same_name_and_size_at_once_are_both_stored() {
+        // Regression (D3): the second of two uploads of one name and size was refused `busy`.
+        let d = tempfile::tempdir().unwrap();
+        let s = open(d.path(), |_| {});
+        let (x, y) = (data(4, 2 * MIB), data(5, 2 * MIB));
+        let mut a = s
+            .begin_upload("same.bin", x.len() as u64, "", 0, "")
+            .await
+            .unwrap();
+        let mut b = s
+            .begin_upload("same.bin", y.len() as u64, "", 0, "")
+            .await
+            .unwrap();
+        send(&mut a, &x, 0..2).await;
+        send(&mut b, &y, 0..2).await;
+        let (sa, sb) = (
+            a.commit(digest(&x)).await.unwrap(),
+            b.commit(digest(&y)).await.unwrap(),
+        );
+        assert_eq!(
+            (sa.name.as_str(), sb.name.as_str()),
+            ("same.bin", "same (1).bin")
+        );
+        assert_eq!(std::fs::read(sb.path).unwrap(), y);
+        // Small files received whole take no key either.
+        let (p, q) = (data(6, 1000), data(7, 1000));
+        let (r1, r2) = tokio::join!(
+            s.store_whole(
+                "small",
+                Bytes::from(p.clone()),
+                Some(chunk_cv(0, &p)),
+                digest(&p)
+            ),
+            s.store_whole(
+                "small",
+                Bytes::from(q.clone()),
+                Some(chunk_cv(0, &q)),
+                digest(&q)
+            ),
+        );
+        let mut names = vec![r1.unwrap().name, r2.unwrap().name];
+        names.sort();
+        assert_eq!(names, ["small", "small (1)"]);
+        assert!(partial_files(d.path()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_probe_waits_for_the_writer_that_is_finishing() {
+        let d = tempfile::tempdir().unwrap();
+        let s = open(d.path(), |_| {});
+        let x = data(8, 3 * MIB);
+        let mut up = s
+            .begin_upload("w.bin", x.len() as u64, "", 0, "")
+            .await
+            .unwrap();
+        send(&mut up, &x, 0..2).await;
+        // The old connection's writer is still saving while the client probes again.
+        let (probe, ()) = tokio::join!(s.probe("w.bin", x.len() as u64, ""), async {
+            tokio::task::yield_now().await;
+            suspended(up).await;
+        });
+        assert_eq!(probe.unwrap().offset, 2 * MIB);
+    }
+
+    #[tokio::test]
+    async fn interrupted_uploads_hold_their_received_bytes_against_the_quota_and_no_more() {
+        // Regression (D2): an interrupted upload kept its full declared size preallocated and
+        // was not counted, so walking away from uploads filled the disk past the quota.
+        let d = tempfile::tempdir().unwrap();
+        let quota = Quota::new(20 * MIB, 0);
+        let s = open(d.path(), |c| c.quota = Some(quota.clone()));
+        let x = data(9, 15 * MIB);
+        let mut up = s
+            .begin_upload("a.bin", x.len() as u64, "", 0, "")
+            .await
+            .unwrap();
+        assert_eq!(quota.used(), 15 * MIB);
+        send(&mut up, &x, 0..1).await;
+        suspended(up).await;
+        assert_eq!(quota.used(), MIB);
+        let part = partial_files(d.path())
+            .into_iter()
+            .find(|n| n.ends_with(".part"))
+            .unwrap();
+        let blocks = std::fs::metadata(d.path().join(".barge/partial").join(part))
+            .unwrap()
+            .blocks()
+            * 512;
+        assert!(blocks <= 2 * MIB, "{blocks} bytes allocated for 1 MiB kept");
+        // Another upload of 15 MiB fits beside it; one of 19 MiB does not.
+        let other = s.begin_upload("b.bin", 15 * MIB, "", 0, "").await.unwrap();
+        assert_eq!(quota.used(), 16 * MIB);
+        drop(other);
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while quota.used() != MIB {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
+        assert!(matches!(
+            s.begin_upload("c.bin", 19 * MIB + 1, "", 0, "").await,
+            Err(StorageError::QuotaExceeded { .. })
+        ));
+        // A restart counts the partial again; resuming it grows its own charge to the size.
+        drop(s);
+        let quota = Quota::new(20 * MIB, 0);
+        let s = open(d.path(), |c| c.quota = Some(quota.clone()));
+        assert_eq!(quota.used(), MIB);
+        let mut up = s
+            .begin_upload("a.bin", x.len() as u64, "", MIB, "")
+            .await
+            .unwrap();
+        assert_eq!(quota.used(), 15 * MIB);
+        send(&mut up, &x, 1..15).await;
+        up.commit(digest(&x)).await.unwrap();
+        assert_eq!(quota.used(), 15 * MIB);
+    }
+
+    #[tokio::test]
+    async fn a_client_keeps_a_bounded_number_of_partials() {
+        let d = tempfile::tempdir().unwrap();
+        let s = open(d.path(), |c| c.max_partials_per_client = 2);
+        let x = data(10, 2 * MIB + 1);
+        for name in ["1", "2", "3"] {
+            let mut up = s
+                .begin_upload(name, x.len() as u64, "", 0, "peer")
+                .await
+                .unwrap();
+            send(&mut up, &x, 0..1).await;
+            suspended(up).await;
+        }
+        let size = x.len() as u64;
+        assert_eq!(
+            s.probe("1", size, "").await.unwrap().offset,
+            0,
+            "oldest removed"
+        );
+        assert_eq!(s.probe("3", size, "").await.unwrap().offset, MIB);
+        assert_eq!(partial_files(d.path()).len(), 2 * 3); // .part, .cvs, .meta each
+        // Another client's partials are its own.
+        let mut up = s.begin_upload("4", size, "", 0, "other").await.unwrap();
+        send(&mut up, &x, 0..1).await;
+        suspended(up).await;
+        assert_eq!(s.probe("2", size, "").await.unwrap().offset, MIB);
+    }
+
+    #[tokio::test]
+    async fn token_roots_share_one_state_folder_and_one_sweep_and_never_list_it() {
+        // Regressions (D4, D5): a root had its own `.barge` (listed, and failing `get`) that
+        // the sweep never visited.
+        let d = tempfile::tempdir().unwrap();
+        let top = open(d.path(), |c| c.partial_ttl = std::time::Duration::ZERO);
+        let alice = top.subfolder("alice").unwrap();
+        let x = data(11, 2 * MIB + 3);
+        let mut up = alice
+            .begin_upload("f", x.len() as u64, "", 0, "")
+            .await
+            .unwrap();
+        send(&mut up, &x, 0..1).await;
+        suspended(up).await;
+        assert!(!d.path().join("alice/.barge").exists());
+        assert_eq!(partial_files(d.path()).len(), 3);
+        // What an older version left in a root is never listed, at any depth.
+        std::fs::create_dir_all(d.path().join("alice/.barge/partial")).unwrap();
+        std::fs::write(d.path().join("alice/.barge/partial/k.part"), b"x").unwrap();
+        for (view, path) in [(&top, ""), (&top, "alice"), (&alice, "")] {
+            let listed = view.list(path, true).await.unwrap();
+            assert!(
+                listed.iter().all(|e| !e.path.contains(".barge")),
+                "{listed:?}"
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(top.expire_partials().unwrap(), 1);
+        assert!(partial_files(d.path()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn orphaned_small_parts_are_swept_at_start_unless_a_writer_holds_them() {
+        // Regression (D11): `.barge-KEY.part` left by a crash next to published files stayed.
+        let d = tempfile::tempdir().unwrap();
+        let s = open(d.path(), |_| {});
+        let x = data(12, 500_000);
+        let mut live = s
+            .begin_upload("sub/k.bin", x.len() as u64, "", 0, "")
+            .await
+            .unwrap();
+        send(&mut live, &x[..0], 0..0).await;
+        let orphan = d.path().join("sub/.barge-0123.part");
+        std::fs::write(&orphan, b"left by a crash").unwrap();
+        let parts = |d: &Path| {
+            std::fs::read_dir(d.join("sub"))
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with(".barge-")
+                })
+                .count()
+        };
+        assert_eq!(parts(d.path()), 2);
+        let _restarted = open(d.path(), |_| {}); // another process starting on the same folder
+        assert!(!orphan.exists());
+        assert_eq!(parts(d.path()), 1, "the live writer's file stays");
+        send(&mut live, &x, 0..1).await;
+        let stored = live.commit(digest(&x)).await.unwrap();
+        assert_eq!(std::fs::read(stored.path).unwrap(), x);
+    }
+}

@@ -21,6 +21,7 @@ fn connection(stream: DuplexStream, timeout: Duration) -> Connection<DuplexStrea
         shutdown: CancellationToken::new(),
         secure: false,
         header_timeout: timeout,
+        first_request_by: None,
     }
 }
 

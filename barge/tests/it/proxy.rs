@@ -46,6 +46,9 @@ pub enum Fault {
 pub struct Counts {
     pub up: u64,
     pub down: u64,
+    /// The first bytes each direction carried: where a protocol's preface would be.
+    pub up_head: [u8; 4],
+    pub down_head: [u8; 4],
 }
 
 pub struct Proxy {
@@ -183,10 +186,17 @@ async fn pump(
         offset += n as u64;
         {
             let mut c = counts.lock().unwrap();
-            match dir {
-                Dir::Up => c[index].up += n as u64,
-                Dir::Down => c[index].down += n as u64,
+            let one = &mut c[index];
+            let (total, head) = match dir {
+                Dir::Up => (&mut one.up, &mut one.up_head),
+                Dir::Down => (&mut one.down, &mut one.down_head),
+            };
+            let at = *total as usize;
+            if at < head.len() {
+                let k = (head.len() - at).min(n);
+                head[at..at + k].copy_from_slice(&buf[..k]);
             }
+            *total += n as u64;
         }
         if cut {
             return; // dropping both halves closes the connection

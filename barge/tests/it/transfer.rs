@@ -45,6 +45,7 @@ impl Dial for Memory {
                     shutdown: CancellationToken::new(),
                     secure: false,
                     header_timeout: WAIT,
+                    first_request_by: None,
                 };
                 let _ = service.handle(conn).await;
             });
