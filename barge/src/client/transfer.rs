@@ -40,7 +40,13 @@ pub struct Options {
     pub backoff: Duration,
     /// The token sent first on every connection, for servers that require one.
     pub token: Option<String>,
+    /// Most listing entries accepted from a server: a hostile one could send pages forever.
+    pub max_listed: u64,
 }
+
+/// Default of [`Options::max_listed`]: ten million entries (a listing kept in memory for `get`
+/// stays around a few GB at worst; `ls` prints as pages arrive and keeps none).
+pub const MAX_LISTED: u64 = 10_000_000;
 
 impl Default for Options {
     fn default() -> Self {
@@ -50,6 +56,7 @@ impl Default for Options {
             retries: 3,
             backoff: Duration::from_millis(500),
             token: None,
+            max_listed: MAX_LISTED,
         }
     }
 }
@@ -302,6 +309,8 @@ struct Link {
     reader: tokio::task::JoinHandle<()>,
     /// Small frames waiting to go out together (see [`BATCH`]).
     pending: BytesMut,
+    /// Replies taken off the connection early (while a file was still being sent), in order.
+    early: VecDeque<Reply>,
 }
 
 /// Small frames (requests, small files' data) are gathered up to this many bytes and sent in one
@@ -364,6 +373,7 @@ impl Link {
             next_id: 1,
             reader,
             pending: BytesMut::with_capacity(BATCH),
+            early: VecDeque::new(),
         };
         if let Some(token) = &opts.token {
             let id = link.id();
@@ -490,6 +500,9 @@ impl Link {
     }
 
     async fn reply(&mut self) -> Result<Reply, TransferError> {
+        if let Some(r) = self.early.pop_front() {
+            return Ok(r);
+        }
         match self.frame().await? {
             Frame::Reply(r) => Ok(r),
             other => Err(TransferError::Protocol(format!(
@@ -500,6 +513,26 @@ impl Link {
 
     /// A reply if one has already arrived.
     fn ready_reply(&mut self) -> Result<Option<Reply>, TransferError> {
+        if let Some(r) = self.early.pop_front() {
+            return Ok(Some(r));
+        }
+        self.arrived_reply()
+    }
+
+    /// Whether request `id` has already been refused (replies that arrived meanwhile are kept, in
+    /// order, for [`Link::reply`]): a refused upload stops sending at once.
+    fn refused_already(&mut self, id: u64) -> Result<bool, TransferError> {
+        while let Some(r) = self.arrived_reply()? {
+            self.early.push_back(r);
+        }
+        Ok(self
+            .early
+            .iter()
+            .any(|r| r.id == id && r.status != Status::Ok))
+    }
+
+    /// A reply that has arrived on the connection, if any.
+    fn arrived_reply(&mut self) -> Result<Option<Reply>, TransferError> {
         match self.frames.try_recv() {
             Ok(Ok(Incoming::Frame(Frame::Reply(r)))) => match screen(Frame::Reply(r))? {
                 Frame::Reply(r) => Ok(Some(r)),
@@ -1006,6 +1039,22 @@ async fn upload_file(
             done += chunk.data.len() as u64;
             link.data(&chunk.cv, chunk.data).await?;
             throttle.tick(remote, done, size, on_event);
+            if link.refused_already(id)? {
+                // The server refused the file (too large, no space, ...): the rest would only be
+                // skipped there. `end` closes the put; the refusal is settled in order.
+                link.request(&Request::End {
+                    id,
+                    digest: hex(&[0; 32]),
+                })
+                .await?;
+                return Ok(Owed {
+                    id,
+                    job,
+                    digest: None,
+                    transferred: done - from,
+                    started,
+                });
+            }
         }
     }
     if size == 0 {
@@ -1124,16 +1173,52 @@ pub async fn list(
     opts: &Options,
 ) -> Result<Result<Vec<Entry>, (Status, String)>, TransferError> {
     let mut link = Link::open(dial, opts).await?;
-    let entries = list_on(&mut link, path, recursive).await;
+    let entries = list_on(&mut link, path, recursive, opts.max_listed).await;
     link.close().await;
     entries
+}
+
+/// Lists `path` like [`list`], handing each entry to `each` as its page arrives instead of
+/// keeping them: memory stays flat whatever the listing's size. Returns how many there were.
+pub async fn list_each(
+    dial: &dyn Dial,
+    path: &str,
+    recursive: bool,
+    opts: &Options,
+    each: &mut (dyn FnMut(Entry) -> io::Result<()> + Send),
+) -> Result<Result<u64, (Status, String)>, TransferError> {
+    let mut link = Link::open(dial, opts).await?;
+    let mut sink = |e: Entry| each(e).map_err(TransferError::Lost);
+    let counted = list_pages(&mut link, path, recursive, opts.max_listed, &mut sink).await;
+    link.close().await;
+    counted
 }
 
 async fn list_on(
     link: &mut Link,
     path: &str,
     recursive: bool,
+    limit: u64,
 ) -> Result<Result<Vec<Entry>, (Status, String)>, TransferError> {
+    let mut entries = Vec::new();
+    let mut keep = |e| {
+        entries.push(e);
+        Ok(())
+    };
+    Ok(list_pages(link, path, recursive, limit, &mut keep)
+        .await?
+        .map(|_| entries))
+}
+
+/// Asks for a listing and passes its entries on page by page. A server that sends more than
+/// `limit` entries, or an empty page that promises more, is not followed any further.
+async fn list_pages(
+    link: &mut Link,
+    path: &str,
+    recursive: bool,
+    limit: u64,
+    each: &mut (dyn FnMut(Entry) -> Result<(), TransferError> + Send),
+) -> Result<Result<u64, (Status, String)>, TransferError> {
     let id = link.id();
     link.request(&Request::List {
         id,
@@ -1141,7 +1226,7 @@ async fn list_on(
         recursive,
     })
     .await?;
-    let mut entries = Vec::new();
+    let mut count = 0u64;
     loop {
         let reply = link.reply().await?;
         if reply.id != id {
@@ -1150,9 +1235,24 @@ async fn list_on(
         if reply.status != Status::Ok {
             return Ok(Err((reply.status, reply.message.unwrap_or_default())));
         }
-        entries.extend(reply.entries.unwrap_or_default());
-        if !reply.more.unwrap_or(false) {
-            return Ok(Ok(entries));
+        let page = reply.entries.unwrap_or_default();
+        let more = reply.more.unwrap_or(false);
+        if more && page.is_empty() {
+            return Err(TransferError::Protocol(
+                "the server sent an empty listing page that promised more".into(),
+            ));
+        }
+        count += page.len() as u64;
+        if count > limit {
+            return Err(TransferError::Protocol(format!(
+                "the server's listing goes on past {limit} entries: not followed"
+            )));
+        }
+        for e in page {
+            each(e)?;
+        }
+        if !more {
+            return Ok(Ok(count));
         }
     }
 }
@@ -1219,7 +1319,7 @@ pub async fn get(
         let mut link = Link::open(dial, opts).await?;
         report.connections += 1;
         if jobs.is_none() {
-            let planned = plan_get(&mut link, names, report, on_event).await?;
+            let planned = plan_get(&mut link, names, opts.max_listed, report, on_event).await?;
             finished = vec![false; planned.len()];
             jobs = Some(planned);
         }
@@ -1262,6 +1362,7 @@ pub async fn get(
 async fn plan_get(
     link: &mut Link,
     names: &[String],
+    max_listed: u64,
     report: &mut Report,
     on_event: &mut (dyn FnMut(Event) + Send),
 ) -> Result<Vec<GetJob>, TransferError> {
@@ -1269,7 +1370,7 @@ async fn plan_get(
     for name in names {
         let name = name.trim_matches('/');
         let base = name.rsplit('/').next().unwrap_or(name).to_owned();
-        match list_on(link, name, true).await? {
+        match list_on(link, name, true, max_listed).await? {
             Err((status, message)) => {
                 report.fail(name, status, message, on_event);
             }

@@ -551,10 +551,10 @@ where
             Frame::Request(Request::Auth { id, token }) => {
                 match authenticate(service, conn.peer, &token) {
                     Ok((grant_rights, grant_storage)) => {
+                        // A second `auth` replaces the first entirely: its rights and its root
+                        // (no root: the whole folder), never a mix of the two tokens.
                         rights = Some(grant_rights);
-                        if let Some(s) = grant_storage {
-                            storage = s;
-                        }
+                        storage = grant_storage.unwrap_or_else(|| service.storage().clone());
                         send(conn, &Reply::ok(id)).await?;
                     }
                     Err(mut reply) => {
@@ -695,10 +695,22 @@ where
                 id,
                 path,
                 recursive,
-            }) => match storage.list(&path, recursive).await {
-                Ok(entries) => send_listing(conn, id, entries).await?,
-                Err(e) => send(conn, &refusal(id, &e)).await?,
-            },
+            }) => {
+                let files_only = !rights.is_some_and(|r| r.list);
+                if files_only && !storage.is_file(&path).await {
+                    let reply = Reply::error(
+                        id,
+                        Status::Forbidden,
+                        "listing folders is not allowed with this token (it may download files)",
+                    );
+                    send(conn, &reply).await?;
+                    continue;
+                }
+                match storage.list(&path, recursive).await {
+                    Ok(entries) => send_listing(conn, id, entries).await?,
+                    Err(e) => send(conn, &refusal(id, &e)).await?,
+                }
+            }
             Frame::Request(Request::Get { id, path, from }) => {
                 send_file(conn, &storage, id, &path, from).await?;
             }
@@ -845,7 +857,9 @@ fn refused(req: &Request, rights: Option<Rights>, service: &UploadService) -> Op
                 "downloads are disabled on this server",
             ));
         }
-        Request::List { .. } => (rights.list, "listing"),
+        // A token that may download may list a single file (what `get` asks first); folders
+        // need the `list` right, checked when the path is known to be one.
+        Request::List { .. } => (rights.list || rights.download, "listing"),
         Request::Get { .. } => (rights.download, "downloading"),
         Request::Auth { .. } | Request::End { .. } | Request::Bench { .. } => (true, ""),
     };

@@ -583,6 +583,19 @@ impl Storage {
         })
     }
 
+    /// Whether `path` names a stored file (not a folder, not a symlink).
+    pub async fn is_file(&self, path: &str) -> bool {
+        let this = self.clone();
+        let path = path.to_owned();
+        blocking(move || {
+            this.resolve(&path, false).is_ok_and(|(dir, name)| {
+                std::fs::symlink_metadata(dir.join(name)).is_ok_and(|m| m.is_file())
+            })
+        })
+        .await
+        .unwrap_or(false)
+    }
+
     /// Creates a folder (and missing parents) under the storage directory.
     pub async fn mkdir(&self, path: &str) -> Result<(), StorageError> {
         let this = self.clone();

@@ -22,10 +22,11 @@ use crate::support::*;
 const TOKEN_ALL: &str = "all-rights-token-0123456789";
 const TOKEN_UPLOAD: &str = "upload-only-token-0123456789";
 const TOKEN_ALICE: &str = "alice-token-0123456789abcdef";
+const TOKEN_DOWNLOAD: &str = "download-only-token-01234567";
 
 fn tokens() -> Tokens {
     Tokens::parse(&format!(
-        "{TOKEN_ALL} all\n{TOKEN_UPLOAD} upload\n{TOKEN_ALICE} all alice\n"
+        "{TOKEN_ALL} all\n{TOKEN_UPLOAD} upload\n{TOKEN_ALICE} all alice\n{TOKEN_DOWNLOAD} download\n"
     ))
     .unwrap()
 }
@@ -37,6 +38,7 @@ fn opts(token: Option<&str>) -> Options {
         retries: 1,
         backoff: Duration::from_millis(20),
         token: token.map(str::to_owned),
+        max_listed: transfer::MAX_LISTED,
     }
 }
 
@@ -134,6 +136,97 @@ async fn a_missing_or_wrong_token_is_refused_and_a_right_one_works() {
     let report = send(&dial, &file, Some(TOKEN_ALL)).await.unwrap();
     assert_eq!(report.files, 1);
     assert_eq!(server.read("report.pdf"), content(1, 5000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_only_token_gets_files_by_name_but_cannot_list_folders() {
+    // Regression (D10): `get` lists first, and listing needed the `list` right.
+    let server = server(with_tokens, |c| c, ServerConfig::default());
+    let dial = tcp(server.addr);
+    let (_src, file) = source("h.txt", b"hi");
+    assert_eq!(
+        send(&dial, &file, Some(TOKEN_UPLOAD)).await.unwrap().files,
+        1
+    );
+    std::fs::create_dir(server.dir.path().join("folder")).unwrap();
+    std::fs::write(server.dir.path().join("folder/in.txt"), b"in").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let get = |names: &[&str]| {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let out = out.path().to_owned();
+        let dial = dial.clone();
+        async move {
+            transfer::get(
+                &dial,
+                &names,
+                &out,
+                OnConflict::Rename,
+                &opts(Some(TOKEN_DOWNLOAD)),
+                &mut |_| {},
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let report = get(&["h.txt"]).await;
+    assert_eq!((report.files, report.failed.len()), (1, 0));
+    assert_eq!(std::fs::read(out.path().join("h.txt")).unwrap(), b"hi");
+    let report = get(&["folder/in.txt"]).await;
+    assert_eq!(report.files, 1);
+    // Folders need the `list` right.
+    let report = get(&["folder"]).await;
+    assert_eq!(report.failed[0].1, Status::Forbidden);
+    let listed = transfer::list(&dial, "", true, &opts(Some(TOKEN_DOWNLOAD)))
+        .await
+        .unwrap();
+    assert!(matches!(listed, Err((Status::Forbidden, _))), "{listed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_auth_replaces_the_first_tokens_root_and_rights() {
+    use barge_proto::wire::{self, Frame, Request};
+    use bytes::BytesMut;
+    use tokio::io::AsyncReadExt;
+    let server = server(with_tokens, |c| c, ServerConfig::default());
+    std::fs::write(server.dir.path().join("top.txt"), b"top").unwrap();
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    let mut out = BytesMut::new();
+    out.extend_from_slice(&wire::preface(wire::VERSION));
+    for (id, token) in [(1, TOKEN_ALICE), (2, TOKEN_ALL)] {
+        let token = token.to_owned();
+        wire::encode_request(&Request::Auth { id, token }, &mut out);
+    }
+    let (path, recursive) = (String::new(), false);
+    wire::encode_request(
+        &Request::List {
+            id: 3,
+            path,
+            recursive,
+        },
+        &mut out,
+    );
+    s.write_all(&out).await.unwrap();
+    let mut buf = BytesMut::new();
+    while buf.len() < wire::PREFACE_LEN {
+        assert!(within("the preface", s.read_buf(&mut buf)).await.unwrap() > 0);
+    }
+    let _ = buf.split_to(wire::PREFACE_LEN);
+    let mut replies = Vec::new();
+    while replies.len() < 3 {
+        if let Some(Frame::Reply(r)) = wire::decode_frame(&mut buf).unwrap() {
+            replies.push(r);
+            continue;
+        }
+        assert!(within("a reply", s.read_buf(&mut buf)).await.unwrap() > 0);
+    }
+    let names: Vec<String> = replies[2]
+        .entries
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.path)
+        .collect();
+    assert!(names.contains(&"top.txt".to_owned()), "{names:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

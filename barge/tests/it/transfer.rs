@@ -23,6 +23,7 @@ fn opts() -> Options {
         retries: 5,
         backoff: Duration::from_millis(50),
         token: None,
+        max_listed: transfer::MAX_LISTED,
     }
 }
 
@@ -547,6 +548,44 @@ async fn refused_names_and_conflicts_get_typed_replies_and_later_files_still_go(
     assert_eq!(report.failed[0].1, Status::Conflict);
     assert_eq!(server.read("taken.txt"), b"mine");
     assert_eq!(server.read("free.txt"), b"ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_upload_stops_sending_at_once_and_later_files_still_go() {
+    // Regression (D7): the client streamed a whole 1 GiB file after the server refused it.
+    let server = TestServer::start_with(
+        |s| StorageConfig {
+            max_file_size: Some(1 << 20),
+            ..s
+        },
+        ServerConfig::default(),
+        "127.0.0.1:0",
+    )
+    .await;
+    let proxy = Proxy::start(server.addr, Fault::None, Some(100 << 20)).await;
+    let src = tempfile::tempdir().unwrap();
+    let big = src.path().join("big.bin");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(300 << 20)
+        .unwrap();
+    let small = src.path().join("small.bin");
+    std::fs::write(&small, content(5, 3 << 10)).unwrap();
+    let report = within(
+        "send",
+        transfer::send(&tcp(proxy.addr), &[big, small], &opts(), &mut |_| {}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.failed.len(), 1);
+    assert_eq!(report.failed[0].1, Status::TooLarge);
+    assert_eq!(report.files, 1);
+    assert_eq!(server.read("small.bin"), content(5, 3 << 10));
+    let up: u64 = proxy.counts().iter().map(|c| c.up).sum();
+    assert!(
+        up < 32 << 20,
+        "{up} bytes were sent for a refused 300 MiB file"
+    );
 }
 
 #[test]
@@ -1113,4 +1152,96 @@ async fn names_starting_with_barges_prefix_are_reserved() {
     assert_eq!(replies[1].id, 3);
     assert_eq!(replies[1].status, Status::Ok);
     assert_eq!(server.published(), ["fine.txt"]);
+}
+
+/// A hostile server that answers the first `list` with pages made by `page` forever.
+async fn endless_lister(page: fn(u64) -> Vec<barge_proto::wire::Entry>) -> std::net::SocketAddr {
+    use barge_proto::wire::{self, Frame, Reply, Request};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let Ok((mut s, _)) = listener.accept().await else {
+            return;
+        };
+        let mut buf = bytes::BytesMut::new();
+        while buf.len() < wire::PREFACE_LEN {
+            if s.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                return;
+            }
+        }
+        let _ = buf.split_to(wire::PREFACE_LEN);
+        let _ = s.write_all(&wire::preface(wire::VERSION)).await;
+        let id = loop {
+            if let Ok(Some(Frame::Request(Request::List { id, .. }))) = wire::decode_frame(&mut buf)
+            {
+                break id;
+            }
+            if s.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                return;
+            }
+        };
+        // Bounded: stops by itself after a few seconds' worth of pages.
+        for n in 0..200_000u64 {
+            let reply = Reply {
+                entries: Some(page(n)),
+                more: Some(true),
+                ..Reply::ok(id)
+            };
+            let mut out = bytes::BytesMut::new();
+            wire::encode_reply(&reply, &mut out);
+            if s.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_sending_endless_listing_pages_is_not_followed() {
+    // Regression (D13): `barge ls` kept every page of a server that never stopped sending them.
+    fn page(n: u64) -> Vec<barge_proto::wire::Entry> {
+        (0..150)
+            .map(|i| barge_proto::wire::Entry {
+                path: format!("{}{n}-{i}", "x".repeat(200)),
+                dir: false,
+                size: 1,
+                mtime: 0,
+                digest: Some("00".repeat(32)),
+            })
+            .collect()
+    }
+    fn empty(_: u64) -> Vec<barge_proto::wire::Entry> {
+        Vec::new()
+    }
+    let limited = Options {
+        max_listed: 10_000,
+        ..opts()
+    };
+    let addr = endless_lister(page).await;
+    let listed = within("list", transfer::list(&tcp(addr), "", true, &limited)).await;
+    assert!(
+        matches!(&listed, Err(transfer::TransferError::Protocol(m)) if m.contains("10000")),
+        "{listed:?}"
+    );
+    // Streamed (as `ls` does): entries are handed on as they come, and the bound holds too.
+    let addr = endless_lister(page).await;
+    let mut seen = 0u64;
+    let streamed = within(
+        "list_each",
+        transfer::list_each(&tcp(addr), "", true, &limited, &mut |_| {
+            seen += 1;
+            Ok(())
+        }),
+    )
+    .await;
+    assert!(streamed.is_err(), "{streamed:?}");
+    assert!((9_900..=10_000).contains(&seen), "{seen}");
+    let addr = endless_lister(empty).await;
+    let listed = within("list", transfer::list(&tcp(addr), "", true, &opts())).await;
+    assert!(
+        matches!(&listed, Err(transfer::TransferError::Protocol(m)) if m.contains("empty")),
+        "{listed:?}"
+    );
 }

@@ -27,6 +27,7 @@ fn options(c: &ClientArgs, t: Option<&TransferArgs>) -> Result<Options> {
         retries: t.map_or(defaults.retries, |t| t.retries),
         backoff: Duration::from_millis(500),
         token: token(c)?,
+        max_listed: transfer::MAX_LISTED,
     })
 }
 
@@ -122,24 +123,12 @@ pub async fn ls(a: LsArgs) -> Result<u8> {
     let path = rest.first().map_or("", String::as_str).trim_matches('/');
     let opts = options(&a.client, None)?;
     let dial = tcp(&addr, &a.client, &opts)?;
-    let entries = match transfer::list(&dial, path, a.recursive, &opts).await? {
-        Ok(entries) => entries,
-        Err((status, message)) => {
-            eprintln!(
-                "barge: {addr} refused to list {path:?}: {}",
-                printable(&message)
-            );
-            return Ok(if status == barge_proto::wire::Status::NotFound {
-                exit::FAILURE
-            } else {
-                exit::REFUSED
-            });
-        }
-    };
-    let mut out = std::io::stdout().lock();
-    for e in entries {
-        if a.json {
-            writeln!(out, "{}", serde_json::to_string(&e)?)?;
+    // Entries are printed as their pages arrive: a listing of any size needs no memory.
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    let json = a.json;
+    let mut print = |e: barge_proto::wire::Entry| -> std::io::Result<()> {
+        if json {
+            writeln!(out, "{}", serde_json::to_string(&e)?)
         } else {
             let name = if e.dir {
                 format!("{}/", e.path)
@@ -157,9 +146,23 @@ pub async fn ls(a: LsArgs) -> Result<u8> {
                 utc(e.mtime),
                 printable(e.digest.as_deref().unwrap_or("-")),
                 printable(&name)
-            )?;
+            )
         }
+    };
+    if let Err((status, message)) =
+        transfer::list_each(&dial, path, a.recursive, &opts, &mut print).await?
+    {
+        eprintln!(
+            "barge: {addr} refused to list {path:?}: {}",
+            printable(&message)
+        );
+        return Ok(if status == barge_proto::wire::Status::NotFound {
+            exit::FAILURE
+        } else {
+            exit::REFUSED
+        });
     }
+    out.flush()?;
     Ok(exit::SUCCESS)
 }
 
