@@ -76,6 +76,19 @@ fn serve_and_send_round_trip_then_sigterm_exits_cleanly() {
 }
 
 #[test]
+fn a_malformed_fingerprint_is_a_usage_error() {
+    let port = free_port();
+    let out = run(barge().args([
+        "ls",
+        &format!("127.0.0.1:{port}"),
+        "--fingerprint",
+        "SHA256:deadbeef",
+    ]));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("deadbeef"));
+}
+
+#[test]
 fn send_to_unreachable_server_fails_clearly() {
     let src = tempfile::tempdir().unwrap();
     let f = src.path().join("f");
