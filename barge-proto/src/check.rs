@@ -127,6 +127,8 @@ pub fn wire_stream(data: &[u8]) {
             match wire::decode_frame_streaming(buf)? {
                 None => Ok(None),
                 Some(wire::Next::Frame(f)) => Ok(Some(Some(format!("{f:?}")))),
+                // The whole decoder reports the same request as an error.
+                Some(wire::Next::Invalid { error, .. }) => Err(wire::WireError::BadJson(error)),
                 Some(wire::Next::Data { cv, len }) => {
                     data = Some((cv, len, Vec::new()));
                     Ok::<_, wire::WireError>(Some(None))

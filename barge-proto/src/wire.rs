@@ -141,6 +141,10 @@ pub enum Request {
         path: String,
         /// First byte wanted.
         from: u64,
+        /// Serve the file only if its digest is this (hex): a client resuming a download sends the
+        /// digest its kept chunks belong to, and gets `conflict` (no data) if the file changed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        digest: Option<String>,
     },
 }
 
@@ -395,6 +399,15 @@ pub fn decode_frame(buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
 pub enum Next {
     /// A whole request or reply.
     Frame(Frame),
+    /// A whole request frame whose JSON is not a valid request (unknown `op` or field, missing
+    /// field, wrong type). The stream is still in step, so a server can answer it: with `id` when
+    /// the object has a positive integer `id`, else at the connection level.
+    Invalid {
+        /// The `id` the object carries, if it is a positive integer.
+        id: Option<u64>,
+        /// What is wrong, as [`WireError::BadJson`] would say it.
+        error: String,
+    },
     /// The start of a data frame: its CV is taken off the buffer; its `len` chunk bytes follow and
     /// are the caller's to take off the stream as they arrive.
     Data {
@@ -406,9 +419,26 @@ pub enum Next {
 }
 
 /// Like [`decode_frame`], but a data frame is returned as soon as its header and CV have arrived,
-/// so a receiver can hash and write a chunk piece by piece instead of buffering all of it.
+/// so a receiver can hash and write a chunk piece by piece instead of buffering all of it; and a
+/// well-framed request that is not valid is returned as [`Next::Invalid`] (consumed), not an error.
 pub fn decode_frame_streaming(buf: &mut BytesMut) -> Result<Option<Next>, WireError> {
     match frame_head(buf)? {
+        Some((KIND_REQUEST, len)) => {
+            if buf.len() < FRAME_HEADER + len as usize {
+                buf.reserve(FRAME_HEADER + len as usize - buf.len());
+                return Ok(None);
+            }
+            let payload = &buf[FRAME_HEADER..FRAME_HEADER + len as usize];
+            let next = match serde_json::from_slice::<Request>(payload) {
+                Ok(req) => Next::Frame(Frame::Request(req)),
+                Err(e) => Next::Invalid {
+                    id: request_id(payload),
+                    error: e.to_string(),
+                },
+            };
+            buf.advance(FRAME_HEADER + len as usize);
+            Ok(Some(next))
+        }
         None => Ok(None),
         Some((KIND_DATA, len)) => {
             if buf.len() < FRAME_HEADER + 32 {
@@ -424,6 +454,18 @@ pub fn decode_frame_streaming(buf: &mut BytesMut) -> Result<Option<Next>, WireEr
         }
         Some(_) => Ok(decode_frame(buf)?.map(Next::Frame)),
     }
+}
+
+/// The `id` of a request object that is otherwise invalid, if it is a positive integer.
+fn request_id(payload: &[u8]) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: u64,
+    }
+    serde_json::from_slice::<IdOnly>(payload)
+        .ok()
+        .map(|o| o.id)
+        .filter(|&id| id > 0)
 }
 
 /// Splits a `/`-separated relative path into components, each checked with

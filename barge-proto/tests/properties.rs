@@ -90,7 +90,12 @@ proptest! {
     ) {
         let req = match which {
             0 => Request::Put { id: n, path, size: n, from: 0 },
-            1 => Request::Get { id: n, path, from: n },
+            1 => Request::Get {
+                id: n,
+                path,
+                from: n,
+                digest: (n % 3 == 0).then(|| "ab".repeat(32)),
+            },
             2 => Request::List { id: n, path, recursive: n % 2 == 0 },
             3 => Request::Probe { id: n, path, size: n },
             4 => Request::Mkdir { id: n, path },

@@ -118,6 +118,7 @@ fn vectors() -> Vec<(&'static str, Vec<u8>, Option<Frame>)> {
                 id: 5,
                 path: "dir/荷官.mp4".into(),
                 from: 0,
+                digest: None,
             }),
         ),
         (

@@ -580,6 +580,10 @@ async fn read_frames(
         } else {
             match wire::decode_frame_streaming(&mut buf) {
                 Ok(Some(wire::Next::Frame(frame))) => Some(Ok(Incoming::Frame(frame))),
+                Ok(Some(wire::Next::Invalid { error, .. })) => Some(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("the server sent a request: {error}"),
+                ))),
                 Ok(Some(wire::Next::Data { cv, len })) => {
                     data_left = len;
                     Some(Ok(Incoming::Data { cv, len }))
@@ -1432,21 +1436,27 @@ async fn download(
         id,
         path: remote.to_owned(),
         from,
+        // Resuming: only if the file is still the one our kept chunks belong to.
+        digest: (from > 0).then(|| digest.to_owned()),
     })
     .await?;
     let reply = link.reply().await?;
-    if reply.status != Status::Ok {
+    // A conditional get refused: the file changed, and no data follows.
+    let changed = reply.status == Status::Conflict && from > 0 && reply.digest.is_some();
+    if reply.status != Status::Ok && !changed {
         let message = reply.message.unwrap_or_default();
         report.fail(remote, reply.status, message, on_event);
         return Ok(());
     }
     let their_size = reply.size.unwrap_or(0);
     let their_digest = reply.digest.clone().unwrap_or_default();
-    if their_size != size || their_digest != digest {
+    if changed || their_size != size || their_digest != digest {
         // Changed since it was listed: read past what was sent and fetch it anew, once; a file
         // that keeps changing is reported rather than chased.
-        for _ in from / CHUNK..chunk_count(their_size) {
-            link.frame().await?;
+        if !changed {
+            for _ in from / CHUNK..chunk_count(their_size) {
+                link.frame().await?;
+            }
         }
         if !may_refetch {
             let message = "the file changed on the server while being fetched".to_owned();

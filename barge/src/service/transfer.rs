@@ -61,6 +61,8 @@ impl Drop for Receiving {
 enum Step {
     /// A whole request or reply.
     Frame(Frame),
+    /// A whole request frame that is not a valid request (see [`wire::Next::Invalid`]).
+    Invalid { id: Option<u64>, error: String },
     /// A data frame begins: its CV, and how many bytes follow.
     Data { cv: Cv, len: usize },
     /// The next bytes of the current data frame.
@@ -232,6 +234,19 @@ async fn upload_failed<S: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// Refuses the whole connection: a reply with id 0 (never a client's), then the connection closes.
+async fn refuse_connection<S: AsyncWrite + Unpin>(
+    conn: &mut Conv<'_, S>,
+    status: Status,
+    why: impl Into<String>,
+) -> Result<(), UploadError> {
+    let why = why.into();
+    send(conn, &Reply::error(0, status, why.clone())).await?;
+    conn.flush().await?;
+    let _ = conn.stream.shutdown().await;
+    Err(UploadError::Protocol(why))
+}
+
 /// Sends a reply at once (outside the conversation loop).
 async fn send_now<S: AsyncWrite + Unpin>(
     conn: &mut Connection<S>,
@@ -351,6 +366,8 @@ where
         Some(_) => None,
     };
     let mut started = None;
+    // The highest request id so far (see the id rule where requests are read).
+    let mut last_id = 0u64;
     // Bytes of the current data frame still to come, and this connection's place among receivers.
     let mut data_left = 0usize;
     let mut receiving: Option<Receiving> = None;
@@ -364,34 +381,67 @@ where
                 }
                 break Step::Piece(buf.split_to(n).freeze());
             }
-            if data_left == 0
-                && let Some(next) = wire::decode_frame_streaming(buf)?
-            {
-                started = None;
-                conn.request_done();
-                break match next {
-                    Next::Frame(frame) => Step::Frame(frame),
-                    Next::Data { cv, len } => {
-                        data_left = len;
-                        if len > 0 {
-                            receiving = Some(Receiving::start());
-                        }
-                        Step::Data { cv, len }
+            if data_left == 0 {
+                let decoded = match wire::decode_frame_streaming(buf) {
+                    Ok(decoded) => decoded,
+                    // The stream is out of step (unknown kind, bad length): nothing more can be
+                    // read from it, so the refusal concerns the whole connection.
+                    Err(e) => {
+                        return refuse_connection(conn, Status::BadRequest, e.to_string()).await;
                     }
                 };
+                if let Some(next) = decoded {
+                    started = None;
+                    conn.request_done();
+                    break match next {
+                        Next::Frame(frame) => Step::Frame(frame),
+                        Next::Invalid { id, error } => Step::Invalid { id, error },
+                        Next::Data { cv, len } => {
+                            data_left = len;
+                            if len > 0 {
+                                receiving = Some(Receiving::start());
+                            }
+                            Step::Data { cv, len }
+                        }
+                    };
+                }
             }
             let idle = matches!(state, State::Idle) && data_left == 0;
             conn.flush().await?;
-            let n = if data_left > 0 {
-                // Chunk bytes go to the writer as read: the read size bounds this upload's memory.
-                let size = match state {
-                    // Nothing is kept of bench data: read as much as the socket holds.
-                    State::Benching { .. } => BENCH_READ,
-                    _ => receiving.as_ref().map_or(READ_CHUNK, Receiving::read_size),
+            let outcome = {
+                let reading = async {
+                    if data_left > 0 {
+                        // Chunk bytes go to the writer as read: the read size bounds this
+                        // upload's memory.
+                        let size = match state {
+                            // Nothing is kept of bench data: read as much as the socket holds.
+                            State::Benching { .. } => BENCH_READ,
+                            _ => receiving.as_ref().map_or(READ_CHUNK, Receiving::read_size),
+                        };
+                        read_data(conn, buf, size.min(data_left)).await
+                    } else {
+                        read(conn, buf, idle, &mut started).await
+                    }
                 };
-                read_data(conn, buf, size.min(data_left)).await?
-            } else {
-                read(conn, buf, idle, &mut started).await?
+                // A chunk that fails verification is answered at once, not when the next frame
+                // of its put arrives (reads are cancel-safe: nothing read is lost).
+                let failed = async {
+                    match &*state {
+                        State::Receiving { upload, .. } => upload.failure_notice().await,
+                        _ => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    n = reading => Ok(n),
+                    e = failed => Err(e),
+                }
+            };
+            let n = match outcome {
+                Ok(n) => n?,
+                Err(e) => {
+                    upload_failed(conn, state, e).await?;
+                    continue;
+                }
             };
             if n == 0 {
                 return if idle && buf.is_empty() {
@@ -424,13 +474,31 @@ where
                     State::Skipping { .. } => {}
                     State::Benching { left, .. } => {
                         if len as u64 > *left {
-                            return Err(UploadError::Protocol(
-                                "more bench data than announced".into(),
-                            ));
+                            let why = "more bench data than announced";
+                            return refuse_connection(conn, Status::BadRequest, why).await;
                         }
                     }
                     State::Idle => {
-                        return Err(UploadError::Protocol("data outside an upload".into()));
+                        // Data no put or bench announced: whose it is cannot be known.
+                        let why = "a data frame outside a put";
+                        return refuse_connection(conn, Status::BadRequest, why).await;
+                    }
+                }
+                continue;
+            }
+            Step::Invalid { id, error } => {
+                // The frame was whole, so the stream is still in step: the request is answered
+                // when it has a usable id, else the connection is refused.
+                match id {
+                    Some(id) if id > last_id => {
+                        last_id = id;
+                        warn!(id, error = %error, "invalid request");
+                        let message = format!("invalid request: {error}");
+                        send(conn, &Reply::error(id, Status::BadRequest, message)).await?;
+                    }
+                    _ => {
+                        let why = format!("invalid request without a usable id: {error}");
+                        return refuse_connection(conn, Status::BadRequest, why).await;
                     }
                 }
                 continue;
@@ -460,11 +528,25 @@ where
             }
             Step::Frame(frame) => frame,
         };
+        if let Frame::Request(req) = &frame
+            && !matches!(req, Request::End { .. })
+        {
+            // Ids are positive and increase on a connection, so a reply always names one request
+            // and id 0 stays the server's, for refusing the connection.
+            let id = req.id();
+            if id <= last_id {
+                let why = format!("request ids must increase: {id} after {last_id}");
+                return refuse_connection(conn, Status::BadRequest, why).await;
+            }
+            last_id = id;
+        }
         match frame {
             Frame::Data { .. } => {
                 return Err(UploadError::Protocol("unexpected whole data frame".into()));
             }
-            Frame::Reply(_) => return Err(UploadError::Protocol("a client sent a reply".into())),
+            Frame::Reply(_) => {
+                return refuse_connection(conn, Status::BadRequest, "a client sent a reply").await;
+            }
             Frame::Request(Request::End { id, digest }) => {
                 match std::mem::replace(state, State::Idle) {
                     State::Receiving {
@@ -543,10 +625,9 @@ where
                 }
             }
             Frame::Request(req) if !matches!(state, State::Idle) => {
-                return Err(UploadError::Protocol(format!(
-                    "request {} inside an upload",
-                    req.id()
-                )));
+                // The put (or bench) in progress goes on; this request is answered and ignored.
+                let message = format!("{} inside a put or bench: send its end first", req.op());
+                send(conn, &Reply::error(req.id(), Status::BadRequest, message)).await?;
             }
             Frame::Request(Request::Auth { id, token }) => {
                 match authenticate(service, conn.peer, &token) {
@@ -557,15 +638,13 @@ where
                         storage = grant_storage.unwrap_or_else(|| service.storage().clone());
                         send(conn, &Reply::ok(id)).await?;
                     }
-                    Err(mut reply) => {
-                        reply.id = id;
-                        let status = reply.status;
-                        send(conn, &reply).await?;
-                        conn.flush().await?;
-                        conn.stream.shutdown().await?;
-                        return Err(UploadError::Protocol(format!(
-                            "authentication refused ({status:?})"
-                        )));
+                    Err(reply) => {
+                        // A connection-level refusal (id 0), as PROTOCOL.md specifies.
+                        let why = format!(
+                            "authentication refused: {}",
+                            reply.message.as_deref().unwrap_or_default()
+                        );
+                        refuse_connection(conn, reply.status, why).await?;
                     }
                 }
             }
@@ -711,8 +790,13 @@ where
                     Err(e) => send(conn, &refusal(id, &e)).await?,
                 }
             }
-            Frame::Request(Request::Get { id, path, from }) => {
-                send_file(conn, &storage, id, &path, from).await?;
+            Frame::Request(Request::Get {
+                id,
+                path,
+                from,
+                digest,
+            }) => {
+                send_file(conn, &storage, id, &path, from, digest.as_deref()).await?;
             }
         }
     }
@@ -905,11 +989,24 @@ async fn send_file<S: AsyncWrite + Unpin>(
     id: u64,
     path: &str,
     from: u64,
+    if_digest: Option<&str>,
 ) -> Result<(), UploadError> {
     let (file, size, mtime, digest) = match storage.open_read(path).await {
         Ok(opened) => opened,
         Err(e) => return send(conn, &refusal(id, &e)).await,
     };
+    if let Some(wanted) = if_digest
+        && !wanted.eq_ignore_ascii_case(&hex(&digest))
+    {
+        // The client's kept chunks belong to other content: it must start again from 0.
+        let reply = Reply {
+            size: Some(size),
+            digest: Some(hex(&digest)),
+            mtime: Some(mtime),
+            ..Reply::error(id, Status::Conflict, "the file changed: its digest differs")
+        };
+        return send(conn, &reply).await;
+    }
     if from > size || (!from.is_multiple_of(CHUNK) && from != size) {
         let reply = Reply::error(
             id,

@@ -540,6 +540,7 @@ impl Storage {
         let (done_tx, done) = oneshot::channel();
         let shared = Arc::new(Shared {
             failure: Mutex::new(None),
+            failed: tokio::sync::Notify::new(),
             verified: AtomicU64::new(from),
         });
         let writer = Writer {
@@ -963,6 +964,8 @@ impl From<Failure> for StorageError {
 #[derive(Debug)]
 struct Shared {
     failure: Mutex<Option<Failure>>,
+    /// Signalled when `failure` is set, so the connection can answer at once.
+    failed: tokio::sync::Notify,
     /// Bytes verified and written so far.
     verified: AtomicU64,
 }
@@ -1006,6 +1009,17 @@ impl Upload {
     /// Bytes verified and written so far.
     pub fn verified(&self) -> u64 {
         self.shared.verified.load(Ordering::Acquire)
+    }
+
+    /// Resolves when the writer has stopped on a failure (a chunk that does not match its CV, a
+    /// disk error), with that failure; pending for as long as all is well.
+    pub async fn failure_notice(&self) -> StorageError {
+        loop {
+            if let Some(f) = self.shared.failure() {
+                return f.into();
+            }
+            self.shared.failed.notified().await;
+        }
     }
 
     /// Queues the next chunk, which must carry its CV. An earlier chunk's failure (digest
@@ -1164,6 +1178,7 @@ impl Writer {
             if let Ok(mut slot) = self.shared.failure.lock() {
                 *slot = Some(f);
             }
+            self.shared.failed.notify_one();
         }
     }
 
