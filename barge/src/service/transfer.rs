@@ -569,11 +569,20 @@ where
                             upload.suspend().await;
                             continue;
                         };
+                        let verified = upload.verified_handle();
                         let reply = match upload.commit(digest).await {
                             Ok(stored) => completed(id, &path, &stored, digest, from, started),
                             Err(e) => {
                                 warn!(path = ?path, error = %e, "upload not stored");
-                                refusal(id, &e)
+                                let mut reply = refusal(id, &e);
+                                // What is kept for a resume: the verified chunks after an early
+                                // end; nothing after a whole-file digest mismatch.
+                                reply.offset = match e {
+                                    StorageError::BadRequest(_) => Some(verified.get()),
+                                    StorageError::Integrity(_) => Some(0),
+                                    _ => None,
+                                };
+                                reply
                             }
                         };
                         send(conn, &reply).await?;

@@ -22,7 +22,7 @@ mod resume;
 
 pub use quota::{Quota, Reservation, bytes_stored};
 
-pub use resume::{Listing, ProbeResult, Upload, digest_of, wait_for_writers};
+pub use resume::{Listing, ProbeResult, Upload, VerifiedBytes, digest_of, wait_for_writers};
 
 use std::collections::HashSet;
 use std::fs::File;

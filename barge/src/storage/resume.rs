@@ -987,6 +987,18 @@ enum Cmd {
     },
 }
 
+/// Bytes an upload has verified, readable after the upload is gone (see
+/// [`Upload::verified_handle`]).
+#[derive(Debug, Clone)]
+pub struct VerifiedBytes(Arc<Shared>);
+
+impl VerifiedBytes {
+    /// Bytes verified and written.
+    pub fn get(&self) -> u64 {
+        self.0.verified.load(Ordering::Acquire)
+    }
+}
+
 /// A verified transfer in progress. Chunks go to a writer thread; dropping this without
 /// [`Upload::commit`] keeps the verified part for a later resume.
 #[derive(Debug)]
@@ -1009,6 +1021,11 @@ impl Upload {
     /// Bytes verified and written so far.
     pub fn verified(&self) -> u64 {
         self.shared.verified.load(Ordering::Acquire)
+    }
+
+    /// A handle that reads [`Upload::verified`] after the upload is gone (committed or not).
+    pub fn verified_handle(&self) -> VerifiedBytes {
+        VerifiedBytes(self.shared.clone())
     }
 
     /// Resolves when the writer has stopped on a failure (a chunk that does not match its CV, a
