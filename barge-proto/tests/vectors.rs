@@ -129,7 +129,68 @@ fn vectors() -> Vec<(&'static str, Vec<u8>, Option<Frame>)> {
             }),
         ),
     ];
+    // A 2.5 MiB file (byte i = (1 + 7i) mod 251): three chunks, the last one short.
+    let big: Vec<u8> = (0..2_621_440u64).map(|i| ((1 + 7 * i) % 251) as u8).collect();
+    let big_digest = *blake3::hash(&big).as_bytes();
+    let more = vec![
+        (
+            "put-resumed",
+            Frame::Request(Request::Put {
+                id: 8,
+                path: "big.bin".into(),
+                size: 2_621_440,
+                from: 2_097_152,
+            }),
+        ),
+        (
+            "reply-integrity",
+            Frame::Reply(Reply {
+                offset: Some(1_048_576),
+                ..Reply::error(
+                    7,
+                    Status::Integrity,
+                    "integrity check failed: chunk 1 (bytes 1048576..2097152) does not match its digest",
+                )
+            }),
+        ),
+        (
+            "reply-out-of-order",
+            Frame::Reply(Reply::error(
+                9,
+                Status::BadRequest,
+                "mkdir inside a put or bench: send its end first",
+            )),
+        ),
+        (
+            "reply-refused-ids",
+            Frame::Reply(Reply::error(
+                0,
+                Status::BadRequest,
+                "request ids must increase: 3 after 5",
+            )),
+        ),
+        (
+            "get-conditional",
+            Frame::Request(Request::Get {
+                id: 10,
+                path: "big.bin".into(),
+                from: 1_048_576,
+                digest: Some(hex(&big_digest)),
+            }),
+        ),
+    ];
     let mut out = vec![("preface", wire::preface(1).to_vec(), None)];
+    for (name, f) in more {
+        out.push((name, frame(&f), Some(f)));
+    }
+    let mut cvs = Vec::new();
+    for i in 0..3u64 {
+        let start = (i << 20) as usize;
+        let end = (start + (1 << 20)).min(big.len());
+        cvs.extend_from_slice(&chunk_cv(i, &big[start..end]));
+    }
+    cvs.extend_from_slice(&big_digest);
+    out.push(("chunk-cvs", cvs, None));
     for (name, f) in msgs {
         out.push((name, frame(&f), Some(f)));
     }
