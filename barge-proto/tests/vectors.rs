@@ -130,7 +130,9 @@ fn vectors() -> Vec<(&'static str, Vec<u8>, Option<Frame>)> {
         ),
     ];
     // A 2.5 MiB file (byte i = (1 + 7i) mod 251): three chunks, the last one short.
-    let big: Vec<u8> = (0..2_621_440u64).map(|i| ((1 + 7 * i) % 251) as u8).collect();
+    let big: Vec<u8> = (0..2_621_440u64)
+        .map(|i| ((1 + 7 * i) % 251) as u8)
+        .collect();
     let big_digest = *blake3::hash(&big).as_bytes();
     let more = vec![
         (

@@ -167,6 +167,10 @@ pub enum TransferError {
     /// The connection was lost and retries are used up.
     #[error("connection lost: {0}")]
     Lost(io::Error),
+    /// Received data did not match its digest (corrupted in transit); retried like a lost
+    /// connection, from the verified part, and reported as this once retries are used up.
+    #[error("data failed verification: {0}")]
+    Integrity(String),
     /// Local storage refused a download.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -192,7 +196,10 @@ impl Report {
 
 impl TransferError {
     fn retryable(&self) -> bool {
-        matches!(self, TransferError::Lost(_) | TransferError::Connect { .. })
+        matches!(
+            self,
+            TransferError::Lost(_) | TransferError::Connect { .. } | TransferError::Integrity(_)
+        )
     }
 }
 
@@ -1523,7 +1530,10 @@ async fn download(
         if let Err(e) = written {
             upload.suspend().await;
             // Corrupted in transit: reconnect and resume from the verified part.
-            return Err(TransferError::Lost(io::Error::other(e.to_string())));
+            return Err(match e {
+                StorageError::Integrity(m) => TransferError::Integrity(m),
+                other => TransferError::Lost(io::Error::other(other.to_string())),
+            });
         }
         throttle.tick(remote, done, size, on_event);
     }
@@ -1531,7 +1541,7 @@ async fn download(
         Ok(stored) => stored,
         // A damaged chunk noticed only now, or a digest mismatch: retrying resumes from what was
         // verified (or starts over if nothing can be trusted).
-        Err(StorageError::Integrity(m)) => return Err(TransferError::Lost(io::Error::other(m))),
+        Err(StorageError::Integrity(m)) => return Err(TransferError::Integrity(m)),
         Err(e) => return Err(e.into()),
     };
     report.files += 1;

@@ -551,6 +551,43 @@ async fn refused_names_and_conflicts_get_typed_replies_and_later_files_still_go(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_get_exits_5_when_downloaded_data_keeps_failing_verification() {
+    // A retry was signalled as a lost connection, so a get that never verified exited 1.
+    let server = TestServer::start().await;
+    std::fs::write(server.dir.path().join("bad.bin"), content(8, 2 << 20)).unwrap();
+    let proxy = Proxy::start(
+        server.addr,
+        Fault::FlipEvery {
+            dir: Dir::Down,
+            period: 300_000,
+        },
+        None,
+    )
+    .await;
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = run_blocking(
+        barge()
+            .args([
+                "get",
+                &proxy.addr.to_string(),
+                "bad.bin",
+                "--retries",
+                "2",
+                "-o",
+            ])
+            .arg(out_dir.path()),
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out_dir.path().join("bad.bin").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_upload_stops_sending_at_once_and_later_files_still_go() {
     // Regression (D7): the client streamed a whole 1 GiB file after the server refused it.
     let server = TestServer::start_with(

@@ -56,7 +56,10 @@ pub fn code_for(e: &anyhow::Error) -> u8 {
         if let Some(TransferError::Refused { .. }) = cause.downcast_ref() {
             return REFUSED;
         }
-        if let Some(TransferError::Storage(StorageError::Integrity(_))) = cause.downcast_ref() {
+        if let Some(
+            TransferError::Storage(StorageError::Integrity(_)) | TransferError::Integrity(_),
+        ) = cause.downcast_ref()
+        {
             return INTEGRITY;
         }
         if let Some(UdpClientError::TooLarge(_)) = cause.downcast_ref() {
