@@ -32,28 +32,25 @@ const BENCH_READ: usize = 1 << 20;
 /// Smallest read while data streams in: below this, per-read costs would dominate.
 const MIN_DATA_READ: usize = 64 << 10;
 
-/// Connections in the middle of a data frame, server-wide.
-static RECEIVING: AtomicUsize = AtomicUsize::new(0);
-
-/// This connection's place among [`RECEIVING`] while it reads a data frame.
-struct Receiving;
+/// This connection's place among its server's connections receiving a data frame.
+struct Receiving(std::sync::Arc<AtomicUsize>);
 
 impl Receiving {
-    fn start() -> Self {
-        RECEIVING.fetch_add(1, Ordering::Relaxed);
-        Receiving
+    fn start(count: &std::sync::Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Receiving(count.clone())
     }
 
     /// Reads share [`DATA_BUDGET`]: up to [`READ_CHUNK`] each for a few uploads, less for many.
     fn read_size(&self) -> usize {
-        let n = RECEIVING.load(Ordering::Relaxed).max(1);
+        let n = self.0.load(Ordering::Relaxed).max(1);
         (DATA_BUDGET / n).clamp(MIN_DATA_READ, READ_CHUNK)
     }
 }
 
 impl Drop for Receiving {
     fn drop(&mut self) {
-        RECEIVING.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -399,7 +396,7 @@ where
                         Next::Data { cv, len } => {
                             data_left = len;
                             if len > 0 {
-                                receiving = Some(Receiving::start());
+                                receiving = Some(Receiving::start(service.receiving()));
                             }
                             Step::Data { cv, len }
                         }

@@ -70,6 +70,9 @@ pub struct UploadService {
     legacy: bool,
     require_tls: bool,
     access: Option<Arc<Access>>,
+    /// Connections of this server in the middle of a data frame: they share its read budget.
+    /// Per server, not per process, so two servers in one process do not squeeze each other.
+    receiving: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Whether the lesson's format is on when the operator has not said: it cannot authenticate or
@@ -99,6 +102,7 @@ impl UploadService {
             legacy: true,
             require_tls: false,
             access: None,
+            receiving: Arc::default(),
         }
     }
 
@@ -150,6 +154,11 @@ impl UploadService {
     pub fn with_downloads(mut self, allowed: bool) -> Self {
         self.downloads = allowed;
         self
+    }
+
+    /// This server's count of connections receiving file data.
+    pub(crate) fn receiving(&self) -> &Arc<std::sync::atomic::AtomicUsize> {
+        &self.receiving
     }
 
     /// The storage uploads go to.

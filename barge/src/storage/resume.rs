@@ -732,6 +732,23 @@ impl Storage {
         Ok(removed)
     }
 
+    /// Runs [`Storage::expire_partials`] every partial TTL (at most every 10 minutes) for as long
+    /// as the returned task is not aborted; needs a tokio runtime.
+    pub fn sweep_regularly(&self) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        let period = this.inner.config.partial_ttl.clamp(
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(600),
+        );
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let s = this.clone();
+                let _ = tokio::task::spawn_blocking(move || s.expire_partials()).await;
+            }
+        })
+    }
+
     /// Removes a partial's files and gives its bytes back to the quota, unless a writer (of this
     /// process or another) holds it. Returns whether it was removed.
     fn remove_partial(&self, key: &str) -> bool {

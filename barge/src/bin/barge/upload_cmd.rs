@@ -79,16 +79,8 @@ pub async fn serve(a: ServeArgs) -> Result<u8> {
         );
     }
     let listener = crate::listen(a.addr, &what)?;
-    // Abandoned partial uploads are swept at start and then regularly.
-    let sweeper = storage.clone();
-    let period = seconds(a.partial_ttl, "--partial-ttl")?.min(std::time::Duration::from_secs(600));
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(period).await;
-            let s = sweeper.clone();
-            let _ = tokio::task::spawn_blocking(move || s.expire_partials()).await;
-        }
-    });
+    // Abandoned partial uploads are swept at start (by `Storage::open`) and then regularly.
+    let _sweeper = storage.sweep_regularly();
     let mut service = UploadService::new(storage)
         .with_downloads(!a.no_download)
         .with_legacy(legacy)
@@ -150,13 +142,11 @@ pub async fn pick(a: PickArgs) -> Result<u8> {
         bail!("{} has no files to upload", a.dir.display());
     }
     let mut renderer = Renderer::new(a.client.progress);
-    // Connect first, as the lesson does, so an unreachable server is reported before any question.
-    let first = connect(&a.client).await?;
-    let mut sender = if a.legacy {
-        Some(LegacySender::new(first))
-    } else {
-        None // barge's protocol: one verified send per choice
-    };
+    // Connect first, as the lesson does, so an unreachable server is reported before any question;
+    // but send on a connection opened at the first choice: a server closes a connection whose
+    // first request does not come within its header timeout, and a person may take longer.
+    drop(connect(&a.client).await?);
+    let mut sender = None;
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut out = std::io::stdout();
     loop {
