@@ -103,36 +103,41 @@ pub fn wire_stream(data: &[u8]) {
     };
     let whole = run(Some(step));
     assert_eq!(whole, run(None));
-    // The streaming decoder, taking data bytes off as they come, sees the same frames.
+    // The stream decoder both ends use, taking data bytes off as they come, sees the same frames.
     let streamed = drive(stream, Some(step), wire::FRAME_HEADER + wire::MAX_JSON, {
-        let mut data: Option<(Cv, usize, Vec<u8>)> = None;
-        move |buf| {
-            if let Some((cv, left, mut bytes)) = data.take() {
-                if buf.is_empty() {
-                    data = Some((cv, left, bytes));
-                    return Ok(None);
+        let mut decoder = wire::StreamDecoder::new();
+        let mut data: Option<(Cv, Vec<u8>)> = None;
+        move |buf| match decoder.decode(buf)? {
+            None => Ok(None),
+            Some(wire::Item::Frame(f)) => Ok(Some(Some(format!("{f:?}")))),
+            // The whole decoder reports the same request as an error.
+            Some(wire::Item::Invalid { error, .. }) => Err(wire::WireError::BadJson(error)),
+            Some(wire::Item::Data { cv, len }) => {
+                assert_eq!(len, decoder.data_left());
+                if len > 0 {
+                    data = Some((cv, Vec::new()));
+                    return Ok(Some(None));
                 }
-                let n = left.min(buf.len());
-                bytes.extend_from_slice(&buf.split_to(n));
-                if n < left {
-                    data = Some((cv, left - n, bytes));
+                let frame = wire::Frame::Data {
+                    cv,
+                    data: bytes::Bytes::new(),
+                };
+                Ok::<_, wire::WireError>(Some(Some(format!("{frame:?}"))))
+            }
+            Some(wire::Item::Piece(piece)) => {
+                let Some((cv, mut bytes)) = data.take() else {
+                    panic!("a piece outside a data frame");
+                };
+                bytes.extend_from_slice(&piece);
+                if decoder.data_left() > 0 {
+                    data = Some((cv, bytes));
                     return Ok(Some(None));
                 }
                 let frame = wire::Frame::Data {
                     cv,
                     data: bytes.into(),
                 };
-                return Ok(Some(Some(format!("{frame:?}"))));
-            }
-            match wire::decode_frame_streaming(buf)? {
-                None => Ok(None),
-                Some(wire::Next::Frame(f)) => Ok(Some(Some(format!("{f:?}")))),
-                // The whole decoder reports the same request as an error.
-                Some(wire::Next::Invalid { error, .. }) => Err(wire::WireError::BadJson(error)),
-                Some(wire::Next::Data { cv, len }) => {
-                    data = Some((cv, len, Vec::new()));
-                    Ok::<_, wire::WireError>(Some(None))
-                }
+                Ok(Some(Some(format!("{frame:?}"))))
             }
         }
     });

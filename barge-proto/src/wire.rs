@@ -456,6 +456,71 @@ pub fn decode_frame_streaming(buf: &mut BytesMut) -> Result<Option<Next>, WireEr
     }
 }
 
+/// One step of a v1 stream, as [`StreamDecoder`] hands it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    /// A whole request or reply.
+    Frame(Frame),
+    /// A whole request frame that is not a valid request (see [`Next::Invalid`]).
+    Invalid {
+        /// The `id` the object carries, if it is a positive integer.
+        id: Option<u64>,
+        /// What is wrong.
+        error: String,
+    },
+    /// A data frame begins: its CV; `len` bytes of chunk data follow as [`Item::Piece`]s.
+    Data {
+        /// BLAKE3 chaining value of the chunk.
+        cv: Cv,
+        /// Bytes of chunk data that follow.
+        len: usize,
+    },
+    /// The next bytes of the current data frame (never more than it has left).
+    Piece(Bytes),
+}
+
+/// The v1 stream decoder both ends use: requests and replies whole, data frames as their CV and
+/// then their bytes in pieces as they arrive, so a receiver hashes and writes a chunk while it
+/// streams in and never holds a whole one. Pure: bytes in, items out. `Ok(None)` means "read
+/// more"; an error means the stream is out of step and nothing more can be decoded from it.
+#[derive(Debug, Default, Clone)]
+pub struct StreamDecoder {
+    /// Bytes of the current data frame not handed out yet.
+    data_left: usize,
+}
+
+impl StreamDecoder {
+    /// A decoder at a frame boundary (right after the preface).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes of the current data frame still to come (0 between frames).
+    pub fn data_left(&self) -> usize {
+        self.data_left
+    }
+
+    /// The next item from `buf`, taking off exactly what it hands out.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Item>, WireError> {
+        if self.data_left > 0 {
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            let n = self.data_left.min(buf.len());
+            self.data_left -= n;
+            return Ok(Some(Item::Piece(buf.split_to(n).freeze())));
+        }
+        Ok(decode_frame_streaming(buf)?.map(|next| match next {
+            Next::Frame(f) => Item::Frame(f),
+            Next::Invalid { id, error } => Item::Invalid { id, error },
+            Next::Data { cv, len } => {
+                self.data_left = len;
+                Item::Data { cv, len }
+            }
+        }))
+    }
+}
+
 /// The `id` of a request object that is otherwise invalid, if it is a positive integer.
 fn request_id(payload: &[u8]) -> Option<u64> {
     #[derive(Deserialize)]

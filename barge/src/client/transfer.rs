@@ -574,30 +574,18 @@ async fn read_frames(
     mut buf: BytesMut,
     tx: mpsc::Sender<io::Result<Incoming>>,
 ) {
-    let mut data_left = 0usize;
+    let mut decoder = wire::StreamDecoder::new();
     loop {
-        let item = if data_left > 0 {
-            if buf.is_empty() {
-                None
-            } else {
-                let n = data_left.min(buf.len());
-                data_left -= n;
-                Some(Ok(Incoming::Piece(buf.split_to(n).freeze())))
-            }
-        } else {
-            match wire::decode_frame_streaming(&mut buf) {
-                Ok(Some(wire::Next::Frame(frame))) => Some(Ok(Incoming::Frame(frame))),
-                Ok(Some(wire::Next::Invalid { error, .. })) => Some(Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("the server sent a request: {error}"),
-                ))),
-                Ok(Some(wire::Next::Data { cv, len })) => {
-                    data_left = len;
-                    Some(Ok(Incoming::Data { cv, len }))
-                }
-                Ok(None) => None,
-                Err(e) => Some(Err(io::Error::new(io::ErrorKind::InvalidData, e))),
-            }
+        let item = match decoder.decode(&mut buf) {
+            Ok(Some(wire::Item::Frame(frame))) => Some(Ok(Incoming::Frame(frame))),
+            Ok(Some(wire::Item::Data { cv, len })) => Some(Ok(Incoming::Data { cv, len })),
+            Ok(Some(wire::Item::Piece(piece))) => Some(Ok(Incoming::Piece(piece))),
+            Ok(Some(wire::Item::Invalid { error, .. })) => Some(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the server sent a request: {error}"),
+            ))),
+            Ok(None) => None,
+            Err(e) => Some(Err(io::Error::new(io::ErrorKind::InvalidData, e))),
         };
         if let Some(item) = item {
             let failed = item.is_err();
@@ -606,6 +594,7 @@ async fn read_frames(
             }
             continue;
         }
+        let data_left = decoder.data_left();
         if data_left > 0 {
             // Reuse the buffer once the writer has let go of every piece cut from it.
             let size = data_left.min(PIECE);

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use barge_proto::tree::{CHUNK, Cv, hex, parse_hex};
 use barge_proto::wire::{
-    self, Frame, MAX_JSON, Next, PREFACE_LEN, Reply, Request, Status, VERSION, WireError,
+    self, Frame, Item, MAX_JSON, PREFACE_LEN, Reply, Request, Status, VERSION, WireError,
 };
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{info, warn};
 
@@ -52,18 +52,6 @@ impl Drop for Receiving {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// One step of the conversation.
-enum Step {
-    /// A whole request or reply.
-    Frame(Frame),
-    /// A whole request frame that is not a valid request (see [`wire::Next::Invalid`]).
-    Invalid { id: Option<u64>, error: String },
-    /// A data frame begins: its CV, and how many bytes follow.
-    Data { cv: Cv, len: usize },
-    /// The next bytes of the current data frame.
-    Piece(Bytes),
 }
 
 /// Listing entries are sent in pages whose JSON stays well inside [`MAX_JSON`].
@@ -365,44 +353,36 @@ where
     let mut started = None;
     // The highest request id so far (see the id rule where requests are read).
     let mut last_id = 0u64;
-    // Bytes of the current data frame still to come, and this connection's place among receivers.
-    let mut data_left = 0usize;
+    // Frames whole, data frames as pieces; and this connection's place among receivers while a
+    // data frame streams in.
+    let mut decoder = wire::StreamDecoder::new();
     let mut receiving: Option<Receiving> = None;
     loop {
         let step = loop {
-            if data_left > 0 && !buf.is_empty() {
-                let n = data_left.min(buf.len());
-                data_left -= n;
-                if data_left == 0 {
+            let decoded = match decoder.decode(buf) {
+                Ok(decoded) => decoded,
+                // The stream is out of step (unknown kind, bad length): nothing more can be read
+                // from it, so the refusal concerns the whole connection.
+                Err(e) => return refuse_connection(conn, Status::BadRequest, e.to_string()).await,
+            };
+            if let Some(item) = decoded {
+                match &item {
+                    Item::Piece(_) => {}
+                    Item::Data { len, .. } if *len > 0 => {
+                        receiving = Some(Receiving::start(service.receiving()));
+                    }
+                    _ => {}
+                }
+                if decoder.data_left() == 0 {
                     receiving = None;
                 }
-                break Step::Piece(buf.split_to(n).freeze());
-            }
-            if data_left == 0 {
-                let decoded = match wire::decode_frame_streaming(buf) {
-                    Ok(decoded) => decoded,
-                    // The stream is out of step (unknown kind, bad length): nothing more can be
-                    // read from it, so the refusal concerns the whole connection.
-                    Err(e) => {
-                        return refuse_connection(conn, Status::BadRequest, e.to_string()).await;
-                    }
-                };
-                if let Some(next) = decoded {
+                if !matches!(item, Item::Piece(_)) {
                     started = None;
                     conn.request_done();
-                    break match next {
-                        Next::Frame(frame) => Step::Frame(frame),
-                        Next::Invalid { id, error } => Step::Invalid { id, error },
-                        Next::Data { cv, len } => {
-                            data_left = len;
-                            if len > 0 {
-                                receiving = Some(Receiving::start(service.receiving()));
-                            }
-                            Step::Data { cv, len }
-                        }
-                    };
                 }
+                break item;
             }
+            let data_left = decoder.data_left();
             let idle = matches!(state, State::Idle) && data_left == 0;
             conn.flush().await?;
             let outcome = {
@@ -451,7 +431,7 @@ where
             }
         };
         let frame = match step {
-            Step::Data { cv, len } => {
+            Item::Data { cv, len } => {
                 match state {
                     State::Receiving { upload, .. } => {
                         if let Err(e) = upload.begin_chunk(cv, len as u64).await {
@@ -483,7 +463,7 @@ where
                 }
                 continue;
             }
-            Step::Invalid { id, error } => {
+            Item::Invalid { id, error } => {
                 // The frame was whole, so the stream is still in step: the request is answered
                 // when it has a usable id, else the connection is refused.
                 match id {
@@ -500,7 +480,7 @@ where
                 }
                 continue;
             }
-            Step::Piece(piece) => {
+            Item::Piece(piece) => {
                 match state {
                     State::Receiving { upload, .. } => {
                         if let Err(e) = upload.write_piece(piece).await {
@@ -523,7 +503,7 @@ where
                 }
                 continue;
             }
-            Step::Frame(frame) => frame,
+            Item::Frame(frame) => frame,
         };
         if let Frame::Request(req) = &frame
             && !matches!(req, Request::End { .. })

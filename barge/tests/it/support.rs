@@ -171,11 +171,14 @@ impl Drop for TestServer {
     }
 }
 
+/// The names visible in `dir`, as a listing shows them: barge's state folder and the hidden
+/// temporary files of small uploads in flight (`.barge-*`, removed by their writer a moment after
+/// a failed transfer) are not published files.
 pub fn published(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .expect("dir")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .filter(|n| n != STATE_DIR)
+        .filter(|n| n != STATE_DIR && !n.starts_with(barge_proto::name::RESERVED_PREFIX))
         .collect();
     names.sort();
     names
