@@ -394,34 +394,10 @@ pub fn decode_frame(buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
     }))
 }
 
-/// What [`decode_frame_streaming`] found next.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Next {
-    /// A whole request or reply.
-    Frame(Frame),
-    /// A whole request frame whose JSON is not a valid request (unknown `op` or field, missing
-    /// field, wrong type). The stream is still in step, so a server can answer it: with `id` when
-    /// the object has a positive integer `id`, else at the connection level.
-    Invalid {
-        /// The `id` the object carries, if it is a positive integer.
-        id: Option<u64>,
-        /// What is wrong, as [`WireError::BadJson`] would say it.
-        error: String,
-    },
-    /// The start of a data frame: its CV is taken off the buffer; its `len` chunk bytes follow and
-    /// are the caller's to take off the stream as they arrive.
-    Data {
-        /// BLAKE3 chaining value of the chunk.
-        cv: Cv,
-        /// Bytes of chunk data that follow.
-        len: usize,
-    },
-}
-
-/// Like [`decode_frame`], but a data frame is returned as soon as its header and CV have arrived,
-/// so a receiver can hash and write a chunk piece by piece instead of buffering all of it; and a
-/// well-framed request that is not valid is returned as [`Next::Invalid`] (consumed), not an error.
-pub fn decode_frame_streaming(buf: &mut BytesMut) -> Result<Option<Next>, WireError> {
+/// Like [`decode_frame`], but a data frame is returned as soon as its header and CV have arrived
+/// ([`Item::Data`]; its bytes are the caller's to take), and a well-framed request that is not
+/// valid is returned as [`Item::Invalid`] (consumed), not an error. Never returns a piece.
+fn decode_frame_streaming(buf: &mut BytesMut) -> Result<Option<Item>, WireError> {
     match frame_head(buf)? {
         Some((KIND_REQUEST, len)) => {
             if buf.len() < FRAME_HEADER + len as usize {
@@ -430,8 +406,8 @@ pub fn decode_frame_streaming(buf: &mut BytesMut) -> Result<Option<Next>, WireEr
             }
             let payload = &buf[FRAME_HEADER..FRAME_HEADER + len as usize];
             let next = match serde_json::from_slice::<Request>(payload) {
-                Ok(req) => Next::Frame(Frame::Request(req)),
-                Err(e) => Next::Invalid {
+                Ok(req) => Item::Frame(Frame::Request(req)),
+                Err(e) => Item::Invalid {
                     id: request_id(payload),
                     error: e.to_string(),
                 },
@@ -447,12 +423,12 @@ pub fn decode_frame_streaming(buf: &mut BytesMut) -> Result<Option<Next>, WireEr
             buf.advance(FRAME_HEADER);
             let mut cv = [0u8; 32];
             buf.copy_to_slice(&mut cv);
-            Ok(Some(Next::Data {
+            Ok(Some(Item::Data {
                 cv,
                 len: len as usize - 32,
             }))
         }
-        Some(_) => Ok(decode_frame(buf)?.map(Next::Frame)),
+        Some(_) => Ok(decode_frame(buf)?.map(Item::Frame)),
     }
 }
 
@@ -461,11 +437,13 @@ pub fn decode_frame_streaming(buf: &mut BytesMut) -> Result<Option<Next>, WireEr
 pub enum Item {
     /// A whole request or reply.
     Frame(Frame),
-    /// A whole request frame that is not a valid request (see [`Next::Invalid`]).
+    /// A whole request frame whose JSON is not a valid request (unknown `op` or field, missing
+    /// field, wrong type). The stream is still in step, so a server can answer it: with `id` when
+    /// the object has a positive integer `id`, else at the connection level.
     Invalid {
         /// The `id` the object carries, if it is a positive integer.
         id: Option<u64>,
-        /// What is wrong.
+        /// What is wrong, as [`WireError::BadJson`] would say it.
         error: String,
     },
     /// A data frame begins: its CV; `len` bytes of chunk data follow as [`Item::Piece`]s.
@@ -510,14 +488,11 @@ impl StreamDecoder {
             self.data_left -= n;
             return Ok(Some(Item::Piece(buf.split_to(n).freeze())));
         }
-        Ok(decode_frame_streaming(buf)?.map(|next| match next {
-            Next::Frame(f) => Item::Frame(f),
-            Next::Invalid { id, error } => Item::Invalid { id, error },
-            Next::Data { cv, len } => {
-                self.data_left = len;
-                Item::Data { cv, len }
-            }
-        }))
+        let item = decode_frame_streaming(buf)?;
+        if let Some(Item::Data { len, .. }) = &item {
+            self.data_left = *len;
+        }
+        Ok(item)
     }
 }
 

@@ -1282,3 +1282,93 @@ async fn a_server_sending_endless_listing_pages_is_not_followed() {
         "{listed:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_exit_code_in_the_readme_table_is_reachable() {
+    // Table-driven, through the binary as a user runs it. 130 (Ctrl-C) needs a signal mid-transfer:
+    // `ctrl_c_leaves_a_resumable_partial_and_exits_130` covers it.
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let table = readme.split("## Exit codes").nth(1).unwrap();
+    let documented: Vec<i32> = table
+        .lines()
+        .skip_while(|l| !l.starts_with("| 0 "))
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| l.split('|').nth(1).unwrap().trim().parse().unwrap())
+        .collect();
+    assert_eq!(documented, [0, 1, 2, 3, 4, 5, 6, 130]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let (_limited, limited) = spawn_announced({
+        let mut cmd = barge();
+        cmd.args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--max-file-size",
+            "1000",
+            "--dir",
+        ])
+        .arg(dir.path().join("limited"))
+        .stderr(Stdio::null());
+        cmd
+    });
+    let server = TestServer::start().await;
+    std::fs::write(server.dir.path().join("bad.bin"), content(9, 2 << 20)).unwrap();
+    let corrupting = Proxy::start(
+        server.addr,
+        Fault::FlipEvery {
+            dir: Dir::Down,
+            period: 300_000,
+        },
+        None,
+    )
+    .await;
+    let src = tempfile::tempdir().unwrap();
+    let small = src.path().join("small.txt");
+    let big = src.path().join("big.bin");
+    std::fs::write(&small, b"ten bytes!").unwrap();
+    std::fs::write(&big, content(10, 5000)).unwrap();
+    let (small, big) = (small.to_str().unwrap(), big.to_str().unwrap());
+    let missing = src.path().join("missing.txt");
+    let missing = missing.to_str().unwrap();
+    let out = dir.path().join("out");
+    let out = out.to_str().unwrap();
+    let (limited, corrupting) = (limited.to_string(), corrupting.addr.to_string());
+    let unreachable = format!("127.0.0.1:{}", free_port());
+    let rows: Vec<(&str, Vec<&str>, i32)> = vec![
+        ("success", vec!["send", small, "--to", &limited], 0),
+        (
+            "failure: an unreadable file",
+            vec!["send", missing, "--to", &limited],
+            1,
+        ),
+        (
+            "usage: an unknown option",
+            vec!["send", small, "--to", &limited, "--frobnicate"],
+            2,
+        ),
+        (
+            "usage: a malformed fingerprint",
+            vec!["ls", &limited, "--fingerprint", "SHA256:00"],
+            2,
+        ),
+        ("unreachable", vec!["send", small, "--to", &unreachable], 3),
+        ("refused", vec!["send", big, "--to", &limited], 4),
+        (
+            "integrity",
+            vec!["get", &corrupting, "bad.bin", "--retries", "1", "-o", out],
+            5,
+        ),
+        ("partial", vec!["send", small, big, "--to", &limited], 6),
+    ];
+    for (what, args, code) in rows {
+        let got = run_blocking(barge().args(&args)).await;
+        assert_eq!(
+            got.status.code(),
+            Some(code),
+            "{what}: barge {args:?}\n{}",
+            String::from_utf8_lossy(&got.stderr)
+        );
+    }
+}
