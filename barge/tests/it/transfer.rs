@@ -1353,6 +1353,24 @@ async fn every_exit_code_in_the_readme_table_is_reachable() {
             vec!["ls", &limited, "--fingerprint", "SHA256:00"],
             2,
         ),
+        (
+            "usage: a zero --partial-ttl",
+            vec![
+                "serve",
+                "--addr",
+                "127.0.0.1:0",
+                "--dir",
+                out,
+                "--partial-ttl",
+                "0",
+            ],
+            2,
+        ),
+        (
+            "usage: a zero --timeout",
+            vec!["ls", &limited, "--timeout", "0"],
+            2,
+        ),
         ("unreachable", vec!["send", small, "--to", &unreachable], 3),
         ("refused", vec!["send", big, "--to", &limited], 4),
         (

@@ -68,6 +68,9 @@ pub fn code_for(e: &anyhow::Error) -> u8 {
         if cause.is::<barge_proto::datagram::TooLarge>() {
             return USAGE;
         }
+        if cause.is::<crate::config::UsageError>() {
+            return USAGE;
+        }
         if let Some(barge::tls::TlsError::BadFingerprint(_)) = cause.downcast_ref() {
             return USAGE; // a malformed --fingerprint is a bad argument
         }

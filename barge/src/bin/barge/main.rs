@@ -2,6 +2,7 @@
 //! turns the outcome into an exit code. All behaviour lives in the library.
 
 mod args;
+mod config;
 mod echo_cmd;
 mod exit;
 mod progress;
@@ -20,6 +21,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use args::{Command, EchoCommand, FrameworkArgs, Opts, UdpCommand};
+use config::seconds;
 
 fn main() -> ExitCode {
     let opts = Opts::parse();
@@ -134,24 +136,16 @@ async fn interruptible(work: impl Future<Output = Result<u8>>) -> Result<u8> {
     }
 }
 
-/// A positive number of seconds from a flag.
-fn seconds(value: f64, flag: &str) -> Result<Duration> {
-    Duration::try_from_secs_f64(value)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .with_context(|| format!("{flag} must be a positive number of seconds"))
-}
-
-fn server_config(f: &FrameworkArgs) -> Result<ServerConfig> {
+/// Raises the open-file limit for a server and warns if it is still too low for `config`.
+fn check_open_files(config: &ServerConfig) {
     // Each connection needs a socket and, while it transfers, a file or two; keep some spare.
     const FILES_PER_CONNECTION: u64 = 3;
     const SPARE: u64 = 64;
-    let limit = barge::net::raise_open_file_limit();
-    if let Some(limit) = limit {
-        let needed = f.max_connections as u64 * FILES_PER_CONNECTION + SPARE;
+    if let Some(limit) = barge::net::raise_open_file_limit() {
+        let needed = config.max_connections as u64 * FILES_PER_CONNECTION + SPARE;
         if needed > limit {
             tracing::warn!(
-                max_connections = f.max_connections,
+                max_connections = config.max_connections,
                 open_file_limit = limit,
                 "the open-file limit allows about {} busy connections; raise it (ulimit -n {needed}) \
                  or lower --max-connections; beyond it, accepting pauses and retries",
@@ -159,16 +153,13 @@ fn server_config(f: &FrameworkArgs) -> Result<ServerConfig> {
             );
         }
     }
-    Ok(ServerConfig {
-        max_connections: f.max_connections,
-        idle_timeout: seconds(f.idle_timeout, "--idle-timeout")?,
-        shutdown_grace: seconds(f.shutdown_grace, "--shutdown-grace")?,
-        header_timeout: seconds(f.header_timeout, "--header-timeout")?,
-        max_connections_per_ip: f.max_connections_per_ip,
-        tls: None,
-        bwlimit: f.bwlimit,
-        bwlimit_per_connection: f.bwlimit_per_connection,
-    })
+}
+
+/// The framework's policy from its flags, with the open-file limit raised to fit it.
+fn server_config(f: &FrameworkArgs) -> Result<ServerConfig> {
+    let config = config::server_config(f)?;
+    check_open_files(&config);
+    Ok(config)
 }
 
 /// Binds a TCP listener and prints the one stdout line that says where a server listens (tests

@@ -4,60 +4,46 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use barge::auth::{FailureBrake, Tokens};
+use barge::auth::FailureBrake;
 use barge::client::upload::{self, ClientError, LegacySender, Outgoing};
 use barge::pick::{self, Choice};
 use barge::server;
-use barge::service::upload::{UploadService, lesson_format_by_default};
-use barge::storage::{OnConflict, Quota, Storage, StorageConfig, bytes_stored};
+use barge::service::upload::UploadService;
+use barge::storage::{Quota, Storage, bytes_stored};
 use std::io::Write;
 
 use tokio::io::AsyncBufReadExt;
 use tokio::net::TcpStream;
 
-use crate::args::{ClientArgs, Conflict, PickArgs, SendArgs, ServeArgs};
+use crate::args::{ClientArgs, PickArgs, SendArgs, ServeArgs};
+use crate::config::ServeConfig;
 use crate::progress::{self, Renderer};
 use crate::{exit, seconds};
 
 pub async fn serve(a: ServeArgs) -> Result<u8> {
-    let storage = Storage::open(StorageConfig {
-        on_conflict: match a.on_conflict {
-            Conflict::Rename => OnConflict::Rename,
-            Conflict::Overwrite => OnConflict::Overwrite,
-            Conflict::Fail => OnConflict::Fail,
-        },
-        max_file_size: a.max_file_size,
-        fsync: !a.no_fsync,
-        partial_ttl: seconds(a.partial_ttl, "--partial-ttl")?,
-        checkpoint_bytes: a.checkpoint.max(barge_proto::tree::CHUNK),
-        quota: match a.quota {
-            None => None,
-            Some(limit) => {
-                std::fs::create_dir_all(&a.dir)
-                    .with_context(|| format!("cannot create {}", a.dir.display()))?;
-                let used = bytes_stored(&a.dir)
-                    .with_context(|| format!("cannot measure {}", a.dir.display()))?;
-                if used > limit {
-                    tracing::warn!(used, quota = limit, "the folder is already over its quota");
-                }
-                Some(Quota::new(limit, used))
-            }
-        },
-        ..StorageConfig::new(&a.dir)
-    })
-    .with_context(|| format!("cannot use {} for storage", a.dir.display()))?;
-    let mut config = crate::server_config(&a.framework)?;
-    let dir = std::fs::canonicalize(storage.dir()).unwrap_or_else(|_| storage.dir().to_owned());
-    let tokens = match &a.token_file {
-        Some(path) => Some(Tokens::load(path)?),
-        None => None,
-    };
-    let tls = a.tls || a.cert.is_some();
-    let mut what = format!(", storing files in {}", dir.display());
-    if tls {
+    let c = ServeConfig::try_from(a)?;
+    crate::check_open_files(&c.server);
+    let dir = c.storage.dir.clone();
+    let mut storage_config = c.storage;
+    if let Some(limit) = c.quota {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let used =
+            bytes_stored(&dir).with_context(|| format!("cannot measure {}", dir.display()))?;
+        if used > limit {
+            tracing::warn!(used, quota = limit, "the folder is already over its quota");
+        }
+        storage_config.quota = Some(Quota::new(limit, used));
+    }
+    let storage = Storage::open(storage_config)
+        .with_context(|| format!("cannot use {} for storage", dir.display()))?;
+    let mut config = c.server;
+    let shown = std::fs::canonicalize(storage.dir()).unwrap_or_else(|_| storage.dir().to_owned());
+    let mut what = format!(", storing files in {}", shown.display());
+    if c.tls {
         let identity = barge::tls::server_identity(
             &storage.dir().join(barge::storage::STATE_DIR).join("tls"),
-            a.cert.as_deref().zip(a.key.as_deref()),
+            c.cert_key.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
         )
         .context("cannot set up TLS")?;
         what.push_str(&format!(", TLS certificate {}", identity.fingerprint));
@@ -65,27 +51,25 @@ pub async fn serve(a: ServeArgs) -> Result<u8> {
     }
     // The lesson's format cannot authenticate or encrypt: only on loopback without tokens, unless
     // asked for.
-    let by_default = lesson_format_by_default(a.addr.ip(), tokens.is_some());
-    let legacy = a.legacy || by_default;
-    if a.legacy && !by_default {
+    if c.legacy_forced {
         tracing::warn!(
             "--legacy: the lesson's upload format is on; it has no authentication or encryption, \
              so anyone who reaches {} can upload files",
-            a.addr
+            c.addr
         );
-    } else if !legacy {
+    } else if !c.legacy {
         tracing::info!(
             "the lesson's upload format is off here (no authentication); --legacy turns it on"
         );
     }
-    let listener = crate::listen(a.addr, &what)?;
+    let listener = crate::listen(c.addr, &what)?;
     // Abandoned partial uploads are swept at start (by `Storage::open`) and then regularly.
     let _sweeper = storage.sweep_regularly();
     let mut service = UploadService::new(storage)
-        .with_downloads(!a.no_download)
-        .with_legacy(legacy)
-        .with_tls_required(tls);
-    if let Some(tokens) = tokens {
+        .with_downloads(c.downloads)
+        .with_legacy(c.legacy)
+        .with_tls_required(c.tls);
+    if let Some(tokens) = c.tokens {
         service = service
             .with_tokens(tokens, FailureBrake::default())
             .context("cannot set up the tokens' root folders")?;
