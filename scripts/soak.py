@@ -240,10 +240,11 @@ def main():
                 break
             server.kill()
             server.start()
-        # The last instance runs the rest of the load: its resources are measured.
+        # The last instance runs the rest of the load: its resources are measured once it is warm
+        # (its allocator's pools filled by the same load), then again after the load stops.
         server.kill()
         server.start()
-        time.sleep(5)
+        time.sleep(min(60.0, max(5.0, (DURATION - (time.monotonic() - began)) / 2)))
         rss0, fd0 = rss_kib(server.pid()), fds(server.pid())
         while time.monotonic() - began < DURATION:
             time.sleep(1)
