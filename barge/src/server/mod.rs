@@ -28,7 +28,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
@@ -93,23 +93,31 @@ pub struct Connection<S> {
     /// says nothing cannot hold a slot for the whole idle timeout. Cleared by
     /// [`Connection::request_done`].
     pub first_request_by: Option<tokio::time::Instant>,
+    /// Signalled while every slot is taken and a client may be waiting for one: a connection that
+    /// has sent nothing for [`EVICT_SILENT_AFTER`] then gives its slot up.
+    pub pressure: Option<Arc<Notify>>,
+    /// When the connection was accepted.
+    pub opened: tokio::time::Instant,
 }
 
+/// Under pressure (every slot taken), a connection that has sent nothing for this long since it
+/// was accepted is closed to make room: silent connections cannot keep a waiting client out for
+/// the header timeout. Short, because a client queued in the backlog has usually sent its first
+/// bytes before it is accepted (and a barge client that is closed early reconnects), and because
+/// clients behind N slots' worth of silent connections wait about this long per N.
+pub const EVICT_SILENT_AFTER: Duration = Duration::from_millis(250);
+
 impl<S> Connection<S> {
-    fn new(
-        stream: S,
-        peer: SocketAddr,
-        shutdown: &CancellationToken,
-        secure: bool,
-        config: &ServerConfig,
-    ) -> Self {
+    fn new(stream: S, peer: SocketAddr, secure: bool, ctx: &ConnContext) -> Self {
         Self {
-            stream: IdleTimeout::new(stream, config.idle_timeout),
+            stream: IdleTimeout::new(stream, ctx.config.idle_timeout),
             peer,
-            shutdown: shutdown.clone(),
+            shutdown: ctx.shutdown.clone(),
             secure,
-            header_timeout: config.header_timeout,
-            first_request_by: Some(tokio::time::Instant::now() + config.header_timeout),
+            header_timeout: ctx.config.header_timeout,
+            first_request_by: Some(ctx.opened + ctx.config.header_timeout),
+            pressure: Some(ctx.pressure.clone()),
+            opened: ctx.opened,
         }
     }
 
@@ -151,22 +159,62 @@ impl<S: AsyncRead + Unpin> Connection<S> {
             (Some(t), None) => Some(t + limit),
             (None, first) => first,
         };
+        let silent = started.is_none() && buf.is_empty() && self.first_request_by.is_some();
         let n = match deadline {
-            None => self.read_more(buf, reserve).await?,
-            Some(deadline) => tokio::time::timeout_at(deadline, self.read_more(buf, reserve))
-                .await
-                .map_err(|_| {
-                    io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("header not complete within {limit:?}"),
-                    )
-                })??,
+            None => self.read_more_or_evicted(buf, reserve, silent).await?,
+            Some(deadline) => {
+                let read = self.read_more_or_evicted(buf, reserve, silent);
+                tokio::time::timeout_at(deadline, read)
+                    .await
+                    .map_err(|_| {
+                        io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("header not complete within {limit:?}"),
+                        )
+                    })??
+            }
         };
         if started.is_none() && n.is_some_and(|n| n > 0) {
             *started = Some(tokio::time::Instant::now());
         }
         Ok(n)
     }
+}
+
+impl<S: AsyncRead + Unpin> Connection<S> {
+    /// [`Connection::read_more`] for a connection that has sent nothing yet (`silent`): when the
+    /// server is short of slots it gives its own up after [`EVICT_SILENT_AFTER`].
+    async fn read_more_or_evicted(
+        &mut self,
+        buf: &mut BytesMut,
+        reserve: usize,
+        silent: bool,
+    ) -> io::Result<Option<usize>> {
+        let Some(pressure) = self.pressure.clone().filter(|_| silent) else {
+            return self.read_more(buf, reserve).await;
+        };
+        loop {
+            tokio::select! {
+                n = self.read_more(buf, reserve) => return n,
+                () = pressure.notified() => {
+                    if self.opened.elapsed() >= EVICT_SILENT_AFTER {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "silent while other clients waited for a slot",
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What every connection of a server shares, and when this one was accepted.
+struct ConnContext {
+    config: ServerConfig,
+    shutdown: CancellationToken,
+    pressure: Arc<Notify>,
+    opened: tokio::time::Instant,
 }
 
 /// Serves one connection. One value is shared by every connection of a server.
@@ -208,18 +256,28 @@ pub async fn serve<H: Handler>(
     let mut backoff = ACCEPT_BACKOFF.0;
     tokio::pin!(shutdown);
 
-    loop {
-        // Take a slot before accepting, so excess clients queue in the kernel's backlog.
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break, // the semaphore is never closed; treat it as shutdown
+    let pressure = Arc::new(Notify::new());
+    'accepting: loop {
+        // Take a slot before accepting, so excess clients queue in the kernel's backlog. While
+        // none is free, connections that have sent nothing are told to make room (see
+        // `EVICT_SILENT_AFTER`), again every quarter of that while the wait lasts.
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => loop {
+                pressure.notify_waiters();
+                tokio::select! {
+                    permit = slots.clone().acquire_owned() => match permit {
+                        Ok(permit) => break permit,
+                        Err(_) => break 'accepting, // never closed; treat it as shutdown
+                    },
+                    () = tokio::time::sleep(EVICT_SILENT_AFTER / 4) => {}
+                    () = &mut shutdown => break 'accepting,
+                }
             },
-            () = &mut shutdown => break,
         };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = &mut shutdown => break,
+            () = &mut shutdown => break 'accepting,
         };
         let (stream, peer) = match accepted {
             Ok(pair) => {
@@ -230,7 +288,7 @@ pub async fn serve<H: Handler>(
                 error!(error = %e, pause_ms = backoff.as_millis() as u64, "accept failed");
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {},
-                    () = &mut shutdown => break,
+                    () = &mut shutdown => break 'accepting,
                 }
                 backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
                 continue;
@@ -247,9 +305,13 @@ pub async fn serve<H: Handler>(
         let accepted = Accepted {
             stream,
             peer,
-            shutdown: stop_requested.child_token(),
             tls: tls.clone(),
-            config: config.clone(),
+            ctx: ConnContext {
+                config: config.clone(),
+                shutdown: stop_requested.child_token(),
+                pressure: pressure.clone(),
+                opened: tokio::time::Instant::now(),
+            },
         };
         let handler = handler.clone();
         let abort = abort.clone();
@@ -298,9 +360,8 @@ pub async fn serve<H: Handler>(
 struct Accepted {
     stream: Throttled<TcpStream>,
     peer: SocketAddr,
-    shutdown: CancellationToken,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    config: ServerConfig,
+    ctx: ConnContext,
 }
 
 /// Why a connection ended before its handler ran, or the handler's own error.
@@ -323,11 +384,11 @@ impl Accepted {
         let Accepted {
             stream,
             peer,
-            shutdown,
             tls,
-            config,
+            ctx,
         } = self;
-        let connection = |stream, secure| Connection::new(stream, peer, &shutdown, secure, &config);
+        let (config, shutdown) = (&ctx.config, &ctx.shutdown);
+        let connection = |stream, secure| Connection::new(stream, peer, secure, &ctx);
         let Some(acceptor) = tls else {
             return handler
                 .handle(connection(stream, false))
@@ -336,9 +397,18 @@ impl Accepted {
         };
         // Peek at the first byte (waiting like for any request) to tell TLS from plain text.
         let mut first = [0u8; 1];
-        let peeked = tokio::select! {
-            r = tokio::time::timeout(config.header_timeout, stream.get_ref().peek(&mut first)) => r,
-            () = shutdown.cancelled() => return Ok(()),
+        let by = ctx.opened + config.header_timeout;
+        let peeked = loop {
+            tokio::select! {
+                r = tokio::time::timeout_at(by, stream.get_ref().peek(&mut first)) => break r,
+                () = shutdown.cancelled() => return Ok(()),
+                // Silent while the server is short of slots: make room (see EVICT_SILENT_AFTER).
+                () = ctx.pressure.notified() => {
+                    if ctx.opened.elapsed() >= EVICT_SILENT_AFTER {
+                        return Ok(());
+                    }
+                }
+            }
         };
         match peeked {
             Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => {}
@@ -362,7 +432,7 @@ impl Accepted {
             })?
             .map_err(Ended::Tls)?;
         handler
-            .handle(Connection::new(secured, peer, &shutdown, true, &config))
+            .handle(Connection::new(secured, peer, true, &ctx))
             .await
             .map_err(Ended::Handler)
     }

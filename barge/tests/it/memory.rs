@@ -22,6 +22,8 @@ fn connection(stream: DuplexStream, timeout: Duration) -> Connection<DuplexStrea
         secure: false,
         header_timeout: timeout,
         first_request_by: None,
+        pressure: None,
+        opened: tokio::time::Instant::now(),
     }
 }
 

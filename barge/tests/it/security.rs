@@ -543,7 +543,9 @@ async fn connections_that_never_send_a_request_do_not_lock_others_out() {
         |s| s,
         |c| c,
         ServerConfig {
-            max_connections: 8,
+            // Slots to spare: the first-request deadline alone closes the silent ones (under
+            // pressure they make room sooner: the next test).
+            max_connections: 64,
             header_timeout: Duration::from_millis(800),
             ..ServerConfig::default()
         },
@@ -555,7 +557,7 @@ async fn connections_that_never_send_a_request_do_not_lock_others_out() {
     let started = Instant::now();
     let (_src, file) = source("through.bin", &content(4, 100_000));
     assert_eq!(send(&tcp(server.addr), &file, None).await.unwrap().files, 1);
-    // A few header timeouts (20 silent connections, 8 slots), not the idle timeout.
+    // Served at once, though 20 connections sit silent.
     assert!(
         started.elapsed() < Duration::from_secs(15),
         "{:?}",
@@ -576,6 +578,35 @@ async fn connections_that_never_send_a_request_do_not_lock_others_out() {
         reasons.iter().all(|r| r.contains("header not complete")),
         "{reasons:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_make_room_when_every_slot_is_taken() {
+    // Regression (D6): with 1,000 silent connections a client waited behind each round of them
+    // for the whole header timeout. Now silent ones give their slot up under pressure.
+    let server = server(
+        |s| s,
+        |c| c,
+        ServerConfig {
+            max_connections: 16,
+            header_timeout: Duration::from_secs(60),
+            ..ServerConfig::default()
+        },
+    );
+    let mut silent = Vec::new();
+    for _ in 0..200 {
+        silent.push(TcpStream::connect(server.addr).await.unwrap());
+    }
+    let started = Instant::now();
+    let (_src, file) = source("room.bin", &content(6, 50_000));
+    assert_eq!(send(&tcp(server.addr), &file, None).await.unwrap().files, 1);
+    // About EVICT_SILENT_AFTER per round of 16, not the 60 s header timeout.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.published(), ["room.bin"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

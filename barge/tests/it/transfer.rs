@@ -47,6 +47,8 @@ impl Dial for Memory {
                     secure: false,
                     header_timeout: WAIT,
                     first_request_by: None,
+                    pressure: None,
+                    opened: tokio::time::Instant::now(),
                 };
                 let _ = service.handle(conn).await;
             });
