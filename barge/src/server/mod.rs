@@ -79,6 +79,10 @@ impl Default for ServerConfig {
 /// One accepted connection as a handler sees it.
 #[derive(Debug)]
 pub struct Connection<S> {
+    /// This connection's place among its address's connections. Declared first, so dropped
+    /// first: the place is free again before the peer can see the connection close, and a client
+    /// that reconnects at once is not refused by the per-address limit.
+    pub address_slot: AddressSlot,
     /// The byte stream, with the server's idle timeout on every read and write.
     pub stream: IdleTimeout<S>,
     /// Who connected.
@@ -108,8 +112,15 @@ pub struct Connection<S> {
 pub const EVICT_SILENT_AFTER: Duration = Duration::from_millis(250);
 
 impl<S> Connection<S> {
-    fn new(stream: S, peer: SocketAddr, secure: bool, ctx: &ConnContext) -> Self {
+    fn new(
+        stream: S,
+        peer: SocketAddr,
+        secure: bool,
+        ctx: &ConnContext,
+        address_slot: AddressSlot,
+    ) -> Self {
         Self {
+            address_slot,
             stream: IdleTimeout::new(stream, ctx.config.idle_timeout),
             peer,
             shutdown: ctx.shutdown.clone(),
@@ -312,6 +323,9 @@ pub async fn serve<H: Handler>(
                 pressure: pressure.clone(),
                 opened: tokio::time::Instant::now(),
             },
+            slot: AddressSlot {
+                _held: Some(ip_slot),
+            },
         };
         let handler = handler.clone();
         let abort = abort.clone();
@@ -326,7 +340,6 @@ pub async fn serve<H: Handler>(
                     },
                     () = abort.cancelled() => warn!("cancelled by shutdown"),
                 }
-                drop(ip_slot);
                 drop(permit);
             }
             .instrument(span),
@@ -362,6 +375,8 @@ struct Accepted {
     peer: SocketAddr,
     tls: Option<tokio_rustls::TlsAcceptor>,
     ctx: ConnContext,
+    /// Moved into the connection, so it is freed before the stream closes.
+    slot: AddressSlot,
 }
 
 /// Why a connection ended before its handler ran, or the handler's own error.
@@ -386,12 +401,13 @@ impl Accepted {
             peer,
             tls,
             ctx,
+            slot,
         } = self;
         let (config, shutdown) = (&ctx.config, &ctx.shutdown);
-        let connection = |stream, secure| Connection::new(stream, peer, secure, &ctx);
+        let connection = |stream, secure, slot| Connection::new(stream, peer, secure, &ctx, slot);
         let Some(acceptor) = tls else {
             return handler
-                .handle(connection(stream, false))
+                .handle(connection(stream, false, slot))
                 .await
                 .map_err(Ended::Handler);
         };
@@ -415,7 +431,7 @@ impl Accepted {
             Ok(Ok(0)) => return Ok(()), // closed without a word
             Ok(Ok(_)) => {
                 return handler
-                    .handle(connection(stream, false))
+                    .handle(connection(stream, false, slot))
                     .await
                     .map_err(Ended::Handler);
             }
@@ -432,7 +448,7 @@ impl Accepted {
             })?
             .map_err(Ended::Tls)?;
         handler
-            .handle(Connection::new(secured, peer, true, &ctx))
+            .handle(Connection::new(secured, peer, true, &ctx, slot))
             .await
             .map_err(Ended::Handler)
     }
@@ -455,7 +471,23 @@ struct PerIp {
     counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
+/// One connection's place among its address's connections (see
+/// [`ServerConfig::max_connections_per_ip`]); frees it on drop.
+#[derive(Debug, Default)]
+pub struct AddressSlot {
+    /// Held only to be dropped: that frees the place.
+    _held: Option<IpSlot>,
+}
+
+impl AddressSlot {
+    /// No place held (a connection made outside the accept loop, e.g. in tests).
+    pub fn none() -> Self {
+        Self { _held: None }
+    }
+}
+
 /// One connection's place in [`PerIp`]; frees it on drop.
+#[derive(Debug)]
 struct IpSlot {
     ip: IpAddr,
     counts: Option<Arc<Mutex<HashMap<IpAddr, usize>>>>,

@@ -1144,7 +1144,6 @@ impl Upload {
 /// The thread that owns a partial transfer's files.
 struct Writer {
     storage: Storage,
-    lock: KeyLock,
     key: String,
     /// Whose transfer this is, for the per-client cap on partials.
     owner: String,
@@ -1174,6 +1173,9 @@ struct Writer {
     /// The chunk being received: its index, expected CV and hash so far.
     current: Option<(u64, Cv, ChunkHasher)>,
     shared: Arc<Shared>,
+    /// Declared last, so dropped last: the key is free only once the data file (and its OS lock)
+    /// is closed, or a writer let in by the key would find the file still locked.
+    lock: KeyLock,
 }
 
 impl Writer {
@@ -1420,8 +1422,7 @@ impl Writer {
         if let Some(r) = self.reservation.take() {
             r.keep();
         }
-        drop(self.lock);
-        Ok(stored)
+        Ok(stored) // the file closes, then the key is freed (field order)
     }
 }
 

@@ -22,6 +22,7 @@ fn connection(stream: DuplexStream, timeout: Duration) -> Connection<DuplexStrea
         secure: false,
         header_timeout: timeout,
         first_request_by: None,
+        address_slot: barge::server::AddressSlot::none(),
         pressure: None,
         opened: tokio::time::Instant::now(),
     }

@@ -47,6 +47,7 @@ impl Dial for Memory {
                     secure: false,
                     header_timeout: WAIT,
                     first_request_by: None,
+                    address_slot: barge::server::AddressSlot::none(),
                     pressure: None,
                     opened: tokio::time::Instant::now(),
                 };
