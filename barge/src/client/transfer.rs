@@ -1310,6 +1310,8 @@ pub async fn get(
 ) -> Result<Report, TransferError> {
     let storage = Storage::open(StorageConfig {
         on_conflict,
+        // `-o` may be a large folder of the user's: only barge's own state is looked at.
+        sweep_tree: false,
         ..StorageConfig::new(out)
     })?;
     let mut jobs: Option<Vec<GetJob>> = None;

@@ -76,6 +76,10 @@ pub struct StorageConfig {
     /// Interrupted transfers kept per client (address or token); beyond it the client's oldest
     /// is removed, so one client cannot pile up partials.
     pub max_partials_per_client: usize,
+    /// Walk the whole folder for small uploads' temporaries left by a crash (at open, and with
+    /// each sweep of expired partials). A server does; a client downloading into a folder
+    /// (perhaps a home folder) does not.
+    pub sweep_tree: bool,
 }
 
 impl StorageConfig {
@@ -90,6 +94,7 @@ impl StorageConfig {
             checkpoint_bytes: 64 << 20,
             quota: None,
             max_partials_per_client: 64,
+            sweep_tree: true,
         }
     }
 }
@@ -241,7 +246,9 @@ impl Storage {
             prefix: String::new(),
         };
         storage.expire_partials()?;
-        storage.sweep_orphans(Duration::ZERO);
+        if storage.inner.config.sweep_tree {
+            storage.sweep_orphans(Duration::ZERO);
+        }
         storage.count_partials()?;
         Ok(storage)
     }

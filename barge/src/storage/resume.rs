@@ -729,7 +729,9 @@ impl Storage {
         if removed > 0 {
             info!(count = removed, "expired abandoned partial transfers");
         }
-        self.sweep_orphans(ttl);
+        if self.inner.config.sweep_tree {
+            self.sweep_orphans(ttl);
+        }
         Ok(removed)
     }
 
