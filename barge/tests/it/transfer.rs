@@ -553,11 +553,11 @@ async fn refused_names_and_conflicts_get_typed_replies_and_later_files_still_go(
     assert_eq!(server.read("free.txt"), b"ok");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cli_get_exits_5_when_downloaded_data_keeps_failing_verification() {
-    // A retry was signalled as a lost connection, so a get that never verified exited 1.
+/// A server holding `bad.bin` (2 MiB of `content(seed)`) behind a proxy that flips a byte of
+/// every 300,000 it sends down: every download of it fails verification.
+async fn corrupted_on_the_way_down(seed: u64) -> (TestServer, Proxy) {
     let server = TestServer::start().await;
-    std::fs::write(server.dir.path().join("bad.bin"), content(8, 2 << 20)).unwrap();
+    std::fs::write(server.dir.path().join("bad.bin"), content(seed, 2 << 20)).unwrap();
     let proxy = Proxy::start(
         server.addr,
         Fault::FlipEvery {
@@ -567,6 +567,13 @@ async fn cli_get_exits_5_when_downloaded_data_keeps_failing_verification() {
         None,
     )
     .await;
+    (server, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_get_exits_5_when_downloaded_data_keeps_failing_verification() {
+    // A retry was signalled as a lost connection, so a get that never verified exited 1.
+    let (_server, proxy) = corrupted_on_the_way_down(8).await;
     let out_dir = tempfile::tempdir().unwrap();
     let out = run_blocking(
         barge()
@@ -1316,17 +1323,7 @@ async fn every_exit_code_in_the_readme_table_is_reachable() {
         .stderr(Stdio::null());
         cmd
     });
-    let server = TestServer::start().await;
-    std::fs::write(server.dir.path().join("bad.bin"), content(9, 2 << 20)).unwrap();
-    let corrupting = Proxy::start(
-        server.addr,
-        Fault::FlipEvery {
-            dir: Dir::Down,
-            period: 300_000,
-        },
-        None,
-    )
-    .await;
+    let (_server, corrupting) = corrupted_on_the_way_down(9).await;
     let src = tempfile::tempdir().unwrap();
     let small = src.path().join("small.txt");
     let big = src.path().join("big.bin");
