@@ -2,14 +2,17 @@
 //!
 //! The wire formats live in `barge-proto` (pure, no IO); this crate drives them over tokio.
 //!
-//! # Layout
+//! # Layout (front ends → transfer core → store; `docs/ARCHITECTURE.md` is the map)
 //! - [`server`]: the server framework (socketserver's `TCPServer` + `BaseRequestHandler` split):
-//!   accept loop, connection cap, idle timeout, back-off, graceful shutdown; and its datagram
+//!   accept loop, connection cap, timeouts, back-off, graceful shutdown; and its datagram
 //!   counterpart for UDP. Knows nothing of files.
-//! - [`service`]: one handler per service: [`service::upload`] (the lesson's upload format),
-//!   [`service::echo`] (upper-case echo), [`service::udp`] (datagram request/reply).
-//! - [`storage`]: safe names, temporary file then atomic rename, conflicts, space checks.
-//! - [`client`]: upload, echo and UDP clients, reporting progress as events (the binary renders them).
+//! - [`service`]: the front ends on the file port ([`service::files`] sniffs, [`service::v1`] and
+//!   [`service::lesson`] decode and encode), and the echo and UDP services.
+//! - [`transfer`]: the transfer core: admission (tokens, rights, roots, names, limits), BLAKE3
+//!   verification, publish under the conflict policy, reading for downloads.
+//! - [`store`]: the `Store` trait and its backends (local folder, memory).
+//! - [`client`]: the v1, lesson, echo and UDP clients, reporting progress as events (the binary
+//!   renders them); [`chunks`] is the client's file side.
 //! - [`pick`]: the lesson's numbered menu.
 //! - [`net`]: listeners, connecting with a deadline, the idle-timeout stream wrapper.
 //! - [`tls`], [`auth`], [`throttle`]: what makes a server safe on a network — TLS identities and
@@ -27,6 +30,7 @@ pub mod net;
 pub mod pick;
 pub mod server;
 pub mod service;
-pub mod storage;
+pub mod store;
 pub mod throttle;
 pub mod tls;
+pub mod transfer;

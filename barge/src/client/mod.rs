@@ -1,7 +1,8 @@
-//! barge's clients, one module per service. They report what happens as values or events and
-//! never print: the binary decides how things look.
+//! barge's clients, one module per front end: [`v1`] (send, get, ls, bench over barge's
+//! protocol), [`lesson`] (the lesson's upload format), [`echo`], [`udp`]. They report what happens
+//! as values or events and never print: the binary decides how things look.
 
 pub mod echo;
-pub mod transfer;
+pub mod lesson;
 pub mod udp;
-pub mod upload;
+pub mod v1;

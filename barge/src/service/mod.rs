@@ -1,7 +1,11 @@
-//! barge's services, each a handler on the shared server framework: [`upload`] and [`echo`] on
-//! [`crate::server::Handler`] (TCP), [`udp`] on [`crate::server::datagram::DatagramHandler`].
+//! barge's services, each a handler on the shared server framework. The file port ([`files`])
+//! sniffs a connection's first bytes and hands it to a front end: [`v1`] (barge's protocol) or
+//! [`lesson`] (the lesson's upload format); both only decode and encode around the transfer core
+//! ([`crate::transfer`]). [`echo`] is the socketserver example on [`crate::server::Handler`],
+//! [`udp`] the datagram service on [`crate::server::datagram::DatagramHandler`].
 
 pub mod echo;
-pub mod transfer;
+pub mod files;
+pub mod lesson;
 pub mod udp;
-pub mod upload;
+pub mod v1;

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use barge::auth::{FailureBrake, Tokens};
-use barge::client::transfer::{self, Options, Report, Tcp, TransferError};
+use barge::client::v1::{self, Options, Report, Tcp, TransferError};
 use barge::server::ServerConfig;
-use barge::service::upload::UploadService;
-use barge::storage::{OnConflict, Quota, Storage, StorageConfig};
+use barge::service::files::FileService;
+use barge::store::{LocalConfig, LocalStore, OnConflict, Quota};
 use barge::throttle::Bucket;
 use barge::tls::{Fingerprint, Trust};
 use barge_proto::wire::Status;
@@ -38,14 +38,15 @@ fn opts(token: Option<&str>) -> Options {
         retries: 1,
         backoff: Duration::from_millis(20),
         token: token.map(str::to_owned),
-        max_listed: transfer::MAX_LISTED,
+        max_listed: v1::MAX_LISTED,
+        writers: Default::default(),
     }
 }
 
 /// A server on 127.0.0.1:0 whose service and framework policy the test chooses.
 fn server(
-    service: impl FnOnce(UploadService) -> UploadService,
-    storage: impl FnOnce(StorageConfig) -> StorageConfig,
+    service: impl FnOnce(FileService) -> FileService,
+    storage: impl FnOnce(LocalConfig) -> LocalConfig,
     config: ServerConfig,
 ) -> TestServer {
     server_at("127.0.0.1:0", service, storage, config)
@@ -53,20 +54,25 @@ fn server(
 
 fn server_at(
     addr: &str,
-    service: impl FnOnce(UploadService) -> UploadService,
-    storage: impl FnOnce(StorageConfig) -> StorageConfig,
+    service: impl FnOnce(FileService) -> FileService,
+    storage: impl FnOnce(LocalConfig) -> LocalConfig,
     config: ServerConfig,
 ) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::open(storage(StorageConfig {
+    let storage = LocalStore::open(storage(LocalConfig {
         fsync: false,
-        ..StorageConfig::new(dir.path())
+        ..LocalConfig::new(dir.path())
     }))
     .unwrap();
-    TestServer::start_service(service(UploadService::new(storage)), config, addr, dir)
+    TestServer::start_service(
+        service(FileService::local(storage, Default::default())),
+        config,
+        addr,
+        dir,
+    )
 }
 
-fn with_tokens(s: UploadService) -> UploadService {
+fn with_tokens(s: FileService) -> FileService {
     s.with_tokens(tokens(), FailureBrake::default()).unwrap()
 }
 
@@ -85,12 +91,12 @@ fn source(name: &str, data: &[u8]) -> (tempfile::TempDir, PathBuf) {
 async fn send(dial: &Tcp, path: &Path, token: Option<&str>) -> Result<Report, TransferError> {
     within(
         "send",
-        transfer::send(dial, &[path.to_owned()], &opts(token), &mut ignore),
+        v1::send(dial, &[path.to_owned()], &opts(token), &mut ignore),
     )
     .await
 }
 
-fn ignore(_: transfer::Event) {}
+fn ignore(_: v1::Event) {}
 
 fn refused_with(result: Result<Report, TransferError>, status: Status) -> String {
     match result {
@@ -156,7 +162,7 @@ async fn a_download_only_token_gets_files_by_name_but_cannot_list_folders() {
         let out = out.path().to_owned();
         let dial = dial.clone();
         async move {
-            transfer::get(
+            v1::get(
                 &dial,
                 &names,
                 &out,
@@ -176,7 +182,7 @@ async fn a_download_only_token_gets_files_by_name_but_cannot_list_folders() {
     // Folders need the `list` right.
     let report = get(&["folder"]).await;
     assert_eq!(report.failed[0].1, Status::Forbidden);
-    let listed = transfer::list(&dial, "", true, &opts(Some(TOKEN_DOWNLOAD)))
+    let listed = v1::list(&dial, "", true, &opts(Some(TOKEN_DOWNLOAD)))
         .await
         .unwrap();
     assert!(matches!(listed, Err((Status::Forbidden, _))), "{listed:?}");
@@ -239,12 +245,12 @@ async fn rights_and_root_folders_follow_the_token() {
         send(&dial, &file, Some(TOKEN_UPLOAD)).await.unwrap().files,
         1
     );
-    let listed = transfer::list(&dial, "", false, &opts(Some(TOKEN_UPLOAD)))
+    let listed = v1::list(&dial, "", false, &opts(Some(TOKEN_UPLOAD)))
         .await
         .unwrap();
     assert!(matches!(listed, Err((Status::Forbidden, _))), "{listed:?}");
     let out = tempfile::tempdir().unwrap();
-    let report = transfer::get(
+    let report = v1::get(
         &dial,
         &["a.txt".to_owned()],
         out.path(),
@@ -272,13 +278,13 @@ async fn rights_and_root_folders_follow_the_token() {
     let names = |entries: Vec<barge_proto::wire::Entry>| {
         entries.into_iter().map(|e| e.path).collect::<Vec<_>>()
     };
-    let alice_sees = transfer::list(&dial, "", false, &opts(Some(TOKEN_ALICE)))
+    let alice_sees = v1::list(&dial, "", false, &opts(Some(TOKEN_ALICE)))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(names(alice_sees), ["b.txt"]);
     // She cannot climb out.
-    let report = transfer::get(
+    let report = v1::get(
         &dial,
         &["../a.txt".to_owned()],
         out.path(),
@@ -290,7 +296,7 @@ async fn rights_and_root_folders_follow_the_token() {
     .unwrap();
     assert_eq!(report.files, 0);
     assert_eq!(report.failed.len(), 1);
-    let admin_sees = transfer::list(&dial, "", false, &opts(Some(TOKEN_ALL)))
+    let admin_sees = v1::list(&dial, "", false, &opts(Some(TOKEN_ALL)))
         .await
         .unwrap()
         .unwrap();
@@ -645,7 +651,7 @@ async fn the_quota_holds_for_both_formats() {
     let q = quota.clone();
     let mut server = server(
         |s| s,
-        move |c| StorageConfig {
+        move |c| LocalConfig {
             quota: Some(q),
             ..c
         },

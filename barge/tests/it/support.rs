@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use barge::server::{Connection, Handler, ServerConfig, serve};
-use barge::service::upload::UploadService;
-use barge::storage::{STATE_DIR, Storage, StorageConfig};
+use barge::service::files::FileService;
+use barge::store::{LocalConfig, LocalStore, STATE_DIR, Writers};
+use barge::transfer::Policy;
 use barge_proto::legacy::Header;
 use tempfile::TempDir;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -66,6 +67,8 @@ pub struct TestServer {
     ended: mpsc::UnboundedReceiver<Result<(), String>>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    /// The store's writer threads, waited for at `stop` as the binary does before it exits.
+    writers: Writers,
 }
 
 impl TestServer {
@@ -74,18 +77,37 @@ impl TestServer {
     }
 
     pub async fn start_with(
-        storage: impl FnOnce(StorageConfig) -> StorageConfig,
+        storage: impl FnOnce(LocalConfig) -> LocalConfig,
         config: ServerConfig,
         addr: &str,
     ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         // fsync off: tests check behaviour, not durability, and fsync makes them slow.
-        let storage = Storage::open(storage(StorageConfig {
+        let storage = LocalStore::open(storage(LocalConfig {
             fsync: false,
-            ..StorageConfig::new(dir.path())
+            ..LocalConfig::new(dir.path())
         }))
         .expect("storage");
-        Self::start_service(UploadService::new(storage), config, addr, dir)
+        let writers = storage.config().writers.clone();
+        let service = FileService::local(storage, Policy::default());
+        let mut server = Self::start_service(service, config, addr, dir);
+        server.writers = writers;
+        server
+    }
+
+    /// A file server on a fresh folder whose core follows `policy`.
+    pub async fn start_with_policy(policy: Policy, config: ServerConfig, addr: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let storage = LocalStore::open(LocalConfig {
+            fsync: false,
+            ..LocalConfig::new(dir.path())
+        })
+        .expect("storage");
+        let writers = storage.config().writers.clone();
+        let mut server =
+            Self::start_service(FileService::local(storage, policy), config, addr, dir);
+        server.writers = writers;
+        server
     }
 
     /// Any service on the framework (the folder is only used by upload services).
@@ -112,6 +134,7 @@ impl TestServer {
             ended,
             stop: Some(stop_tx),
             task: Some(task),
+            writers: Writers::default(),
         }
     }
 
@@ -135,6 +158,12 @@ impl TestServer {
         if let Some(task) = self.task.take() {
             within("server shutdown", task).await.expect("server task");
         }
+        let writers = self.writers.clone();
+        let done = tokio::task::spawn_blocking(move || writers.wait(WAIT));
+        assert!(
+            done.await.expect("wait"),
+            "writers still running after {WAIT:?}"
+        );
     }
 
     /// Published file names, sorted (the state folder excluded).
@@ -142,12 +171,18 @@ impl TestServer {
         published(self.dir.path())
     }
 
-    /// Temporary files of unfinished lesson-format uploads.
+    /// Files of unfinished lesson-format uploads: small ones are received beside their final
+    /// name, larger ones in the state folder.
     pub fn temp_files(&self) -> usize {
-        std::fs::read_dir(self.dir.path().join(STATE_DIR))
-            .expect("state dir")
-            .filter(|e| e.as_ref().expect("entry").path().is_file())
-            .count()
+        let beside = std::fs::read_dir(self.dir.path())
+            .expect("dir")
+            .filter(|e| {
+                let name = e.as_ref().expect("entry").file_name();
+                let name = name.to_string_lossy();
+                name.starts_with(".barge-") && name.ends_with(".part")
+            })
+            .count();
+        beside + self.partial_files()
     }
 
     /// Files kept for resumable barge-protocol uploads.

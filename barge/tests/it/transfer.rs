@@ -5,11 +5,12 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use barge::client::transfer::{self, Dial, Dialing, Event, Options, Stream, Tcp};
+use barge::client::v1::{self, Dial, Dialing, Event, Options, Stream, Tcp};
 use barge::net::IdleTimeout;
 use barge::server::{Connection, Handler, ServerConfig};
-use barge::service::upload::UploadService;
-use barge::storage::{OnConflict, Storage, StorageConfig};
+use barge::service::files::FileService;
+use barge::store::{Begin, LocalConfig, LocalStore, OnConflict, Version};
+use barge::transfer::{Mode, Policy};
 use barge_proto::wire::Status;
 use tokio_util::sync::CancellationToken;
 
@@ -23,7 +24,8 @@ fn opts() -> Options {
         retries: 5,
         backoff: Duration::from_millis(50),
         token: None,
-        max_listed: transfer::MAX_LISTED,
+        max_listed: v1::MAX_LISTED,
+        writers: Default::default(),
     }
 }
 
@@ -32,7 +34,7 @@ fn tcp(addr: std::net::SocketAddr) -> Tcp {
 }
 
 /// Dials an in-memory pipe served by `service` directly: no sockets at all.
-struct Memory(UploadService);
+struct Memory(FileService);
 
 impl Dial for Memory {
     fn dial(&self) -> Dialing<'_> {
@@ -101,13 +103,14 @@ fn snapshot(root: &Path) -> Vec<(String, Option<Vec<u8>>)> {
     out
 }
 
-fn memory_service(dir: &Path) -> UploadService {
-    UploadService::new(
-        Storage::open(StorageConfig {
+fn memory_service(dir: &Path) -> FileService {
+    FileService::local(
+        LocalStore::open(LocalConfig {
             fsync: false,
-            ..StorageConfig::new(dir)
+            ..LocalConfig::new(dir)
         })
         .unwrap(),
+        Default::default(),
     )
 }
 
@@ -123,7 +126,7 @@ async fn in_memory_send_list_get_round_trip() {
     let mut events = Vec::new();
     let report = within(
         "send",
-        transfer::send(
+        v1::send(
             &dial,
             &[src.path().join("tree"), single],
             &opts(),
@@ -138,7 +141,7 @@ async fn in_memory_send_list_get_round_trip() {
         snapshot(&server_dir.path().join("tree")),
         snapshot(&src.path().join("tree"))
     );
-    let listed = transfer::list(&dial, "tree", true, &opts())
+    let listed = v1::list(&dial, "tree", true, &opts())
         .await
         .unwrap()
         .unwrap();
@@ -151,7 +154,7 @@ async fn in_memory_send_list_get_round_trip() {
             Some(blake3::hash(&bytes).to_hex().as_str())
         );
     }
-    let report = transfer::get(
+    let report = v1::get(
         &dial,
         &["tree".into(), "one.bin".into()],
         out.path(),
@@ -192,7 +195,7 @@ async fn five_thousand_files_send_ls_get_over_sockets() {
     make_tree(&src.path().join("many"), 5000, false);
     let report = within(
         "send 5000 files",
-        transfer::send(
+        v1::send(
             &tcp(server.addr),
             &[src.path().join("many")],
             &opts(),
@@ -203,14 +206,14 @@ async fn five_thousand_files_send_ls_get_over_sockets() {
     .unwrap();
     assert_eq!((report.files, report.failed.len()), (5000, 0));
     assert_eq!(server.next_end().await, Ok(()));
-    let listed = transfer::list(&tcp(server.addr), "many", true, &opts())
+    let listed = v1::list(&tcp(server.addr), "many", true, &opts())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(listed.iter().filter(|e| !e.dir).count(), 5000);
     let report = within(
         "get 5000 files",
-        transfer::get(
+        v1::get(
             &tcp(server.addr),
             &["many".into()],
             out.path(),
@@ -231,14 +234,11 @@ async fn five_thousand_files_send_ls_get_over_sockets() {
 
 /// A file big enough to span several chunks and checkpoints.
 /// Sends `paths` to `addr`, returning the report and every event.
-async fn send_recording(
-    addr: std::net::SocketAddr,
-    paths: &[PathBuf],
-) -> (transfer::Report, Vec<Event>) {
+async fn send_recording(addr: std::net::SocketAddr, paths: &[PathBuf]) -> (v1::Report, Vec<Event>) {
     let mut events = Vec::new();
     let report = within(
         "send",
-        transfer::send(&tcp(addr), paths, &opts(), &mut |e| events.push(e)),
+        v1::send(&tcp(addr), paths, &opts(), &mut |e| events.push(e)),
     )
     .await
     .unwrap();
@@ -270,7 +270,7 @@ async fn a_flipped_byte_in_transit_heals_and_never_stores_corrupt_data() {
     let mut events = Vec::new();
     let report = within(
         "send",
-        transfer::send(&tcp(proxy.addr), &[file], &opts(), &mut |e| events.push(e)),
+        v1::send(&tcp(proxy.addr), &[file], &opts(), &mut |e| events.push(e)),
     )
     .await
     .unwrap();
@@ -308,7 +308,7 @@ async fn persistent_corruption_fails_with_an_integrity_error_and_stores_nothing(
     .await;
     let report = within(
         "send",
-        transfer::send(&tcp(proxy.addr), &[file], &opts(), &mut |_| {}),
+        v1::send(&tcp(proxy.addr), &[file], &opts(), &mut |_| {}),
     )
     .await
     .unwrap();
@@ -337,7 +337,7 @@ async fn a_cut_connection_reconnects_and_sends_only_the_rest() {
     let mut events = Vec::new();
     let report = within(
         "send",
-        transfer::send(&tcp(proxy.addr), &[file], &opts(), &mut |e| events.push(e)),
+        v1::send(&tcp(proxy.addr), &[file], &opts(), &mut |e| events.push(e)),
     )
     .await
     .unwrap();
@@ -386,7 +386,7 @@ async fn a_changed_local_file_is_sent_whole_again() {
         ..opts()
     };
     assert!(
-        transfer::send(
+        v1::send(
             &tcp(proxy.addr),
             std::slice::from_ref(&file),
             &no_retry,
@@ -401,7 +401,7 @@ async fn a_changed_local_file_is_sent_whole_again() {
     changed[0] ^= 0xff;
     std::fs::write(&file, &changed).unwrap();
     let mut events = Vec::new();
-    transfer::send(&tcp(server.addr), &[file], &opts(), &mut |e| events.push(e))
+    v1::send(&tcp(server.addr), &[file], &opts(), &mut |e| events.push(e))
         .await
         .unwrap();
     assert!(
@@ -432,7 +432,7 @@ async fn a_cut_download_resumes_from_the_local_partial() {
     let mut events = Vec::new();
     let report = within(
         "get",
-        transfer::get(
+        v1::get(
             &tcp(proxy.addr),
             &["film.bin".into()],
             out.path(),
@@ -475,7 +475,7 @@ async fn a_corrupted_download_heals() {
     .await;
     let report = within(
         "get",
-        transfer::get(
+        v1::get(
             &tcp(proxy.addr),
             &["f.bin".into()],
             out.path(),
@@ -504,12 +504,12 @@ async fn downloads_can_be_disabled() {
         "127.0.0.1:0",
         tempfile::tempdir().unwrap(),
     );
-    let listed = transfer::list(&tcp(server.addr), "", false, &opts())
+    let listed = v1::list(&tcp(server.addr), "", false, &opts())
         .await
         .unwrap();
     assert_eq!(listed.unwrap_err().0, Status::Forbidden);
     let out = tempfile::tempdir().unwrap();
-    let report = transfer::get(
+    let report = v1::get(
         &tcp(server.addr),
         &["x".into()],
         out.path(),
@@ -524,10 +524,10 @@ async fn downloads_can_be_disabled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_names_and_conflicts_get_typed_replies_and_later_files_still_go() {
-    let server = TestServer::start_with(
-        |s| StorageConfig {
+    let server = TestServer::start_with_policy(
+        Policy {
             on_conflict: OnConflict::Fail,
-            ..s
+            ..Policy::default()
         },
         ServerConfig::default(),
         "127.0.0.1:0",
@@ -538,7 +538,7 @@ async fn refused_names_and_conflicts_get_typed_replies_and_later_files_still_go(
     for (n, body) in [("taken.txt", &b"theirs"[..]), ("free.txt", b"ok")] {
         std::fs::write(src.path().join(n), body).unwrap();
     }
-    let report = transfer::send(
+    let report = v1::send(
         &tcp(server.addr),
         &[src.path().join("taken.txt"), src.path().join("free.txt")],
         &opts(),
@@ -600,10 +600,10 @@ async fn cli_get_exits_5_when_downloaded_data_keeps_failing_verification() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_upload_stops_sending_at_once_and_later_files_still_go() {
     // Regression (D7): the client streamed a whole 1 GiB file after the server refused it.
-    let server = TestServer::start_with(
-        |s| StorageConfig {
+    let server = TestServer::start_with_policy(
+        Policy {
             max_file_size: Some(1 << 20),
-            ..s
+            ..Policy::default()
         },
         ServerConfig::default(),
         "127.0.0.1:0",
@@ -620,7 +620,7 @@ async fn a_refused_upload_stops_sending_at_once_and_later_files_still_go() {
     std::fs::write(&small, content(5, 3 << 10)).unwrap();
     let report = within(
         "send",
-        transfer::send(&tcp(proxy.addr), &[big, small], &opts(), &mut |_| {}),
+        v1::send(&tcp(proxy.addr), &[big, small], &opts(), &mut |_| {}),
     )
     .await
     .unwrap();
@@ -642,20 +642,29 @@ fn partials_expire_after_their_time() {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::open(StorageConfig {
+    let storage = LocalStore::open(LocalConfig {
         fsync: false,
-        ..StorageConfig::new(dir.path())
+        ..LocalConfig::new(dir.path())
     })
     .unwrap();
     rt.block_on(async {
-        let mut up = storage
-            .begin_upload("old.bin", 3 << 20, "", 0, "")
+        let begin = Begin {
+            path: "old.bin".into(),
+            size: 3 << 20,
+            version: Version::Any,
+            from: 0,
+            owner: String::new(),
+            resumable: true,
+            on_conflict: OnConflict::Rename,
+        };
+        let mut up = barge::transfer::receive(&storage, &Policy::default(), begin, Mode::Check)
             .await
             .unwrap();
         let chunk = bytes::Bytes::from(vec![1u8; 1 << 20]);
-        up.write_chunk(barge_proto::tree::chunk_cv(0, &chunk), chunk)
+        up.begin_chunk(barge_proto::tree::chunk_cv(0, &chunk), 1 << 20)
             .await
             .unwrap();
+        up.write(chunk).await.unwrap();
         up.suspend().await;
     });
     let partial = dir.path().join(".barge/partial");
@@ -666,9 +675,9 @@ fn partials_expire_after_their_time() {
     assert_eq!(files.len(), 3);
     // Kept while young...
     drop(
-        Storage::open(StorageConfig {
+        LocalStore::open(LocalConfig {
             fsync: false,
-            ..StorageConfig::new(dir.path())
+            ..LocalConfig::new(dir.path())
         })
         .unwrap(),
     );
@@ -684,9 +693,9 @@ fn partials_expire_after_their_time() {
             .unwrap();
     }
     drop(
-        Storage::open(StorageConfig {
+        LocalStore::open(LocalConfig {
             fsync: false,
-            ..StorageConfig::new(dir.path())
+            ..LocalConfig::new(dir.path())
         })
         .unwrap(),
     );
@@ -908,7 +917,7 @@ async fn symlinks_are_followed_only_to_files_inside_the_tree() {
     std::os::unix::fs::symlink(outside.path().join("secret"), tree.join("escape")).unwrap();
     std::os::unix::fs::symlink(&tree, tree.join("sub/loop")).unwrap();
     let dial = Memory(memory_service(server_dir.path()));
-    let report = transfer::send(&dial, &[tree], &opts(), &mut |_| {})
+    let report = v1::send(&dial, &[tree], &opts(), &mut |_| {})
         .await
         .unwrap();
     assert_eq!(report.files, 2);
@@ -1008,7 +1017,7 @@ async fn ctrl_c_during_get_keeps_a_resumable_local_partial() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_counts_bytes_memory_to_memory_and_stores_nothing() {
     let server = TestServer::start().await;
-    let elapsed = transfer::bench(&tcp(server.addr), (5 << 20) + 123, &opts())
+    let elapsed = v1::bench(&tcp(server.addr), (5 << 20) + 123, &opts())
         .await
         .unwrap();
     assert!(elapsed > Duration::ZERO);
@@ -1131,7 +1140,7 @@ async fn small_files_corrupted_in_transit_are_sent_again_and_replies_stay_in_ord
     assert_eq!(report.files, 301);
     assert_eq!(snapshot(&server.dir.path().join("mix")), snapshot(&tree));
     // Nothing of barge's own is left in the folders, and none of it is listed.
-    let listed = transfer::list(&tcp(server.addr), "mix", true, &opts())
+    let listed = v1::list(&tcp(server.addr), "mix", true, &opts())
         .await
         .unwrap()
         .unwrap();
@@ -1144,7 +1153,7 @@ async fn names_starting_with_barges_prefix_are_reserved() {
     let src = tempfile::tempdir().unwrap();
     std::fs::write(src.path().join(".barge-evil.part"), b"x").unwrap();
     let server = TestServer::start().await;
-    let refused = transfer::send(
+    let refused = v1::send(
         &tcp(server.addr),
         &[src.path().join(".barge-evil.part")],
         &opts(),
@@ -1152,7 +1161,7 @@ async fn names_starting_with_barges_prefix_are_reserved() {
     )
     .await;
     assert!(
-        matches!(refused, Err(transfer::TransferError::Name { .. })),
+        matches!(refused, Err(v1::TransferError::Name { .. })),
         "{refused:?}"
     );
     // ...and the server refuses one sent by hand, then serves the next request.
@@ -1267,9 +1276,9 @@ async fn a_server_sending_endless_listing_pages_is_not_followed() {
         ..opts()
     };
     let addr = endless_lister(page).await;
-    let listed = within("list", transfer::list(&tcp(addr), "", true, &limited)).await;
+    let listed = within("list", v1::list(&tcp(addr), "", true, &limited)).await;
     assert!(
-        matches!(&listed, Err(transfer::TransferError::Protocol(m)) if m.contains("10000")),
+        matches!(&listed, Err(v1::TransferError::Protocol(m)) if m.contains("10000")),
         "{listed:?}"
     );
     // Streamed (as `ls` does): entries are handed on as they come, and the bound holds too.
@@ -1277,7 +1286,7 @@ async fn a_server_sending_endless_listing_pages_is_not_followed() {
     let mut seen = 0u64;
     let streamed = within(
         "list_each",
-        transfer::list_each(&tcp(addr), "", true, &limited, &mut |_| {
+        v1::list_each(&tcp(addr), "", true, &limited, &mut |_| {
             seen += 1;
             Ok(())
         }),
@@ -1286,9 +1295,9 @@ async fn a_server_sending_endless_listing_pages_is_not_followed() {
     assert!(streamed.is_err(), "{streamed:?}");
     assert!((9_900..=10_000).contains(&seen), "{seen}");
     let addr = endless_lister(empty).await;
-    let listed = within("list", transfer::list(&tcp(addr), "", true, &opts())).await;
+    let listed = within("list", v1::list(&tcp(addr), "", true, &opts())).await;
     assert!(
-        matches!(&listed, Err(transfer::TransferError::Protocol(m)) if m.contains("empty")),
+        matches!(&listed, Err(v1::TransferError::Protocol(m)) if m.contains("empty")),
         "{listed:?}"
     );
 }

@@ -5,7 +5,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use barge::server::ServerConfig;
-use barge::storage::OnConflict;
+use barge::store::OnConflict;
+use barge::transfer::Policy;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -254,10 +255,10 @@ async fn two_hundred_concurrent_uploads_are_byte_identical() {
 
 #[tokio::test]
 async fn over_max_file_size_is_refused_before_any_byte_is_written() {
-    let mut server = TestServer::start_with(
-        |s| barge::storage::StorageConfig {
+    let mut server = TestServer::start_with_policy(
+        Policy {
             max_file_size: Some(1000),
-            ..s
+            ..Policy::default()
         },
         ServerConfig::default(),
         "127.0.0.1:0",
@@ -273,10 +274,10 @@ async fn over_max_file_size_is_refused_before_any_byte_is_written() {
 
 #[tokio::test]
 async fn on_conflict_fail_refuses_and_keeps_the_original() {
-    let mut server = TestServer::start_with(
-        |s| barge::storage::StorageConfig {
+    let mut server = TestServer::start_with_policy(
+        Policy {
             on_conflict: OnConflict::Fail,
-            ..s
+            ..Policy::default()
         },
         ServerConfig::default(),
         "127.0.0.1:0",

@@ -9,8 +9,9 @@ use std::time::Duration;
 use anyhow::Result;
 use barge::auth::Tokens;
 use barge::server::ServerConfig;
-use barge::service::upload::lesson_format_by_default;
-use barge::storage::{OnConflict, StorageConfig};
+use barge::service::files::lesson_format_by_default;
+use barge::store::{LocalConfig, OnConflict};
+use barge::transfer::Policy;
 
 use crate::args::{Conflict, FrameworkArgs, ServeArgs};
 
@@ -55,7 +56,9 @@ pub struct ServeConfig {
     /// Where to listen.
     pub addr: SocketAddr,
     /// The store's rules (its quota is attached once the folder has been measured).
-    pub storage: StorageConfig,
+    pub storage: LocalConfig,
+    /// The transfer core's rules.
+    pub policy: Policy,
     /// `--quota`: the most bytes stored.
     pub quota: Option<u64>,
     /// The framework's policy.
@@ -70,8 +73,6 @@ pub struct ServeConfig {
     pub legacy: bool,
     /// `--legacy` turned it on where it is off by default (worth a warning).
     pub legacy_forced: bool,
-    /// Allow listing and downloading.
-    pub downloads: bool,
 }
 
 impl TryFrom<ServeArgs> for ServeConfig {
@@ -83,21 +84,26 @@ impl TryFrom<ServeArgs> for ServeConfig {
             None => None,
         };
         let by_default = lesson_format_by_default(a.addr.ip(), tokens.is_some());
-        let storage = StorageConfig {
+        let policy = Policy {
             on_conflict: match a.on_conflict {
                 Conflict::Rename => OnConflict::Rename,
                 Conflict::Overwrite => OnConflict::Overwrite,
                 Conflict::Fail => OnConflict::Fail,
             },
             max_file_size: a.max_file_size,
+            no_downloads: a.no_download,
+        };
+        let storage = LocalConfig {
+            writers: crate::writers().clone(),
             fsync: !a.no_fsync,
             partial_ttl: seconds(a.partial_ttl, "--partial-ttl")?,
             checkpoint_bytes: a.checkpoint.max(barge_proto::tree::CHUNK),
-            ..StorageConfig::new(&a.dir)
+            ..LocalConfig::new(&a.dir)
         };
         Ok(Self {
             addr: a.addr,
             storage,
+            policy,
             quota: a.quota,
             server: server_config(&a.framework)?,
             tokens,
@@ -105,7 +111,6 @@ impl TryFrom<ServeArgs> for ServeConfig {
             cert_key: a.cert.zip(a.key),
             legacy: a.legacy || by_default,
             legacy_forced: a.legacy && !by_default,
-            downloads: !a.no_download,
         })
     }
 }

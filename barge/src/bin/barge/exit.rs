@@ -1,10 +1,10 @@
 //! Exit codes, one per kind of outcome a script may want to tell apart.
 
 use barge::client::echo::EchoClientError;
-use barge::client::transfer::TransferError;
+use barge::client::lesson::ClientError;
 use barge::client::udp::UdpClientError;
-use barge::client::upload::ClientError;
-use barge::storage::StorageError;
+use barge::client::v1::TransferError;
+use barge::store::StoreError;
 
 /// Everything worked.
 pub const SUCCESS: u8 = 0;
@@ -24,7 +24,7 @@ pub const PARTIAL: u8 = 6;
 pub const INTERRUPTED: u8 = 130;
 
 /// The code for a finished multi-file transfer.
-pub fn for_report(report: &barge::client::transfer::Report) -> u8 {
+pub fn for_report(report: &barge::client::v1::Report) -> u8 {
     use barge_proto::wire::Status;
     if report.failed.is_empty() {
         SUCCESS
@@ -57,7 +57,7 @@ pub fn code_for(e: &anyhow::Error) -> u8 {
             return REFUSED;
         }
         if let Some(
-            TransferError::Storage(StorageError::Integrity(_)) | TransferError::Integrity(_),
+            TransferError::Storage(StoreError::Integrity(_)) | TransferError::Integrity(_),
         ) = cause.downcast_ref()
         {
             return INTEGRITY;

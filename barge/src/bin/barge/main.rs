@@ -23,6 +23,14 @@ use tracing_subscriber::EnvFilter;
 use args::{Command, EchoCommand, FrameworkArgs, Opts, UdpCommand};
 use config::seconds;
 
+/// The writer threads of every store this process opens (a server's folder, a download's output
+/// folder): the process waits for them before it exits, so an interrupted transfer's resume point
+/// reaches the disk. The binary owns the process, so this one is the binary's, not the library's.
+fn writers() -> &'static barge::store::Writers {
+    static WRITERS: std::sync::OnceLock<barge::store::Writers> = std::sync::OnceLock::new();
+    WRITERS.get_or_init(Default::default)
+}
+
 fn main() -> ExitCode {
     let opts = Opts::parse();
     barge::tls::install_crypto_provider();
@@ -51,7 +59,7 @@ fn main() -> ExitCode {
     // Blocking file readers may still be parked on a full channel after an error.
     runtime.shutdown_timeout(Duration::from_millis(100));
     // An interrupted download's writer saves its resume point on its way out: let it finish.
-    if !barge::storage::wait_for_writers(Duration::from_secs(10)) {
+    if !writers().wait(Duration::from_secs(10)) {
         eprintln!("barge: warning: a transfer did not save its resume point in time");
     }
     match outcome {

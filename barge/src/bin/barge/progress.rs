@@ -3,7 +3,7 @@
 
 use std::io::IsTerminal;
 
-use barge::client::upload::Event;
+use barge::client::lesson::Event;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::args::ProgressMode;

@@ -5,8 +5,8 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use barge::client::transfer::{self, Event, Options, Report, Tcp};
-use barge::storage::OnConflict;
+use barge::client::v1::{self, Event, Options, Report, Tcp};
+use barge::store::OnConflict;
 use barge::throttle::Bucket;
 use barge::tls::{Fingerprint, Trust};
 use indicatif::ProgressBar;
@@ -27,7 +27,8 @@ fn options(c: &ClientArgs, t: Option<&TransferArgs>) -> Result<Options> {
         retries: t.map_or(defaults.retries, |t| t.retries),
         backoff: Duration::from_millis(500),
         token: token(c)?,
-        max_listed: transfer::MAX_LISTED,
+        max_listed: v1::MAX_LISTED,
+        writers: crate::writers().clone(),
     })
 }
 
@@ -93,7 +94,7 @@ pub async fn send_paths(
     let mut view = View::new(client.progress, t.json, "sent");
     let started = Instant::now();
     let dial = tcp(&client.to, client, &opts)?;
-    let result = transfer::send(&dial, &paths, &opts, &mut |e| view.event(e)).await;
+    let result = v1::send(&dial, &paths, &opts, &mut |e| view.event(e)).await;
     view.finish(result, started)
 }
 
@@ -111,7 +112,7 @@ pub async fn get(a: GetArgs) -> Result<u8> {
     let mut view = View::new(a.client.progress, a.transfer.json, "got");
     let started = Instant::now();
     let dial = tcp(&addr, &a.client, &opts)?;
-    let result = transfer::get(&dial, &names, &a.out, policy, &opts, &mut |e| view.event(e)).await;
+    let result = v1::get(&dial, &names, &a.out, policy, &opts, &mut |e| view.event(e)).await;
     view.finish(result, started)
 }
 
@@ -150,7 +151,7 @@ pub async fn ls(a: LsArgs) -> Result<u8> {
         }
     };
     if let Err((status, message)) =
-        transfer::list_each(&dial, path, a.recursive, &opts, &mut print).await?
+        v1::list_each(&dial, path, a.recursive, &opts, &mut print).await?
     {
         eprintln!(
             "barge: {addr} refused to list {path:?}: {}",
@@ -170,7 +171,7 @@ pub async fn bench(a: BenchArgs) -> Result<u8> {
     let (addr, _) = split_target(&a.args, &a.client.to);
     let opts = options(&a.client, None)?;
     let dial = tcp(&addr, &a.client, &opts)?;
-    let elapsed = transfer::bench(&dial, a.size, &opts).await?;
+    let elapsed = v1::bench(&dial, a.size, &opts).await?;
     let secs = elapsed.as_secs_f64().max(1e-9);
     let bytes_per_s = a.size as f64 / secs;
     if a.json {
@@ -314,11 +315,7 @@ impl View {
         }
     }
 
-    fn finish(
-        mut self,
-        result: Result<Report, transfer::TransferError>,
-        started: Instant,
-    ) -> Result<u8> {
+    fn finish(mut self, result: Result<Report, v1::TransferError>, started: Instant) -> Result<u8> {
         if let Some(bar) = self.bar.take() {
             bar.abandon();
         }

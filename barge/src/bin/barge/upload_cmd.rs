@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use barge::auth::FailureBrake;
-use barge::client::upload::{self, ClientError, LegacySender, Outgoing};
+use barge::client::lesson::{self, ClientError, LegacySender, Outgoing};
 use barge::pick::{self, Choice};
 use barge::server;
-use barge::service::upload::UploadService;
-use barge::storage::{Quota, Storage, bytes_stored};
+use barge::service::files::FileService;
+use barge::store::{LocalStore, Quota, bytes_stored};
 use std::io::Write;
 
 use tokio::io::AsyncBufReadExt;
@@ -35,14 +35,14 @@ pub async fn serve(a: ServeArgs) -> Result<u8> {
         }
         storage_config.quota = Some(Quota::new(limit, used));
     }
-    let storage = Storage::open(storage_config)
+    let storage = LocalStore::open(storage_config)
         .with_context(|| format!("cannot use {} for storage", dir.display()))?;
     let mut config = c.server;
     let shown = std::fs::canonicalize(storage.dir()).unwrap_or_else(|_| storage.dir().to_owned());
     let mut what = format!(", storing files in {}", shown.display());
     if c.tls {
         let identity = barge::tls::server_identity(
-            &storage.dir().join(barge::storage::STATE_DIR).join("tls"),
+            &storage.dir().join(barge::store::STATE_DIR).join("tls"),
             c.cert_key.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
         )
         .context("cannot set up TLS")?;
@@ -63,10 +63,9 @@ pub async fn serve(a: ServeArgs) -> Result<u8> {
         );
     }
     let listener = crate::listen(c.addr, &what)?;
-    // Abandoned partial uploads are swept at start (by `Storage::open`) and then regularly.
+    // Abandoned partial uploads are swept at start (by `LocalStore::open`) and then regularly.
     let _sweeper = storage.sweep_regularly();
-    let mut service = UploadService::new(storage)
-        .with_downloads(c.downloads)
+    let mut service = FileService::local(storage, c.policy)
         .with_legacy(c.legacy)
         .with_tls_required(c.tls);
     if let Some(tokens) = c.tokens {
@@ -115,7 +114,7 @@ pub async fn send(a: SendArgs) -> Result<u8> {
         .collect::<Result<Vec<_>, _>>()?;
     let stream = connect(&a.client).await?;
     let mut renderer = Renderer::new(a.client.progress);
-    upload::send_files(stream, files, |e| renderer.on_event(e)).await?;
+    lesson::send_files(stream, files, |e| renderer.on_event(e)).await?;
     Ok(exit::SUCCESS)
 }
 

@@ -24,8 +24,11 @@ use tokio::sync::mpsc;
 
 use crate::chunks::{prefix_cvs, read_chunks};
 use crate::net::IdleTimeout;
-use crate::storage::{OnConflict, Storage, StorageConfig, StorageError};
+use crate::store::{
+    Begin, LocalConfig, LocalStore, OnConflict, Store, StoreError, Version, Writers,
+};
 use crate::throttle::{Bucket, Throttled};
+use crate::transfer::{Mode, Policy};
 
 /// How a client behaves on the network.
 #[derive(Debug, Clone)]
@@ -42,6 +45,9 @@ pub struct Options {
     pub token: Option<String>,
     /// Most listing entries accepted from a server: a hostile one could send pages forever.
     pub max_listed: u64,
+    /// The writer threads of downloads: the caller waits on them before exiting, so that an
+    /// interrupted download saves its resume point.
+    pub writers: Writers,
 }
 
 /// Default of [`Options::max_listed`]: ten million entries (a listing kept in memory for `get`
@@ -57,6 +63,7 @@ impl Default for Options {
             backoff: Duration::from_millis(500),
             token: None,
             max_listed: MAX_LISTED,
+            writers: Writers::default(),
         }
     }
 }
@@ -173,7 +180,7 @@ pub enum TransferError {
     Integrity(String),
     /// Local storage refused a download.
     #[error(transparent)]
-    Storage(#[from] StorageError),
+    Storage(#[from] StoreError),
 }
 
 impl Report {
@@ -827,8 +834,24 @@ async fn send_pass(
     opts: &Options,
     on_event: &mut (dyn FnMut(Event) + Send),
 ) -> Result<(), TransferError> {
+    // Files that failed verification are put back; each round sends them again, until every job
+    // is finished (done, or failed too often: `settle` counts the tries).
+    while progress.iter().any(|p| !p.finished) {
+        send_round(link, jobs, progress, report, opts, on_event).await?;
+    }
+    Ok(())
+}
+
+/// Visits every unfinished job once, in order, pipelining requests, and settles every reply.
+async fn send_round(
+    link: &mut Link,
+    jobs: &[Job],
+    progress: &mut [Progress],
+    report: &mut Report,
+    opts: &Options,
+    on_event: &mut (dyn FnMut(Event) + Send),
+) -> Result<(), TransferError> {
     let mut owed: VecDeque<Owed> = VecDeque::new();
-    // Each pass visits every unfinished job once, in order.
     for index in 0..jobs.len() {
         if progress[index].finished {
             continue;
@@ -895,12 +918,7 @@ async fn send_pass(
             settle(reply, &mut owed, jobs, progress, report, opts, on_event)?;
         }
     }
-    settle_all(link, &mut owed, jobs, progress, report, opts, on_event).await?;
-    // Files that failed verification were put back; another pass sends them again.
-    if progress.iter().any(|p| !p.finished) {
-        return Box::pin(send_pass(link, jobs, progress, report, opts, on_event)).await;
-    }
-    Ok(())
+    settle_all(link, &mut owed, jobs, progress, report, opts, on_event).await
 }
 
 /// Where to start an upload, and what the server already stores at its path.
@@ -1287,15 +1305,17 @@ pub async fn bench(dial: &dyn Dial, size: u64, opts: &Options) -> Result<Duratio
 /// One thing to download.
 #[derive(Debug, Clone)]
 enum GetJob {
-    Folder {
-        local: String,
-    },
-    File {
-        remote: String,
-        local: String,
-        size: u64,
-        digest: String,
-    },
+    Folder { local: String },
+    File(RemoteFile),
+}
+
+/// A file to fetch, as listed.
+#[derive(Debug, Clone)]
+struct RemoteFile {
+    remote: String,
+    local: String,
+    size: u64,
+    digest: String,
 }
 
 /// Downloads files or folders into `out`, verified and resumable; never overwrites unless
@@ -1308,12 +1328,19 @@ pub async fn get(
     opts: &Options,
     on_event: &mut (dyn FnMut(Event) + Send),
 ) -> Result<Report, TransferError> {
-    let storage = Storage::open(StorageConfig {
-        on_conflict,
+    let store = LocalStore::open(LocalConfig {
         // `-o` may be a large folder of the user's: only barge's own state is looked at.
         sweep_tree: false,
-        ..StorageConfig::new(out)
+        writers: opts.writers.clone(),
+        ..LocalConfig::new(out)
     })?;
+    let getter = Getter {
+        store,
+        policy: Policy {
+            on_conflict,
+            ..Policy::default()
+        },
+    };
     let mut jobs: Option<Vec<GetJob>> = None;
     let mut finished: Vec<bool> = Vec::new();
     let mut report = Report::default();
@@ -1334,23 +1361,13 @@ pub async fn get(
             }
             match job {
                 GetJob::Folder { local } => {
-                    storage.mkdir(local).await?;
+                    getter.store.mkdir(local).await?;
                     report.folders += 1;
                     on_event(Event::Folder {
                         path: local.clone(),
                     });
                 }
-                GetJob::File {
-                    remote,
-                    local,
-                    size,
-                    digest,
-                } => {
-                    download(
-                        &mut link, &storage, remote, local, *size, digest, report, on_event, true,
-                    )
-                    .await?;
-                }
+                GetJob::File(file) => getter.download(&mut link, file, report, on_event).await?,
             }
             finished[i] = true;
         }
@@ -1380,12 +1397,12 @@ async fn plan_get(
                 let single_file = entries.len() == 1 && !entries[0].dir && entries[0].path == base;
                 if single_file {
                     let e = &entries[0];
-                    jobs.push(GetJob::File {
+                    jobs.push(GetJob::File(RemoteFile {
                         remote: name.to_owned(),
                         local: base,
                         size: e.size,
                         digest: e.digest.clone().unwrap_or_default(),
-                    });
+                    }));
                     continue;
                 }
                 jobs.push(GetJob::Folder {
@@ -1396,12 +1413,12 @@ async fn plan_get(
                     if e.dir {
                         jobs.push(GetJob::Folder { local });
                     } else {
-                        jobs.push(GetJob::File {
+                        jobs.push(GetJob::File(RemoteFile {
                             remote: format!("{name}/{}", e.path),
                             local,
                             size: e.size,
                             digest: e.digest.unwrap_or_default(),
-                        });
+                        }));
                     }
                 }
             }
@@ -1410,145 +1427,177 @@ async fn plan_get(
     Ok(jobs)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn download(
-    link: &mut Link,
-    storage: &Storage,
-    remote: &str,
-    local: &str,
-    size: u64,
-    digest: &str,
-    report: &mut Report,
-    on_event: &mut (dyn FnMut(Event) + Send),
-    may_refetch: bool,
-) -> Result<(), TransferError> {
-    let started = Instant::now();
-    // A partial from an earlier run is keyed by the digest: it resumes only the same content.
-    let from = storage
-        .probe(local, size, digest)
-        .await
-        .map(|p| p.offset)
-        .unwrap_or(0);
-    let id = link.id();
-    link.request(&Request::Get {
-        id,
-        path: remote.to_owned(),
-        from,
-        // Resuming: only if the file is still the one our kept chunks belong to.
-        digest: (from > 0).then(|| digest.to_owned()),
-    })
-    .await?;
-    let reply = link.reply().await?;
-    // A conditional get refused: the file changed, and no data follows.
-    let changed = reply.status == Status::Conflict && from > 0 && reply.digest.is_some();
-    if reply.status != Status::Ok && !changed {
-        let message = reply.message.unwrap_or_default();
-        report.fail(remote, reply.status, message, on_event);
-        return Ok(());
-    }
-    let their_size = reply.size.unwrap_or(0);
-    let their_digest = reply.digest.clone().unwrap_or_default();
-    if changed || their_size != size || their_digest != digest {
-        // Changed since it was listed: read past what was sent and fetch it anew, once; a file
-        // that keeps changing is reported rather than chased.
-        if !changed {
-            for _ in from / CHUNK..chunk_count(their_size) {
-                link.frame().await?;
+/// Where downloads go: the output folder's store (resume state, verified publish) and the
+/// conflict policy, through the same transfer core a server receives with.
+struct Getter {
+    store: LocalStore,
+    policy: Policy,
+}
+
+/// What one `get` of a file found on the server.
+enum Fetched {
+    Stored,
+    /// Refused by the server (reported).
+    Refused,
+    /// The file is not the one listed: its new size and digest.
+    Changed(u64, String),
+}
+
+impl Getter {
+    /// Downloads one file. A file that changed since it was listed is fetched anew, once; one that
+    /// keeps changing is reported rather than chased.
+    async fn download(
+        &self,
+        link: &mut Link,
+        file: &RemoteFile,
+        report: &mut Report,
+        on_event: &mut (dyn FnMut(Event) + Send),
+    ) -> Result<(), TransferError> {
+        let mut want = (file.size, file.digest.clone());
+        for _ in 0..2 {
+            match self
+                .fetch(link, file, want.0, &want.1, report, on_event)
+                .await?
+            {
+                Fetched::Stored | Fetched::Refused => return Ok(()),
+                Fetched::Changed(size, digest) => want = (size, digest),
             }
         }
-        if !may_refetch {
-            let message = "the file changed on the server while being fetched".to_owned();
-            report.fail(remote, Status::Integrity, message, on_event);
-            return Ok(());
-        }
-        return Box::pin(download(
-            link,
-            storage,
-            remote,
-            local,
-            their_size,
-            &their_digest,
-            report,
-            on_event,
-            false,
-        ))
-        .await;
+        let message = "the file changed on the server while being fetched".to_owned();
+        report.fail(&file.remote, Status::Integrity, message, on_event);
+        Ok(())
     }
-    let Some(expected) = parse_hex(digest) else {
-        return Err(TransferError::Protocol(
-            "server sent a malformed digest".into(),
-        ));
-    };
-    on_event(Event::Start {
-        path: remote.to_owned(),
-        size,
-        offset: from,
-    });
-    let mut upload = storage.begin_upload(local, size, digest, from, "").await?;
-    let mut done = from;
-    let mut throttle = Throttle::new();
-    for _ in from / CHUNK..chunk_count(size) {
-        let (cv, len) = match link.next().await? {
-            Incoming::Data { cv, len } => (cv, len),
-            Incoming::Frame(Frame::Reply(r)) => {
-                upload.suspend().await;
-                return Err(TransferError::Lost(io::Error::other(
-                    r.message.unwrap_or_else(|| "download stopped".into()),
-                )));
-            }
-            other => {
-                return Err(TransferError::Protocol(format!(
-                    "expected file data, got {other:?}"
-                )));
-            }
+
+    /// One attempt at `file`, expected to be `size` bytes with `digest`.
+    async fn fetch(
+        &self,
+        link: &mut Link,
+        file: &RemoteFile,
+        size: u64,
+        digest: &str,
+        report: &mut Report,
+        on_event: &mut (dyn FnMut(Event) + Send),
+    ) -> Result<Fetched, TransferError> {
+        let (remote, local) = (&file.remote[..], &file.local[..]);
+        let started = Instant::now();
+        let Some(expected) = parse_hex(digest) else {
+            return Err(TransferError::Protocol(
+                "server sent a malformed digest".into(),
+            ));
         };
-        // Each piece is hashed and written as it arrives; the chunk is checked at its end.
-        let mut written = upload.begin_chunk(cv, len as u64).await;
-        let mut left = len;
-        while left > 0 && written.is_ok() {
-            let piece = match link.next().await? {
-                Incoming::Piece(p) => p,
+        // A partial from an earlier run is keyed by the digest: it resumes only the same content.
+        let version = Version::Digest(expected);
+        let from = crate::transfer::kept(&self.store, local, size, version)
+            .await
+            .map_or(0, |(offset, _)| offset);
+        let id = link.id();
+        link.request(&Request::Get {
+            id,
+            path: remote.to_owned(),
+            from,
+            // Resuming: only if the file is still the one our kept chunks belong to.
+            digest: (from > 0).then(|| digest.to_owned()),
+        })
+        .await?;
+        let reply = link.reply().await?;
+        // A conditional get refused: the file changed, and no data follows.
+        let changed = reply.status == Status::Conflict && from > 0 && reply.digest.is_some();
+        if reply.status != Status::Ok && !changed {
+            let message = reply.message.unwrap_or_default();
+            report.fail(remote, reply.status, message, on_event);
+            return Ok(Fetched::Refused);
+        }
+        let their_size = reply.size.unwrap_or(0);
+        let their_digest = reply.digest.clone().unwrap_or_default();
+        if changed || their_size != size || their_digest != digest {
+            if !changed {
+                // Read past what was sent.
+                for _ in from / CHUNK..chunk_count(their_size) {
+                    link.frame().await?;
+                }
+            }
+            return Ok(Fetched::Changed(their_size, their_digest));
+        }
+        on_event(Event::Start {
+            path: remote.to_owned(),
+            size,
+            offset: from,
+        });
+        let begin = Begin {
+            path: local.to_owned(),
+            size,
+            version,
+            from,
+            owner: String::new(),
+            resumable: true,
+            on_conflict: self.policy.on_conflict,
+        };
+        let mut upload =
+            crate::transfer::receive(&self.store, &self.policy, begin, Mode::Check).await?;
+        let mut done = from;
+        let mut throttle = Throttle::new();
+        for _ in from / CHUNK..chunk_count(size) {
+            let (cv, len) = match link.next().await? {
+                Incoming::Data { cv, len } => (cv, len),
+                Incoming::Frame(Frame::Reply(r)) => {
+                    upload.suspend().await;
+                    return Err(TransferError::Lost(io::Error::other(
+                        r.message.unwrap_or_else(|| "download stopped".into()),
+                    )));
+                }
                 other => {
                     return Err(TransferError::Protocol(format!(
-                        "data frame interrupted by {other:?}"
+                        "expected file data, got {other:?}"
                     )));
                 }
             };
-            left -= piece.len().min(left);
-            done += piece.len() as u64;
-            written = upload.write_piece(piece).await;
+            // Each piece is hashed and written as it arrives; the chunk is checked at its end.
+            let mut written = upload.begin_chunk(cv, len as u64).await;
+            let mut left = len;
+            while left > 0 && written.is_ok() {
+                let piece = match link.next().await? {
+                    Incoming::Piece(p) => p,
+                    other => {
+                        return Err(TransferError::Protocol(format!(
+                            "data frame interrupted by {other:?}"
+                        )));
+                    }
+                };
+                left -= piece.len().min(left);
+                done += piece.len() as u64;
+                written = upload.write(piece).await;
+            }
+            if let Err(e) = written {
+                upload.suspend().await;
+                // Corrupted in transit: reconnect and resume from the verified part.
+                return Err(match e {
+                    StoreError::Integrity(m) => TransferError::Integrity(m),
+                    other => TransferError::Lost(io::Error::other(other.to_string())),
+                });
+            }
+            throttle.tick(remote, done, size, on_event);
         }
-        if let Err(e) = written {
-            upload.suspend().await;
-            // Corrupted in transit: reconnect and resume from the verified part.
-            return Err(match e {
-                StorageError::Integrity(m) => TransferError::Integrity(m),
-                other => TransferError::Lost(io::Error::other(other.to_string())),
-            });
-        }
-        throttle.tick(remote, done, size, on_event);
+        let stored = match upload.finish(Some(expected)).await {
+            Ok(stored) => stored,
+            // A digest mismatch: retrying starts over (nothing can be trusted).
+            Err(StoreError::Integrity(m)) => return Err(TransferError::Integrity(m)),
+            Err(e) => return Err(e.into()),
+        };
+        report.files += 1;
+        report.bytes += size;
+        report.transferred += size - from;
+        let stored_rel = match local.rsplit_once('/') {
+            Some((dir, _)) => format!("{dir}/{}", stored.name),
+            None => stored.name,
+        };
+        on_event(Event::Done {
+            path: remote.to_owned(),
+            stored: stored_rel,
+            size,
+            transferred: size - from,
+            digest: digest.to_owned(),
+            secs: started.elapsed().as_secs_f64(),
+        });
+        Ok(Fetched::Stored)
     }
-    let stored = match upload.commit(expected).await {
-        Ok(stored) => stored,
-        // A damaged chunk noticed only now, or a digest mismatch: retrying resumes from what was
-        // verified (or starts over if nothing can be trusted).
-        Err(StorageError::Integrity(m)) => return Err(TransferError::Integrity(m)),
-        Err(e) => return Err(e.into()),
-    };
-    report.files += 1;
-    report.bytes += size;
-    report.transferred += size - from;
-    let stored_rel = match local.rsplit_once('/') {
-        Some((dir, _)) => format!("{dir}/{}", stored.name),
-        None => stored.name,
-    };
-    on_event(Event::Done {
-        path: remote.to_owned(),
-        stored: stored_rel,
-        size,
-        transferred: size - from,
-        digest: digest.to_owned(),
-        secs: started.elapsed().as_secs_f64(),
-    });
-    Ok(())
 }

@@ -1,12 +1,15 @@
-//! The server side of barge's own protocol (v1) on an upload connection: verified, resumable
-//! uploads, folders, listings and downloads. Every request gets a reply; a refused upload's data
-//! frames are skipped up to its `end`, so a pipelining client's later files are still served.
+//! The v1 front end: barge's own protocol on the file port (verified, resumable uploads, folders,
+//! listings, downloads). It decodes frames, calls the transfer core's session and encodes
+//! replies: the request id rule, reply batching and the skip-to-`end` of a refused upload live
+//! here; admission, verification and storage do not. Every request gets a reply; a refused
+//! upload's data frames are skipped up to its `end`, so a pipelining client's later files are
+//! still served.
 
 use std::time::Instant;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use barge_proto::tree::{CHUNK, Cv, hex, parse_hex};
+use barge_proto::tree::{Cv, hex, parse_hex};
 use barge_proto::wire::{
     self, Frame, Item, MAX_JSON, PREFACE_LEN, Reply, Request, Status, VERSION, WireError,
 };
@@ -14,10 +17,10 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{info, warn};
 
-use super::upload::{READ_CHUNK, UploadError, UploadService};
-use crate::auth::Rights;
+use super::files::{FileError, FileService, READ_CHUNK};
 use crate::server::Connection;
-use crate::storage::{Storage, StorageError, Upload};
+use crate::store::{StoreError, Stored};
+use crate::transfer::{Action, Denied, Mode, Receiver, SendError, Session};
 
 /// Files up to this size are received into memory and stored in one step at their `end`: for
 /// thousands of small files, a writer thread and its hand-offs per file would cost more than the
@@ -65,9 +68,8 @@ enum State {
     Receiving {
         id: u64,
         path: String,
-        upload: Upload,
+        upload: Box<Receiver>,
         started: Instant,
-        from: u64,
     },
     /// Receiving small put `id` whole into memory (see [`WHOLE_MAX`]).
     Whole {
@@ -85,38 +87,38 @@ enum State {
 }
 
 /// The reply status for a storage error.
-pub fn status_of(e: &StorageError) -> Status {
+pub fn status_of(e: &StoreError) -> Status {
     match e {
-        StorageError::Name(_) => Status::NameRejected,
-        StorageError::TooLarge { .. } => Status::TooLarge,
-        StorageError::NoSpace { .. } => Status::NoSpace,
-        StorageError::Conflict(_) | StorageError::NotAFolder(_) => Status::Conflict,
-        StorageError::SizeMismatch { .. } | StorageError::BadRequest(_) => Status::BadRequest,
-        StorageError::Integrity(_) => Status::Integrity,
-        StorageError::Busy(_) => Status::Busy,
-        StorageError::NotFound(_) => Status::NotFound,
-        StorageError::QuotaExceeded { .. } => Status::QuotaExceeded,
-        StorageError::BadDirectory(_) | StorageError::Io(_) => Status::Internal,
+        StoreError::Name(_) => Status::NameRejected,
+        StoreError::TooLarge { .. } => Status::TooLarge,
+        StoreError::NoSpace { .. } => Status::NoSpace,
+        StoreError::Conflict(_) | StoreError::NotAFolder(_) => Status::Conflict,
+        StoreError::SizeMismatch { .. } | StoreError::BadRequest(_) => Status::BadRequest,
+        StoreError::Integrity(_) => Status::Integrity,
+        StoreError::Busy(_) => Status::Busy,
+        StoreError::NotFound(_) => Status::NotFound,
+        StoreError::QuotaExceeded { .. } => Status::QuotaExceeded,
+        StoreError::BadDirectory(_) | StoreError::Io(_) => Status::Internal,
     }
 }
 
-fn refusal(id: u64, e: &StorageError) -> Reply {
+fn refusal(id: u64, e: &StoreError) -> Reply {
     Reply::error(id, status_of(e), e.to_string())
 }
 
 /// Serves a connection that began with barge's preface; `buf` holds what was read so far.
 pub async fn serve<S>(
-    service: &UploadService,
+    service: &FileService,
     mut conn: Connection<S>,
     mut buf: BytesMut,
-) -> Result<(), UploadError>
+) -> Result<(), FileError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let mut started = Some(tokio::time::Instant::now());
     while buf.len() < PREFACE_LEN {
         if read(&mut conn, &mut buf, false, &mut started).await? == 0 {
-            return Err(UploadError::TruncatedHeader(buf.len()));
+            return Err(FileError::TruncatedHeader(buf.len()));
         }
     }
     let version = wire::parse_preface(&buf)?.unwrap_or(0);
@@ -132,7 +134,7 @@ where
             ),
         )
         .await?;
-        return Err(UploadError::Protocol(
+        return Err(FileError::Protocol(
             "plain-text barge connection refused: TLS is required".into(),
         ));
     }
@@ -142,7 +144,7 @@ where
             &Reply::error(0, Status::BadRequest, "unsupported protocol version"),
         )
         .await?;
-        return Err(UploadError::Protocol(format!(
+        return Err(FileError::Protocol(format!(
             "client speaks version {version}"
         )));
     }
@@ -165,7 +167,7 @@ async fn read<S: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     idle: bool,
     started: &mut Option<tokio::time::Instant>,
-) -> Result<usize, UploadError> {
+) -> Result<usize, FileError> {
     if idle || started.is_some() {
         Ok(conn
             .read_header(buf, READ_CHUNK, started)
@@ -182,7 +184,7 @@ async fn read_data<S: AsyncRead + Unpin>(
     conn: &mut Connection<S>,
     buf: &mut BytesMut,
     size: usize,
-) -> Result<usize, UploadError> {
+) -> Result<usize, FileError> {
     if buf.capacity() - buf.len() < size {
         if buf.is_empty() {
             // Reuse the buffer once every piece cut from it is gone (written, or dropped by a
@@ -202,8 +204,8 @@ async fn read_data<S: AsyncRead + Unpin>(
 async fn upload_failed<S: AsyncWrite + Unpin>(
     conn: &mut Conv<'_, S>,
     state: &mut State,
-    e: StorageError,
-) -> Result<(), UploadError> {
+    e: StoreError,
+) -> Result<(), FileError> {
     let (id, verified) = match state {
         State::Receiving { upload, id, .. } => (*id, upload.verified()),
         State::Whole { id, .. } => (*id, 0),
@@ -224,19 +226,19 @@ async fn refuse_connection<S: AsyncWrite + Unpin>(
     conn: &mut Conv<'_, S>,
     status: Status,
     why: impl Into<String>,
-) -> Result<(), UploadError> {
+) -> Result<(), FileError> {
     let why = why.into();
     send(conn, &Reply::error(0, status, why.clone())).await?;
     conn.flush().await?;
     let _ = conn.stream.shutdown().await;
-    Err(UploadError::Protocol(why))
+    Err(FileError::Protocol(why))
 }
 
 /// Sends a reply at once (outside the conversation loop).
 async fn send_now<S: AsyncWrite + Unpin>(
     conn: &mut Connection<S>,
     reply: &Reply,
-) -> Result<(), UploadError> {
+) -> Result<(), FileError> {
     let mut out = BytesMut::with_capacity(256);
     wire::encode_reply(reply, &mut out);
     conn.stream.write_all(&out).await?;
@@ -273,7 +275,7 @@ impl<S> std::ops::DerefMut for Conv<'_, S> {
 
 impl<S: AsyncWrite + Unpin> Conv<'_, S> {
     /// Waits for the small files being stored and queues every pending reply, in order.
-    async fn settle(&mut self) -> Result<(), UploadError> {
+    async fn settle(&mut self) -> Result<(), FileError> {
         while let Some(pending) = self.queue.pop_front() {
             let reply = match pending {
                 Pending::Ready(reply) => reply,
@@ -288,7 +290,7 @@ impl<S: AsyncWrite + Unpin> Conv<'_, S> {
     }
 
     /// Settles, then writes everything queued.
-    async fn flush(&mut self) -> Result<(), UploadError> {
+    async fn flush(&mut self) -> Result<(), FileError> {
         self.settle().await?;
         if !self.out.is_empty() {
             let result = self.conn.stream.write_all_buf(&mut self.out).await;
@@ -302,7 +304,7 @@ impl<S: AsyncWrite + Unpin> Conv<'_, S> {
 async fn send<S: AsyncWrite + Unpin>(
     conn: &mut Conv<'_, S>,
     reply: &Reply,
-) -> Result<(), UploadError> {
+) -> Result<(), FileError> {
     if !conn.queue.is_empty() {
         conn.queue.push_back(Pending::Ready(reply.clone()));
         return Ok(());
@@ -315,11 +317,11 @@ async fn send<S: AsyncWrite + Unpin>(
 }
 
 async fn converse<S>(
-    service: &UploadService,
+    service: &FileService,
     conn: &mut Connection<S>,
     buf: &mut BytesMut,
     state: &mut State,
-) -> Result<(), UploadError>
+) -> Result<(), FileError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -336,20 +338,16 @@ where
 }
 
 async fn talk<S>(
-    service: &UploadService,
+    service: &FileService,
     conn: &mut Conv<'_, S>,
     buf: &mut BytesMut,
     state: &mut State,
-) -> Result<(), UploadError>
+) -> Result<(), FileError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let mut storage = service.storage().clone();
     // Without tokens every connection has every right the server allows.
-    let mut rights = match service.access() {
-        None => Some(Rights::ALL),
-        Some(_) => None,
-    };
+    let mut session = service.core().session(conn.peer);
     let mut started = None;
     // The highest request id so far (see the id rule where requests are read).
     let mut last_id = 0u64;
@@ -404,7 +402,7 @@ where
                 // of its put arrives (reads are cancel-safe: nothing read is lost).
                 let failed = async {
                     match &*state {
-                        State::Receiving { upload, .. } => upload.failure_notice().await,
+                        State::Receiving { upload, .. } => upload.failure().await,
                         _ => std::future::pending().await,
                     }
                 };
@@ -424,7 +422,7 @@ where
                 return if idle && buf.is_empty() {
                     Ok(())
                 } else {
-                    Err(UploadError::Protocol(
+                    Err(FileError::Protocol(
                         "connection closed inside a request".into(),
                     ))
                 };
@@ -440,7 +438,7 @@ where
                     }
                     State::Whole { size, cv: slot, .. } => {
                         if slot.is_some() || len as u64 != *size {
-                            let e = StorageError::BadRequest(format!(
+                            let e = StoreError::BadRequest(format!(
                                 "a {len}-byte chunk does not fit this file"
                             ));
                             upload_failed(conn, state, e).await?;
@@ -483,7 +481,7 @@ where
             Item::Piece(piece) => {
                 match state {
                     State::Receiving { upload, .. } => {
-                        if let Err(e) = upload.write_piece(piece).await {
+                        if let Err(e) = upload.write(piece).await {
                             upload_failed(conn, state, e).await?;
                         }
                     }
@@ -519,7 +517,7 @@ where
         }
         match frame {
             Frame::Data { .. } => {
-                return Err(UploadError::Protocol("unexpected whole data frame".into()));
+                return Err(FileError::Protocol("unexpected whole data frame".into()));
             }
             Frame::Reply(_) => {
                 return refuse_connection(conn, Status::BadRequest, "a client sent a reply").await;
@@ -531,7 +529,6 @@ where
                         path,
                         upload,
                         started,
-                        from,
                     } if put_id == id => {
                         let Some(digest) = parse_hex(&digest) else {
                             send(
@@ -546,17 +543,18 @@ where
                             upload.suspend().await;
                             continue;
                         };
-                        let verified = upload.verified_handle();
-                        let reply = match upload.commit(digest).await {
-                            Ok(stored) => completed(id, &path, &stored, digest, from, started),
+                        let verified = upload.verified();
+                        let from = upload.from();
+                        let reply = match upload.finish(Some(digest)).await {
+                            Ok(stored) => completed(id, &path, &stored, from, started),
                             Err(e) => {
                                 warn!(path = ?path, error = %e, "upload not stored");
                                 let mut reply = refusal(id, &e);
                                 // What is kept for a resume: the verified chunks after an early
                                 // end; nothing after a whole-file digest mismatch.
                                 reply.offset = match e {
-                                    StorageError::BadRequest(_) => Some(verified.get()),
-                                    StorageError::Integrity(_) => Some(0),
+                                    StoreError::BadRequest(_) => Some(verified),
+                                    StoreError::Integrity(_) => Some(0),
                                     _ => None,
                                 };
                                 reply
@@ -584,17 +582,16 @@ where
                             conn.settle().await?;
                         }
                         let target = path.clone();
-                        let st = storage.clone();
+                        let st = session.clone();
                         let task =
                             tokio::spawn(
-                                async move { st.store_whole(&target, data, cv, digest).await },
+                                async move { st.store_small(&target, data, cv, digest).await },
                             );
                         conn.storing += size;
                         conn.queue.push_back(Pending::Store(Store {
                             id,
                             path,
                             started,
-                            digest,
                             size,
                             task,
                         }));
@@ -616,59 +613,46 @@ where
                 send(conn, &Reply::error(req.id(), Status::BadRequest, message)).await?;
             }
             Frame::Request(Request::Auth { id, token }) => {
-                match authenticate(service, conn.peer, &token) {
-                    Ok((grant_rights, grant_storage)) => {
-                        // A second `auth` replaces the first entirely: its rights and its root
-                        // (no root: the whole folder), never a mix of the two tokens.
-                        rights = Some(grant_rights);
-                        storage = grant_storage.unwrap_or_else(|| service.storage().clone());
-                        send(conn, &Reply::ok(id)).await?;
-                    }
-                    Err(reply) => {
+                // A second `auth` replaces the first entirely (see `Session::authenticate`).
+                match session.authenticate(&token) {
+                    Ok(()) => send(conn, &Reply::ok(id)).await?,
+                    Err(denied) => {
                         // A connection-level refusal (id 0), as PROTOCOL.md specifies.
-                        let why = format!(
-                            "authentication refused: {}",
-                            reply.message.as_deref().unwrap_or_default()
-                        );
-                        refuse_connection(conn, reply.status, why).await?;
+                        let why = format!("authentication refused: {denied}");
+                        refuse_connection(conn, denied_status(&denied), why).await?;
                     }
                 }
             }
-            Frame::Request(req) if refused(&req, rights, service).is_some() => {
-                let Some(reply) = refused(&req, rights, service) else {
+            Frame::Request(req) if refused(&req, &session).is_some() => {
+                let Some(reply) = refused(&req, &session) else {
                     continue;
                 };
                 warn!(request = req.op(), status = ?reply.status, "request refused");
-                if rights.is_none() {
+                if session.rights().is_none() {
                     // Refuses the connection (id 0): nothing will work without a token.
                     send(conn, &Reply { id: 0, ..reply }).await?;
                     conn.flush().await?;
                     conn.stream.shutdown().await?;
-                    return Err(UploadError::Protocol("request without a token".into()));
+                    return Err(FileError::Protocol("request without a token".into()));
                 }
                 send(conn, &reply).await?;
                 match req {
                     Request::Put { id, .. } => *state = State::Skipping { id },
                     // Its data follows and has no end marker to skip to.
                     Request::Bench { .. } => {
-                        return Err(UploadError::Protocol("bench refused".into()));
+                        return Err(FileError::Protocol("bench refused".into()));
                     }
                     _ => {}
                 }
             }
             Frame::Request(Request::Probe { id, path, size }) => {
-                let reply = match storage.probe(&path, size, "").await {
+                let reply = match session.probe(&path, size).await {
                     Ok(p) => Reply {
                         offset: Some(p.offset),
                         prefix: Some(hex(&p.prefix)),
                         // A file already stored there, of that size: the client may be retrying
                         // an upload whose reply it lost.
-                        digest: storage
-                            .stored_digest(&path, size)
-                            .await
-                            .ok()
-                            .flatten()
-                            .map(|d| hex(&d)),
+                        digest: p.stored.map(|d| hex(&d)),
                         ..Reply::ok(id)
                     },
                     Err(e) => refusal(id, &e),
@@ -682,8 +666,8 @@ where
                 from,
             }) => {
                 if from == 0 && size <= WHOLE_MAX {
-                    match wire::split_path(&path) {
-                        Ok(parts) if !parts.is_empty() => {
+                    match session.admit(&path, size, 0) {
+                        Ok(()) => {
                             *state = State::Whole {
                                 id,
                                 path,
@@ -693,11 +677,7 @@ where
                                 started: Instant::now(),
                             };
                         }
-                        refused => {
-                            let e = match refused {
-                                Err(e) => StorageError::Name(e),
-                                Ok(_) => StorageError::Name(barge_proto::name::NameError::Empty),
-                            };
+                        Err(e) => {
                             warn!(path = ?path, size, error = %e, "upload refused");
                             send(conn, &refusal(id, &e)).await?;
                             *state = State::Skipping { id };
@@ -705,23 +685,13 @@ where
                     }
                     continue;
                 }
-                let begun = if !from.is_multiple_of(CHUNK) && from != size || from > size {
-                    Err(StorageError::BadRequest(format!(
-                        "cannot start at byte {from}"
-                    )))
-                } else {
-                    storage
-                        .begin_upload(&path, size, "", from, &conn.peer.ip().to_string())
-                        .await
-                };
-                match begun {
+                match session.receive(&path, size, from, Mode::Check, true).await {
                     Ok(upload) => {
                         *state = State::Receiving {
                             id,
                             path,
-                            upload,
+                            upload: Box::new(upload),
                             started: Instant::now(),
-                            from,
                         };
                     }
                     Err(e) => {
@@ -750,7 +720,7 @@ where
                 }
             }
             Frame::Request(Request::Mkdir { id, path }) => {
-                let reply = match storage.mkdir(&path).await {
+                let reply = match session.mkdir(&path).await {
                     Ok(()) => Reply::ok(id),
                     Err(e) => refusal(id, &e),
                 };
@@ -760,29 +730,21 @@ where
                 id,
                 path,
                 recursive,
-            }) => {
-                let files_only = !rights.is_some_and(|r| r.list);
-                if files_only && !storage.is_file(&path).await {
-                    let reply = Reply::error(
-                        id,
-                        Status::Forbidden,
-                        "listing folders is not allowed with this token (it may download files)",
-                    );
+            }) => match session.list(&path, recursive).await {
+                Ok(Ok(entries)) => send_listing(conn, id, entries).await?,
+                Ok(Err(e)) => send(conn, &refusal(id, &e)).await?,
+                Err(denied) => {
+                    let reply = Reply::error(id, denied_status(&denied), denied.to_string());
                     send(conn, &reply).await?;
-                    continue;
                 }
-                match storage.list(&path, recursive).await {
-                    Ok(entries) => send_listing(conn, id, entries).await?,
-                    Err(e) => send(conn, &refusal(id, &e)).await?,
-                }
-            }
+            },
             Frame::Request(Request::Get {
                 id,
                 path,
                 from,
                 digest,
             }) => {
-                send_file(conn, &storage, id, &path, from, digest.as_deref()).await?;
+                send_file(conn, &session, id, &path, from, digest.as_deref()).await?;
             }
         }
     }
@@ -793,9 +755,8 @@ struct Store {
     id: u64,
     path: String,
     started: Instant,
-    digest: Cv,
     size: u64,
-    task: tokio::task::JoinHandle<Result<crate::storage::Stored, StorageError>>,
+    task: tokio::task::JoinHandle<Result<Stored, StoreError>>,
 }
 
 /// A reply not sent yet: ready, or waiting for its store to finish.
@@ -808,12 +769,12 @@ impl Store {
     async fn reply(self) -> Reply {
         let result = match self.task.await {
             Ok(result) => result,
-            Err(e) => Err(StorageError::Io(std::io::Error::other(format!(
+            Err(e) => Err(StoreError::Io(std::io::Error::other(format!(
                 "storing failed: {e}"
             )))),
         };
         match result {
-            Ok(stored) => completed(self.id, &self.path, &stored, self.digest, 0, self.started),
+            Ok(stored) => completed(self.id, &self.path, &stored, 0, self.started),
             Err(e) => {
                 warn!(path = ?self.path, error = %e, "upload not stored");
                 refusal(self.id, &e)
@@ -826,14 +787,8 @@ impl Store {
 const STORES_MAX_BYTES: u64 = 256 << 10;
 
 /// The reply to a stored upload, logged.
-fn completed(
-    id: u64,
-    path: &str,
-    stored: &crate::storage::Stored,
-    digest: Cv,
-    from: u64,
-    started: Instant,
-) -> Reply {
+fn completed(id: u64, path: &str, stored: &Stored, from: u64, started: Instant) -> Reply {
+    let digest = stored.digest.map(|d| hex(&d)).unwrap_or_default();
     let secs = started.elapsed().as_secs_f64();
     let final_path = match path.rsplit_once('/') {
         Some((dir, _)) => format!("{dir}/{}", stored.name),
@@ -845,108 +800,47 @@ fn completed(
         resumed_from = from,
         secs = format_args!("{secs:.3}"),
         mb_per_s = format_args!("{:.1}", (stored.size - from) as f64 / secs.max(1e-9) / 1e6),
-        digest = %hex(&digest),
+        digest = %digest,
         "upload complete"
     );
     Reply {
         path: Some(final_path),
         size: Some(stored.size),
-        digest: Some(hex(&digest)),
+        digest: Some(digest),
         ..Reply::ok(id)
     }
 }
 
-/// Checks a token: its rights and, when it has a root, that root's storage; or the refusal to send
-/// (the failure is logged and counted against the address).
-fn authenticate(
-    service: &UploadService,
-    peer: std::net::SocketAddr,
-    token: &str,
-) -> Result<(Rights, Option<Storage>), Box<Reply>> {
-    let Some(access) = service.access() else {
-        return Ok((Rights::ALL, None)); // no tokens needed: any token is fine
-    };
-    if let Some(wait) = access.brake.locked_out(peer.ip()) {
-        warn!(%peer, "authentication refused: too many failed attempts from this address");
-        return Err(Box::new(Reply::error(
-            0,
-            Status::RateLimited,
-            format!(
-                "too many failed attempts from {}: try again in {} s",
-                peer.ip(),
-                wait.as_secs().max(1)
-            ),
-        )));
-    }
-    match access.tokens.check(token) {
-        Some(grant) => {
-            info!(token = %grant.label, root = ?grant.root, "authenticated");
-            let storage = grant
-                .root
-                .as_ref()
-                .and_then(|r| access.roots.get(r).cloned());
-            Ok((grant.rights, storage))
-        }
-        None => {
-            access.brake.failed(peer.ip());
-            warn!(%peer, "authentication failed: wrong token");
-            Err(Box::new(Reply::error(
-                0,
-                Status::Unauthorized,
-                "wrong token",
-            )))
-        }
+/// The reply status for a refusal by the core.
+fn denied_status(denied: &Denied) -> Status {
+    match denied {
+        Denied::NoToken | Denied::WrongToken => Status::Unauthorized,
+        Denied::LockedOut { .. } => Status::RateLimited,
+        Denied::Forbidden(_) | Denied::Disabled(_) => Status::Forbidden,
     }
 }
 
-/// The refusal of `req` for a connection with `rights` (`None`: not authenticated yet).
-fn refused(req: &Request, rights: Option<Rights>, service: &UploadService) -> Option<Reply> {
-    let id = req.id();
-    let Some(rights) = rights else {
-        return Some(Reply::error(
-            id,
-            Status::Unauthorized,
-            "this server requires a token (set BARGE_TOKEN or use --token-file)",
-        ));
+/// The refusal of `req` for this session, if it may not make it.
+fn refused(req: &Request, session: &Session) -> Option<Reply> {
+    let action = match req {
+        Request::Probe { .. } | Request::Put { .. } | Request::Mkdir { .. } => Action::Upload,
+        Request::List { .. } => Action::List,
+        Request::Get { .. } => Action::Download,
+        Request::Auth { .. } | Request::End { .. } | Request::Bench { .. } => return None,
     };
-    let (right, what) = match req {
-        Request::Probe { .. } | Request::Put { .. } | Request::Mkdir { .. } => {
-            (rights.upload, "uploading")
-        }
-        Request::List { .. } if !service.downloads_allowed() => {
-            return Some(Reply::error(
-                id,
-                Status::Forbidden,
-                "listing is disabled on this server",
-            ));
-        }
-        Request::Get { .. } if !service.downloads_allowed() => {
-            return Some(Reply::error(
-                id,
-                Status::Forbidden,
-                "downloads are disabled on this server",
-            ));
-        }
-        // A token that may download may list a single file (what `get` asks first); folders
-        // need the `list` right, checked when the path is known to be one.
-        Request::List { .. } => (rights.list || rights.download, "listing"),
-        Request::Get { .. } => (rights.download, "downloading"),
-        Request::Auth { .. } | Request::End { .. } | Request::Bench { .. } => (true, ""),
-    };
-    (!right).then(|| {
-        Reply::error(
-            id,
-            Status::Forbidden,
-            format!("{what} is not allowed with this token"),
-        )
-    })
+    let denied = session.check(action).err()?;
+    Some(Reply::error(
+        req.id(),
+        denied_status(&denied),
+        denied.to_string(),
+    ))
 }
 
 async fn send_listing<S: AsyncWrite + Unpin>(
     conn: &mut Conv<'_, S>,
     id: u64,
     entries: Vec<wire::Entry>,
-) -> Result<(), UploadError> {
+) -> Result<(), FileError> {
     let mut rest = entries.into_iter().peekable();
     // Always at least one page, so an empty folder gets its reply too.
     loop {
@@ -971,40 +865,32 @@ async fn send_listing<S: AsyncWrite + Unpin>(
 
 async fn send_file<S: AsyncWrite + Unpin>(
     conn: &mut Conv<'_, S>,
-    storage: &crate::storage::Storage,
+    session: &Session,
     id: u64,
     path: &str,
     from: u64,
     if_digest: Option<&str>,
-) -> Result<(), UploadError> {
-    let (file, size, mtime, digest) = match storage.open_read(path).await {
-        Ok(opened) => opened,
-        Err(e) => return send(conn, &refusal(id, &e)).await,
+) -> Result<(), FileError> {
+    let mut chunks = match session.send(path, from, if_digest).await {
+        Ok(outgoing) => outgoing,
+        Err(SendError::Changed(meta)) => {
+            // The client's kept chunks belong to other content: it must start again from 0.
+            let reply = Reply {
+                size: Some(meta.size),
+                digest: Some(hex(&meta.digest)),
+                mtime: Some(meta.mtime),
+                ..Reply::error(id, Status::Conflict, "the file changed: its digest differs")
+            };
+            return send(conn, &reply).await;
+        }
+        Err(SendError::Store(e)) => return send(conn, &refusal(id, &e)).await,
     };
-    if let Some(wanted) = if_digest
-        && !wanted.eq_ignore_ascii_case(&hex(&digest))
-    {
-        // The client's kept chunks belong to other content: it must start again from 0.
-        let reply = Reply {
-            size: Some(size),
-            digest: Some(hex(&digest)),
-            mtime: Some(mtime),
-            ..Reply::error(id, Status::Conflict, "the file changed: its digest differs")
-        };
-        return send(conn, &reply).await;
-    }
-    if from > size || (!from.is_multiple_of(CHUNK) && from != size) {
-        let reply = Reply::error(
-            id,
-            Status::BadRequest,
-            format!("cannot start at byte {from}"),
-        );
-        return send(conn, &reply).await;
-    }
+    let meta = chunks.meta;
+    let size = meta.size;
     let reply = Reply {
         size: Some(size),
-        digest: Some(hex(&digest)),
-        mtime: Some(mtime),
+        digest: Some(hex(&meta.digest)),
+        mtime: Some(meta.mtime),
         offset: Some(from),
         ..Reply::ok(id)
     };
@@ -1012,14 +898,13 @@ async fn send_file<S: AsyncWrite + Unpin>(
     conn.settle().await?;
     send(conn, &reply).await?;
     let started = Instant::now();
-    let mut chunks = crate::chunks::read_chunks(file, size, from);
     let mut head = BytesMut::with_capacity(64);
-    while let Some(chunk) = chunks.recv().await {
+    while let Some(chunk) = chunks.next().await {
         let chunk = match chunk {
             Ok(c) => c,
             Err(e) => {
                 // Mid-stream the only honest thing left is to stop: the client sees a short file.
-                return Err(UploadError::Io(e));
+                return Err(FileError::Io(e));
             }
         };
         if chunk.data.len() < REPLY_BATCH {
@@ -1044,8 +929,8 @@ async fn send_file<S: AsyncWrite + Unpin>(
     Ok(())
 }
 
-impl From<WireError> for UploadError {
+impl From<WireError> for FileError {
     fn from(e: WireError) -> Self {
-        UploadError::Protocol(e.to_string())
+        FileError::Protocol(e.to_string())
     }
 }

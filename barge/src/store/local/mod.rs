@@ -1,69 +1,53 @@
-//! Where received files go: validated names, a hidden temporary file that becomes visible under its
-//! final name only after the last byte, conflict policy, and size, quota and free-space checks.
-//! The store owns its invariants here, not its callers: one writer per partial file across
-//! processes (an OS lock), partials counted against the quota, one sweep for every token root.
+//! The local folder store: published files in a folder, barge's own state in `.barge/` inside it.
+//! Today's behaviour, byte for byte: a file is written beside its final name or in the state
+//! folder and becomes visible under its name only after the last byte, by `rename` inside one
+//! file system (atomic, so a reader never sees a partial file); without overwrite it is
+//! `renameat2(RENAME_NOREPLACE)` (via `tempfile`), so two publishes of one name cannot both take
+//! it. A symlink in the folder is never followed: rename replaces or skips the link itself.
 //!
 //! Layout of a storage directory:
 //! ```text
 //! DIR/                      published files, each complete
 //! DIR/.barge/               barge's own state; never a published name, never listed
-//! DIR/.barge/.upload-XXXX   a file being received (removed if the transfer does not finish)
 //! DIR/.barge/partial/       resumable transfers, for DIR and every token root below it
+//! DIR/**/.barge-KEY.part    a one-chunk file being received next to its final name
 //! ```
-//! A token root is a view of the same storage ([`Storage::subfolder`]): it publishes below its
-//! folder but shares the state folder, the quota and the sweep.
-//! Publishing is a `rename` inside one file system: atomic, so a reader of `DIR` never sees a
-//! partial file. Without overwrite it is `renameat2(RENAME_NOREPLACE)` (via `tempfile`), so two
-//! uploads of the same name at once cannot both take it. A symlink in `DIR` is never followed:
-//! rename replaces or skips the link itself.
+//! A token root is a view of the same store ([`LocalStore::subfolder`]): it publishes below its
+//! folder but shares the state folder, the quota and the sweep. The partials, their lock, the
+//! quota's book and the read side are in `partial.rs`; the quota counter in `quota.rs`.
 
+mod partial;
 mod quota;
-mod resume;
 
 pub use quota::{Quota, Reservation, bytes_stored};
 
-pub use resume::{Listing, ProbeResult, Upload, VerifiedBytes, digest_of, wait_for_writers};
+pub use partial::{Writers, digest_of};
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use barge_proto::name::{NameError, validate_file_name};
-use bytes::Bytes;
+use barge_proto::name::validate_file_name;
 use tempfile::TempPath;
-use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::info;
+
+use super::{OnConflict, StoreError, Stored};
 
 /// Name of barge's state folder inside the storage directory.
 pub const STATE_DIR: &str = ".barge";
-const TEMP_PREFIX: &str = ".upload-";
+/// Temporary files of barge versions before 0.3 (removed at start if a crash left any).
+const OLD_TEMP_PREFIX: &str = ".upload-";
 /// How many `name (n).ext` candidates to try before giving up on a name.
 const MAX_RENAME_ATTEMPTS: u32 = 10_000;
 
-/// What to do when a file with the received name already exists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OnConflict {
-    /// Keep both: store as `name (1).ext`, `name (2).ext`, ...
-    #[default]
-    Rename,
-    /// Replace the existing file (atomically; a symlink is replaced, not followed).
-    Overwrite,
-    /// Refuse the upload.
-    Fail,
-}
-
 /// How a storage directory behaves.
 #[derive(Debug, Clone)]
-pub struct StorageConfig {
+pub struct LocalConfig {
     /// Where published files go.
     pub dir: PathBuf,
-    /// Policy for a name that is already taken.
-    pub on_conflict: OnConflict,
-    /// Largest file accepted, checked against the declared size before any byte is written.
-    pub max_file_size: Option<u64>,
     /// Flush file data and the directory entry to disk before reporting a file as stored, so a
     /// power loss cannot leave a published name with missing content.
     pub fsync: bool,
@@ -80,95 +64,31 @@ pub struct StorageConfig {
     /// each sweep of expired partials). A server does; a client downloading into a folder
     /// (perhaps a home folder) does not.
     pub sweep_tree: bool,
+    /// The writer threads of this store, so that whoever owns it can wait for them to save
+    /// their resume points before the process exits (see [`Writers::wait`]).
+    pub writers: Writers,
 }
 
-impl StorageConfig {
-    /// Defaults for `dir`: rename on conflict, no size cap, fsync on.
+impl LocalConfig {
+    /// Defaults for `dir`: fsync on, partials kept a day.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),
-            on_conflict: OnConflict::default(),
-            max_file_size: None,
             fsync: true,
             partial_ttl: Duration::from_secs(24 * 3600),
             checkpoint_bytes: 64 << 20,
             quota: None,
             max_partials_per_client: 64,
             sweep_tree: true,
+            writers: Writers::default(),
         }
     }
-}
-
-/// Why a file cannot be stored.
-#[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    /// The peer's name is not one safe path component.
-    #[error("name rejected: {0}")]
-    Name(#[from] NameError),
-    /// The declared size is over [`StorageConfig::max_file_size`].
-    #[error("{size} bytes is over the limit of {max} bytes per file")]
-    TooLarge {
-        /// Declared size.
-        size: u64,
-        /// The configured limit.
-        max: u64,
-    },
-    /// The file system does not have room for the declared size.
-    #[error("{size} bytes do not fit: {available} bytes free")]
-    NoSpace {
-        /// Declared size.
-        size: u64,
-        /// Free bytes seen when checking.
-        available: u64,
-    },
-    /// The name is taken and the policy is [`OnConflict::Fail`] (or no free variant was found).
-    #[error("{0:?} already exists")]
-    Conflict(String),
-    /// The bytes written do not match the declared size.
-    #[error("{written} bytes written but {expected} declared")]
-    SizeMismatch {
-        /// Bytes actually written.
-        written: u64,
-        /// Bytes declared.
-        expected: u64,
-    },
-    /// The storage directory is not usable (e.g. its state folder is a symlink).
-    #[error("storage directory unusable: {0}")]
-    BadDirectory(String),
-    /// Data did not match its digest.
-    #[error("integrity check failed: {0}")]
-    Integrity(String),
-    /// A request that does not fit the transfer's state (wrong offset, chunk out of order).
-    #[error("bad request: {0}")]
-    BadRequest(String),
-    /// The same resumable transfer is in progress elsewhere.
-    #[error("{0:?} is being transferred by another connection")]
-    Busy(String),
-    /// No such file or folder.
-    #[error("{0:?} not found")]
-    NotFound(String),
-    /// A path component exists but is not a real folder (a file, or a symlink).
-    #[error("{0:?} is not a folder")]
-    NotAFolder(String),
-    /// Storing the file would take the server over its quota.
-    #[error("{size} bytes would exceed the storage quota ({used} of {limit} bytes used)")]
-    QuotaExceeded {
-        /// Declared size.
-        size: u64,
-        /// Bytes stored or reserved now.
-        used: u64,
-        /// The quota.
-        limit: u64,
-    },
-    /// Any other file-system failure.
-    #[error("storage I/O error: {0}")]
-    Io(#[from] io::Error),
 }
 
 /// A storage directory, or a token root's view of one. Cheap to clone; clones share the
 /// directory and its state.
 #[derive(Debug, Clone)]
-pub struct Storage {
+pub struct LocalStore {
     inner: Arc<Inner>,
     /// The folder this view publishes into: the storage directory or a root below it.
     dir: PathBuf,
@@ -179,9 +99,7 @@ pub struct Storage {
 
 #[derive(Debug)]
 struct Inner {
-    config: StorageConfig,
-    /// `dir/.barge`, where temporary files live until published.
-    temp_dir: PathBuf,
+    config: LocalConfig,
     /// `dir/.barge/partial`, where resumable uploads keep their data and verified chunk list.
     partial_dir: PathBuf,
     /// Keys of resumable transfers in progress in this process (the file lock covers others).
@@ -189,38 +107,29 @@ struct Inner {
     /// Woken when a key leaves `busy`: a probe right after a disconnect waits for the old writer.
     freed: tokio::sync::Notify,
     /// Interrupted transfers: what each holds of the quota, and whose they are.
-    partials: Mutex<resume::PartialBook>,
+    partials: Mutex<partial::PartialBook>,
     /// Bytes promised to transfers in progress and not yet written: the free-space check counts
     /// them, since blocks are allocated only as data arrives.
     promised: std::sync::atomic::AtomicU64,
 }
 
-/// A file published under its final name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stored {
-    /// The final name (differs from the requested one after a conflict rename).
-    pub name: String,
-    /// Full path of the published file.
-    pub path: PathBuf,
-    /// Its size in bytes.
-    pub size: u64,
-    /// Its BLAKE3 digest, when the transfer computed one.
-    pub digest: Option<barge_proto::tree::Cv>,
-}
-
-impl Storage {
+impl LocalStore {
     /// Opens (creating if needed) the storage directory and its state folder, and removes
     /// temporary files a crashed earlier run left behind.
-    pub fn open(config: StorageConfig) -> Result<Self, StorageError> {
+    pub fn open(config: LocalConfig) -> Result<Self, StoreError> {
         std::fs::create_dir_all(&config.dir)?;
-        let temp_dir = config.dir.join(STATE_DIR);
-        real_dir(&temp_dir)?;
-        let partial_dir = temp_dir.join("partial");
+        let state_dir = config.dir.join(STATE_DIR);
+        real_dir(&state_dir)?;
+        let partial_dir = state_dir.join("partial");
         real_dir(&partial_dir)?;
         let mut stale = 0;
-        for entry in std::fs::read_dir(&temp_dir)? {
+        for entry in std::fs::read_dir(&state_dir)? {
             let entry = entry?;
-            if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(OLD_TEMP_PREFIX)
+            {
                 std::fs::remove_file(entry.path())?;
                 stale += 1;
             }
@@ -235,11 +144,10 @@ impl Storage {
         let storage = Self {
             inner: Arc::new(Inner {
                 config,
-                temp_dir,
                 partial_dir,
                 busy: Mutex::new(HashSet::new()),
                 freed: tokio::sync::Notify::new(),
-                partials: Mutex::new(resume::PartialBook::default()),
+                partials: Mutex::new(partial::PartialBook::default()),
                 promised: std::sync::atomic::AtomicU64::new(0),
             }),
             dir,
@@ -258,9 +166,14 @@ impl Storage {
         &self.dir
     }
 
+    /// The store's configuration.
+    pub fn config(&self) -> &LocalConfig {
+        &self.inner.config
+    }
+
     /// A view of the folder `rel` (safe names joined by `/`) below this one, with the same
     /// rules, quota, partial folder and sweep: a token's root.
-    pub fn subfolder(&self, rel: &str) -> Result<Storage, StorageError> {
+    pub fn subfolder(&self, rel: &str) -> Result<LocalStore, StoreError> {
         let mut dir = self.dir.clone();
         let mut prefix = self.prefix.clone();
         for part in rel.split('/') {
@@ -270,7 +183,7 @@ impl Storage {
             prefix.push_str(part);
             prefix.push('/');
         }
-        Ok(Storage {
+        Ok(LocalStore {
             inner: self.inner.clone(),
             dir,
             prefix,
@@ -278,53 +191,21 @@ impl Storage {
     }
 
     /// Holds `size` bytes of the quota (if any) for a file being received.
-    fn reserve(&self, size: u64) -> Result<Reservation, StorageError> {
+    fn reserve(&self, size: u64) -> Result<Reservation, StoreError> {
         Reservation::take(self.inner.config.quota.as_ref(), size)
-    }
-
-    /// Checks `name` and `size` against the rules and opens a temporary file for the upload.
-    /// Nothing is written and no space is reserved if this fails.
-    pub async fn begin(&self, name: &str, size: u64) -> Result<PartialFile, StorageError> {
-        let name = validate_file_name(name)?.to_owned();
-        let config = &self.inner.config;
-        if let Some(max) = config.max_file_size
-            && size > max
-        {
-            return Err(StorageError::TooLarge { size, max });
-        }
-        if config.on_conflict == OnConflict::Fail {
-            // Early refusal saves receiving the body; the final rename re-checks without races.
-            let target = self.dir.join(&name);
-            if std::fs::symlink_metadata(&target).is_ok() {
-                return Err(StorageError::Conflict(name));
-            }
-        }
-        let reservation = self.reserve(size)?;
-        let temp_dir = self.inner.temp_dir.clone();
-        let (file, temp) = blocking(move || create_temp(&temp_dir, size)).await??;
-        Ok(PartialFile {
-            reservation,
-            storage: self.clone(),
-            name,
-            expected: size,
-            written: 0,
-            file: Some(file),
-            pending: None,
-            temp,
-        })
     }
 }
 
 /// Creates `path` if missing and checks it is a real folder: a planted symlink here would send
 /// every upload somewhere else.
-fn real_dir(path: &Path) -> Result<(), StorageError> {
+fn real_dir(path: &Path) -> Result<(), StoreError> {
     match std::fs::create_dir(path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e.into()),
     }
     if !std::fs::symlink_metadata(path)?.is_dir() {
-        return Err(StorageError::BadDirectory(format!(
+        return Err(StoreError::BadDirectory(format!(
             "{} is not a directory",
             path.display()
         )));
@@ -332,136 +213,22 @@ fn real_dir(path: &Path) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// Creates the temporary file and reserves `size` bytes for it, refusing sizes the file system
-/// cannot hold before a byte is written.
-fn create_temp(temp_dir: &Path, size: u64) -> Result<(File, TempPath), StorageError> {
-    let stat = rustix::fs::statvfs(temp_dir).map_err(io::Error::from)?;
-    let available = stat.f_bavail.saturating_mul(stat.f_frsize);
-    if size > available {
-        return Err(StorageError::NoSpace { size, available });
-    }
-    // 0o666 filtered by the umask, like any newly created file: a published upload should be as
-    // readable as one the user copied in by hand (tempfile's own default is 0o600).
-    let named = tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
-        .tempfile_in(temp_dir)?;
-    let (file, temp) = named.into_parts();
-    if size > 0 {
-        // Reserving the blocks makes concurrent uploads unable to overcommit the disk together,
-        // and keeps the file contiguous. File systems without fallocate fall back to the check above.
-        match rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::KEEP_SIZE, 0, size) {
-            Ok(()) => {}
-            Err(rustix::io::Errno::NOSPC) | Err(rustix::io::Errno::FBIG) => {
-                return Err(StorageError::NoSpace { size, available });
-            }
-            Err(e) => warn!(error = %e, "cannot preallocate; continuing without"),
-        }
-    }
-    Ok((file, temp))
-}
-
-/// A file being received. Dropping it without [`PartialFile::commit`] removes the temporary file,
-/// so a failed or cancelled transfer publishes nothing.
-#[derive(Debug)]
-pub struct PartialFile {
-    /// Quota held for the file; given back if it is never published.
-    reservation: Reservation,
-    storage: Storage,
-    name: String,
-    expected: u64,
-    written: u64,
-    /// The open temporary file; `None` while a write holds it on a blocking thread.
-    file: Option<File>,
-    /// The write in flight: it overlaps with receiving the next chunk from the network.
-    pending: Option<JoinHandle<(File, io::Result<()>)>>,
-    /// Removes the temporary file on drop unless persisted.
-    temp: TempPath,
-}
-
-impl PartialFile {
-    /// The validated name the upload asked for.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Bytes handed to [`PartialFile::write`] so far.
-    pub fn written(&self) -> u64 {
-        self.written
-    }
-
-    /// Appends `chunk`. Returns once the previous chunk is on its way to disk, so one write
-    /// overlaps with the caller receiving the next chunk.
-    pub async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
-        let new_total = self.written + chunk.len() as u64;
-        if new_total > self.expected {
-            return Err(StorageError::SizeMismatch {
-                written: new_total,
-                expected: self.expected,
-            });
-        }
-        let mut file = self.settle().await?;
-        self.written = new_total;
-        self.pending = Some(tokio::task::spawn_blocking(move || {
-            let result = file.write_all(&chunk);
-            (file, result)
-        }));
-        Ok(())
-    }
-
-    /// Waits for the write in flight and takes the file back.
-    async fn settle(&mut self) -> Result<File, StorageError> {
-        if let Some(pending) = self.pending.take() {
-            let (file, result) = pending.await.map_err(join_error)?;
-            self.file = Some(file);
-            result?;
-        }
-        self.file
-            .take()
-            .ok_or_else(|| io::Error::other("file lost by an earlier failed write").into())
-    }
-
-    /// Finishes the file and publishes it under its final name, following the conflict policy.
-    pub async fn commit(mut self) -> Result<Stored, StorageError> {
-        let file = self.settle().await?;
-        if self.written != self.expected {
-            return Err(StorageError::SizeMismatch {
-                written: self.written,
-                expected: self.expected,
-            });
-        }
-        let config = self.storage.inner.config.clone();
-        let dir = self.storage.dir.clone();
-        let (name, size, temp) = (self.name, self.written, self.temp);
-        let stored = blocking(move || {
-            if config.fsync {
-                file.sync_all()?;
-            }
-            drop(file);
-            publish(&config, &dir, temp, name, size)
-        })
-        .await??;
-        self.reservation.keep();
-        Ok(stored)
-    }
-}
-
 /// Renames a finished (and, if configured, already synced) temporary file to `name` in `dir`,
 /// following the conflict policy.
 fn publish(
-    config: &StorageConfig,
+    config: &LocalConfig,
+    on_conflict: OnConflict,
     dir: &Path,
     temp: TempPath,
     name: String,
     size: u64,
-) -> Result<Stored, StorageError> {
-    let stored = |name, path| Stored {
+) -> Result<Stored, StoreError> {
+    let stored = |name| Stored {
         name,
-        path,
         size,
         digest: None,
     };
-    let stored = match config.on_conflict {
+    let stored = match on_conflict {
         OnConflict::Overwrite => {
             let path = dir.join(&name);
             // The replaced file's bytes leave the quota (a symlink or folder held none).
@@ -473,14 +240,14 @@ fn publish(
             if let Some(q) = &config.quota {
                 q.release(replaced);
             }
-            stored(name, path)
+            stored(name)
         }
         OnConflict::Fail => {
             let path = dir.join(&name);
             match temp.persist_noclobber(&path) {
-                Ok(()) => stored(name, path),
+                Ok(()) => stored(name),
                 Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {
-                    return Err(StorageError::Conflict(name));
+                    return Err(StoreError::Conflict(name));
                 }
                 Err(e) => return Err(e.error.into()),
             }
@@ -495,11 +262,11 @@ fn publish(
                     numbered(&name, n)
                 };
                 if n > MAX_RENAME_ATTEMPTS || validate_file_name(&candidate).is_err() {
-                    return Err(StorageError::Conflict(name));
+                    return Err(StoreError::Conflict(name));
                 }
                 let path = dir.join(&candidate);
                 match temp.persist_noclobber(&path) {
-                    Ok(()) => break stored(candidate, path),
+                    Ok(()) => break stored(candidate),
                     Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => temp = e.path,
                     Err(e) => return Err(e.error.into()),
                 }
@@ -542,7 +309,12 @@ fn join_error(e: tokio::task::JoinError) -> io::Error {
 
 #[cfg(test)]
 mod tests {
+    //! The local store through the transfer core, as the lesson's front end uses it (CVs
+    //! computed, nothing kept when interrupted). The resumable side is tested in `partial.rs`.
     use super::*;
+    use crate::store::{Begin, Version};
+    use crate::transfer::{Mode, Policy, Receiver};
+    use bytes::Bytes;
 
     #[test]
     fn numbered_puts_counter_before_extension() {
@@ -587,45 +359,77 @@ mod tests {
         // Regression (D8): every overwrite used to keep the old file's bytes counted.
         let d = tempfile::tempdir().unwrap();
         let quota = Quota::new(20, 0);
-        let s = Storage::open(StorageConfig {
-            on_conflict: OnConflict::Overwrite,
-            quota: Some(quota.clone()),
-            ..StorageConfig::new(d.path())
-        })
-        .unwrap();
+        let s = Lesson {
+            store: LocalStore::open(LocalConfig {
+                quota: Some(quota.clone()),
+                ..LocalConfig::new(d.path())
+            })
+            .unwrap(),
+            policy: Policy {
+                on_conflict: OnConflict::Overwrite,
+                ..Policy::default()
+            },
+        };
         for _ in 0..4 {
             put(&s, "six", b"123456").await.unwrap();
         }
         assert_eq!(quota.used(), 6);
     }
 
-    fn storage(dir: &Path, on_conflict: OnConflict) -> Storage {
-        Storage::open(StorageConfig {
-            on_conflict,
-            ..StorageConfig::new(dir)
-        })
-        .unwrap()
+    /// A local store and the policy a lesson upload is admitted under.
+    struct Lesson {
+        store: LocalStore,
+        policy: Policy,
     }
 
-    async fn put(s: &Storage, name: &str, body: &[u8]) -> Result<Stored, StorageError> {
+    impl Lesson {
+        async fn begin(&self, name: &str, size: u64) -> Result<Receiver, StoreError> {
+            let begin = Begin {
+                path: name.to_owned(),
+                size,
+                version: Version::Any,
+                from: 0,
+                owner: String::new(),
+                resumable: false,
+                on_conflict: self.policy.on_conflict,
+            };
+            crate::transfer::receive(&self.store, &self.policy, begin, Mode::Compute).await
+        }
+    }
+
+    fn storage(dir: &Path, on_conflict: OnConflict) -> Lesson {
+        Lesson {
+            store: LocalStore::open(LocalConfig::new(dir)).unwrap(),
+            policy: Policy {
+                on_conflict,
+                ..Policy::default()
+            },
+        }
+    }
+
+    async fn put(s: &Lesson, name: &str, body: &[u8]) -> Result<Stored, StoreError> {
         let mut p = s.begin(name, body.len() as u64).await?;
         for chunk in body.chunks(3) {
             p.write(Bytes::copy_from_slice(chunk)).await?;
         }
-        p.commit().await
+        p.finish(None).await
     }
 
+    /// Files of uploads in progress: small ones beside their final name, others in the state
+    /// folder.
     fn temp_files(dir: &Path) -> usize {
-        std::fs::read_dir(dir.join(STATE_DIR))
+        let beside = std::fs::read_dir(dir)
             .unwrap()
             .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with(TEMP_PREFIX)
+                let name = e.as_ref().unwrap().file_name();
+                let name = name.to_string_lossy();
+                name.starts_with(".barge-") && name.ends_with(".part")
             })
-            .count()
+            .count();
+        beside
+            + std::fs::read_dir(dir.join(STATE_DIR).join("partial"))
+                .unwrap()
+                .count()
     }
 
     #[tokio::test]
@@ -643,11 +447,8 @@ mod tests {
         p.write(Bytes::from_static(b"12345")).await.unwrap();
         assert_eq!(temp_files(d.path()), 1);
         assert!(matches!(
-            p.commit().await,
-            Err(StorageError::SizeMismatch {
-                written: 5,
-                expected: 10
-            })
+            p.finish(None).await,
+            Err(StoreError::BadRequest(_))
         ));
         assert!(!d.path().join("b.bin").exists());
         assert_eq!(temp_files(d.path()), 0);
@@ -659,7 +460,7 @@ mod tests {
         let s = storage(d.path(), OnConflict::Rename);
         let mut p = s.begin("x", 4).await.unwrap();
         p.write(Bytes::from_static(b"ab")).await.unwrap();
-        drop(p);
+        p.suspend().await; // what a front end does when its connection goes
         assert_eq!(temp_files(d.path()), 0);
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1); // only .barge
     }
@@ -671,7 +472,7 @@ mod tests {
         let mut p = s.begin("x", 2).await.unwrap();
         assert!(matches!(
             p.write(Bytes::from_static(b"abc")).await,
-            Err(StorageError::SizeMismatch { .. })
+            Err(StoreError::BadRequest(_))
         ));
     }
 
@@ -694,13 +495,13 @@ mod tests {
         let fail = storage(d.path(), OnConflict::Fail);
         assert!(matches!(
             put(&fail, "m.mp4", b"x").await,
-            Err(StorageError::Conflict(_))
+            Err(StoreError::Conflict(_))
         ));
         // The race the early check cannot see: the name appears while the body is in flight.
         let mut p = fail.begin("late.txt", 1).await.unwrap();
         std::fs::write(d.path().join("late.txt"), b"first").unwrap();
         p.write(Bytes::from_static(b"2")).await.unwrap();
-        assert!(matches!(p.commit().await, Err(StorageError::Conflict(_))));
+        assert!(matches!(p.finish(None).await, Err(StoreError::Conflict(_))));
         assert_eq!(std::fs::read(d.path().join("late.txt")).unwrap(), b"first");
 
         let over = storage(d.path(), OnConflict::Overwrite);
@@ -737,39 +538,41 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), d.path().join(STATE_DIR)).unwrap();
         assert!(matches!(
-            Storage::open(StorageConfig::new(d.path())),
-            Err(StorageError::BadDirectory(_))
+            LocalStore::open(LocalConfig::new(d.path())),
+            Err(StoreError::BadDirectory(_))
         ));
     }
 
     #[tokio::test]
     async fn size_limits_refuse_before_creating_anything() {
         let d = tempfile::tempdir().unwrap();
-        let s = Storage::open(StorageConfig {
-            max_file_size: Some(10),
-            ..StorageConfig::new(d.path())
-        })
-        .unwrap();
+        let s = Lesson {
+            store: LocalStore::open(LocalConfig::new(d.path())).unwrap(),
+            policy: Policy {
+                max_file_size: Some(10),
+                ..Policy::default()
+            },
+        };
         assert!(matches!(
             s.begin("big", 11).await,
-            Err(StorageError::TooLarge { size: 11, max: 10 })
+            Err(StoreError::TooLarge { size: 11, max: 10 })
         ));
         let s = storage(d.path(), OnConflict::Rename);
         assert!(matches!(
             s.begin("petabyte", 1 << 50).await,
-            Err(StorageError::NoSpace { .. })
+            Err(StoreError::NoSpace { .. })
         ));
         assert_eq!(temp_files(d.path()), 0);
     }
 
     #[tokio::test]
     async fn open_removes_stale_temp_files() {
+        // Temporaries of versions before the transfer core, left by a crash.
         let d = tempfile::tempdir().unwrap();
-        let s = storage(d.path(), OnConflict::Rename);
-        let p = s.begin("x", 1).await.unwrap();
-        std::mem::forget(p); // as if the process had died
-        assert_eq!(temp_files(d.path()), 1);
         storage(d.path(), OnConflict::Rename);
-        assert_eq!(temp_files(d.path()), 0);
+        let stale = d.path().join(STATE_DIR).join(".upload-x1y2");
+        std::fs::write(&stale, b"half").unwrap();
+        storage(d.path(), OnConflict::Rename);
+        assert!(!stale.exists());
     }
 }

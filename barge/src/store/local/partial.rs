@@ -1,18 +1,18 @@
-//! Resumable, verified transfers into a storage directory, and the read side (listing, reading,
-//! digests) that downloads use.
+//! The local store's partials (resumable transfers), its read side (listing, reading, digests)
+//! and its `Store` implementation.
 //!
 //! A resumable transfer lives in `.barge/partial/` under a key derived from its relative path, size
-//! and a tag (a download's expected digest):
+//! and version (a download's expected digest):
 //! ```text
 //! KEY.part   the data received so far (chunks at their offsets)
 //! KEY.cvs    the 32-byte chaining values of the verified chunks, in order: the resume point
 //! KEY.meta   the path and size, for people looking at the folder
 //! ```
-//! One writer thread per transfer verifies each chunk against its CV, writes it, and at every
-//! checkpoint makes the data durable *before* appending the CVs that vouch for it, so after a crash
-//! `KEY.cvs` never claims bytes the disk does not have. A transfer that is dropped without commit
-//! (disconnect, cancellation, shutdown) checkpoints and keeps its partial for the sender's return;
-//! partials untouched for [`super::StorageConfig::partial_ttl`] are removed.
+//! One writer thread per transfer writes the bytes it is given and records the CVs the core
+//! confirms; at every checkpoint it makes the data durable *before* appending the CVs that vouch
+//! for it, so after a crash `KEY.cvs` never claims bytes the disk does not have. A transfer that is
+//! dropped without publish (disconnect, cancellation, shutdown) checkpoints and keeps its partial
+//! for the sender's return; partials untouched for [`super::LocalConfig::partial_ttl`] are removed.
 //!
 //! Invariants this file owns:
 //! - One writer per partial, across processes: the writer holds an exclusive `flock` on its data
@@ -30,20 +30,19 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::SystemTime;
 
 use barge_proto::name::{NameError, RESERVED_PREFIX};
-use barge_proto::tree::{
-    CHUNK, ChunkHasher, Cv, chunk_count, chunk_cv, chunk_len, file_digest, hex, prefix_digest,
-};
+use barge_proto::tree::{CHUNK, Cv, chunk_count, chunk_len, hex};
 use barge_proto::wire::{Entry, split_path};
 use bytes::Bytes;
 use tempfile::TempPath;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use super::{OnConflict, Storage, StorageError, Stored, blocking, publish};
+use super::{LocalStore, StoreError, Stored, blocking, publish};
+use crate::store::{Begin, BoxFuture, Listing, Meta, OnConflict, Partial, Reading, Store, Version};
 
 /// Blocks are preallocated this far ahead of the data received at first (then in windows as large
 /// as what is allocated already), not for the whole declared size: an upload abandoned early holds
@@ -56,58 +55,57 @@ const PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Pieces queued for a writer: enough to overlap network and disk. A chunk arrives in pieces the
 /// size of a socket read, so a writer's queue holds at most this many reads' worth of memory.
 const QUEUED_PIECES: usize = 3;
+/// Chunks a reader reads ahead of the sender.
+const READ_AHEAD: usize = 3;
 /// Extended attribute caching a file's digest, with the size and mtime it was computed for.
 const DIGEST_XATTR: &str = "user.barge.blake3";
 
-/// Writer threads still running in this process; an exiting program waits for them (see
-/// [`wait_for_writers`]) so that an interrupted transfer's resume point reaches the disk.
-static WRITERS: (Mutex<usize>, std::sync::Condvar) = (Mutex::new(0), std::sync::Condvar::new());
+/// The writer threads of one store (and its views). Whoever owns the store waits on this before
+/// the process exits, so that an interrupted transfer's resume point reaches the disk. One per
+/// store, not per process: two servers in one process do not wait for each other.
+#[derive(Debug, Clone, Default)]
+pub struct Writers(Arc<(Mutex<usize>, Condvar)>);
+
+impl Writers {
+    /// Blocks until every writer has finished (saved its resume point or published its file),
+    /// or `timeout` passes. Returns whether all finished.
+    pub fn wait(&self, timeout: std::time::Duration) -> bool {
+        let Ok(n) = self.0.0.lock() else {
+            return false;
+        };
+        self.0
+            .1
+            .wait_timeout_while(n, timeout, |n| *n > 0)
+            .map(|(n, _)| *n == 0)
+            .unwrap_or(false)
+    }
+
+    /// Writers running now.
+    pub fn running(&self) -> usize {
+        self.0.0.lock().map_or(0, |n| *n)
+    }
+}
 
 /// Counts one live writer thread for as long as it exists.
-struct LiveWriter;
+struct LiveWriter(Writers);
 
 impl LiveWriter {
-    fn start() -> Self {
-        if let Ok(mut n) = WRITERS.0.lock() {
+    fn start(writers: &Writers) -> Self {
+        if let Ok(mut n) = writers.0.0.lock() {
             *n += 1;
         }
-        LiveWriter
+        LiveWriter(writers.clone())
     }
 }
 
 impl Drop for LiveWriter {
     fn drop(&mut self) {
-        if let Ok(mut n) = WRITERS.0.lock() {
+        if let Ok(mut n) = self.0.0.0.lock() {
             *n -= 1;
         }
-        WRITERS.1.notify_all();
+        self.0.0.1.notify_all();
     }
 }
-
-/// Blocks until every transfer writer of this process has finished (saved its resume point or
-/// published its file), or `timeout` passes. Returns whether all finished.
-pub fn wait_for_writers(timeout: std::time::Duration) -> bool {
-    let Ok(n) = WRITERS.0.lock() else {
-        return false;
-    };
-    WRITERS
-        .1
-        .wait_timeout_while(n, timeout, |n| *n > 0)
-        .map(|(n, _)| *n == 0)
-        .unwrap_or(false)
-}
-
-/// What a receiver already has of an interrupted transfer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProbeResult {
-    /// Verified bytes kept (a chunk boundary, or the whole size).
-    pub offset: u64,
-    /// Digest of the kept chunks' CVs.
-    pub prefix: Cv,
-}
-
-/// One page-able listing.
-pub type Listing = Vec<Entry>;
 
 /// Interrupted transfers this process knows of: the quota each holds and whose they are.
 #[derive(Debug, Default)]
@@ -152,13 +150,13 @@ impl PartialBook {
 
 /// Bytes promised to one transfer and not written yet (see `Inner::promised`).
 struct SpaceHold {
-    storage: Storage,
+    storage: LocalStore,
     left: u64,
 }
 
 impl SpaceHold {
     /// Promises `need` bytes if the file system has them beside every other promise.
-    fn take(storage: &Storage, need: u64, size: u64) -> Result<Self, StorageError> {
+    fn take(storage: &LocalStore, need: u64, size: u64) -> Result<Self, StoreError> {
         let stat = rustix::fs::statvfs(&storage.inner.partial_dir).map_err(io::Error::from)?;
         let free = stat.f_bavail.saturating_mul(stat.f_frsize);
         let before = storage.inner.promised.fetch_add(need, Ordering::AcqRel);
@@ -167,7 +165,7 @@ impl SpaceHold {
             left: need,
         };
         if before.saturating_add(need) > free {
-            return Err(StorageError::NoSpace {
+            return Err(StoreError::NoSpace {
                 size,
                 available: free.saturating_sub(before),
             });
@@ -217,10 +215,14 @@ struct PartialPaths {
     meta: PathBuf,
 }
 
-impl Storage {
+impl LocalStore {
     /// The partial's key: from the path below the storage directory (whichever root's view it
-    /// came through), the size and the tag.
-    fn partial_key(&self, path: &str, size: u64, tag: &str) -> String {
+    /// came through), the size and the version.
+    fn partial_key(&self, path: &str, size: u64, version: Version) -> String {
+        let tag = match version {
+            Version::Any => String::new(),
+            Version::Digest(d) => hex(&d),
+        };
         let mut h = blake3::Hasher::new();
         h.update(self.prefix.as_bytes());
         h.update(path.as_bytes());
@@ -241,7 +243,7 @@ impl Storage {
 
     /// Walks `path`'s folders under the storage directory without following symlinks, creating
     /// missing ones if `create`. Returns the parent folder and the final component.
-    fn resolve(&self, path: &str, create: bool) -> Result<(PathBuf, String), StorageError> {
+    fn resolve(&self, path: &str, create: bool) -> Result<(PathBuf, String), StoreError> {
         let parts = split_path(path)?;
         let Some((name, folders)) = parts.split_last() else {
             return Err(NameError::Empty.into());
@@ -252,21 +254,21 @@ impl Storage {
             let shown = || folders[..=i].join("/");
             match std::fs::symlink_metadata(&dir) {
                 Ok(m) if m.is_dir() => {}
-                Ok(_) => return Err(StorageError::NotAFolder(shown())),
+                Ok(_) => return Err(StoreError::NotAFolder(shown())),
                 Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
                     match std::fs::create_dir(&dir) {
                         Ok(()) => {}
                         // Another connection made it meanwhile; check it is a real folder.
                         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                             if !std::fs::symlink_metadata(&dir)?.is_dir() {
-                                return Err(StorageError::NotAFolder(shown()));
+                                return Err(StoreError::NotAFolder(shown()));
                             }
                         }
                         Err(e) => return Err(e.into()),
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return Err(StorageError::NotFound(shown()));
+                    return Err(StoreError::NotFound(shown()));
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -274,18 +276,15 @@ impl Storage {
         Ok((dir, (*name).to_owned()))
     }
 
-    /// How much of `path` (`size` bytes, `tag`) an interrupted transfer left verified. A transfer
-    /// of it still running is waited for briefly (usually the same client's previous connection,
-    /// saving its resume point); if it goes on, nothing is reported kept: an upload begun now
-    /// gets a partial of its own.
-    pub async fn probe(
+    /// The verified CVs an interrupted transfer of `path` left (see [`Store::kept`]).
+    async fn kept_cvs(
         &self,
         path: &str,
         size: u64,
-        tag: &str,
-    ) -> Result<ProbeResult, StorageError> {
+        version: Version,
+    ) -> Result<Vec<Cv>, StoreError> {
         split_path(path)?;
-        let key = self.partial_key(path, size, tag);
+        let key = self.partial_key(path, size, version);
         let deadline = tokio::time::Instant::now() + PROBE_WAIT;
         loop {
             let freed = self.inner.freed.notified();
@@ -293,65 +292,28 @@ impl Storage {
                 break;
             }
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
-                return Ok(ProbeResult {
-                    offset: 0,
-                    prefix: prefix_digest(&[]),
-                });
+                return Ok(Vec::new());
             }
         }
         let paths = self.partial_paths(&key);
-        blocking(move || {
-            let cvs = load_cvs(&paths, size)?;
-            Ok(ProbeResult {
-                offset: (cvs.len() as u64 * CHUNK).min(size),
-                prefix: prefix_digest(&cvs),
-            })
-        })
-        .await?
+        Ok(blocking(move || load_cvs(&paths, size)).await??)
     }
 
-    /// The digest of the file stored at `path`, if there is one of exactly `size` bytes: lets a
-    /// client that lost the reply to an upload learn that the upload did complete.
-    pub async fn stored_digest(&self, path: &str, size: u64) -> Result<Option<Cv>, StorageError> {
-        let this = self.clone();
-        let path = path.to_owned();
-        blocking(move || {
-            let (dir, name) = match this.resolve(&path, false) {
-                Ok(found) => found,
-                Err(StorageError::NotFound(_) | StorageError::NotAFolder(_)) => return Ok(None),
-                Err(e) => return Err(e),
-            };
-            let full = dir.join(name);
-            match std::fs::symlink_metadata(&full) {
-                Ok(m) if m.is_file() && m.len() == size => {
-                    Ok(Some(digest_of(&File::open(&full)?)?))
-                }
-                _ => Ok(None),
-            }
-        })
-        .await?
-    }
-
-    /// Stores a small file received whole into memory, in one blocking step: checks its chunk's
-    /// CV (`None` for an empty file) and its digest, writes it next to its final name and
-    /// publishes it. For small files this replaces a writer thread and several hand-offs.
-    pub async fn store_whole(
+    /// Stores a small file received whole into memory and verified, in one blocking step: writes
+    /// it next to its final name and publishes it. For small files this replaces a writer thread
+    /// and several hand-offs.
+    async fn put_whole(
         &self,
         path: &str,
         data: Bytes,
-        cv: Option<Cv>,
         digest: Cv,
-    ) -> Result<Stored, StorageError> {
+        on_conflict: OnConflict,
+    ) -> Result<Stored, StoreError> {
         let size = data.len() as u64;
         if size > CHUNK {
-            return Err(StorageError::BadRequest(
+            return Err(StoreError::BadRequest(
                 "a file received whole is at most one chunk".into(),
             ));
-        }
-        if let Some(max) = self.inner.config.max_file_size
-            && size > max
-        {
-            return Err(StorageError::TooLarge { size, max });
         }
         // No partial, so no key to hold: two small files of one name at once are simply stored
         // under the conflict policy.
@@ -359,26 +321,11 @@ impl Storage {
         let this = self.clone();
         let path = path.to_owned();
         let stored = blocking(move || {
-            let chunk_ok = match cv {
-                Some(cv) => size > 0 && chunk_cv(0, &data) == cv,
-                None => size == 0,
-            };
-            if !chunk_ok {
-                return Err(StorageError::Integrity(
-                    "chunk 0 does not match its digest".into(),
-                ));
-            }
-            if *blake3::hash(&data).as_bytes() != digest {
-                return Err(StorageError::Integrity(
-                    "the file's digest does not match the sender's".into(),
-                ));
-            }
             let (dir, name) = this.resolve(&path, true)?;
             let config = &this.inner.config;
-            if config.on_conflict == OnConflict::Fail
-                && std::fs::symlink_metadata(dir.join(&name)).is_ok()
+            if on_conflict == OnConflict::Fail && std::fs::symlink_metadata(dir.join(&name)).is_ok()
             {
-                return Err(StorageError::Conflict(path));
+                return Err(StoreError::Conflict(path));
             }
             let named = tempfile::Builder::new()
                 .prefix(RESERVED_PREFIX)
@@ -394,7 +341,7 @@ impl Storage {
             }
             cache_digest(&file, &digest);
             drop(file);
-            let mut stored = publish(config, &dir, temp, name, size)?;
+            let mut stored = publish(config, on_conflict, &dir, temp, name, size)?;
             stored.digest = Some(digest);
             Ok(stored)
         })
@@ -407,32 +354,19 @@ impl Storage {
         self.inner.busy.lock().map_or(true, |b| b.contains(key))
     }
 
-    /// Starts (or resumes, when `from > 0`) a verified transfer of `path` for `owner` (the
-    /// client's address or token, for the per-client cap on partials; empty for none). `from`
-    /// must be 0 or exactly what [`Storage::probe`] reported. A fresh start (`from == 0`) while
-    /// another writer holds the same partial gets a partial of its own instead of `Busy`.
-    pub async fn begin_upload(
-        &self,
-        path: &str,
-        size: u64,
-        tag: &str,
-        from: u64,
-        owner: &str,
-    ) -> Result<Upload, StorageError> {
-        let config = &self.inner.config;
-        if let Some(max) = config.max_file_size
-            && size > max
-        {
-            return Err(StorageError::TooLarge { size, max });
+    /// Starts (or resumes, when `from > 0`) a transfer (see [`Store::begin`]). `from` must be 0
+    /// or exactly what [`Store::kept`] reported. A fresh start (`from == 0`) while another writer
+    /// holds the same partial gets a partial of its own instead of `Busy`.
+    async fn begin_partial(&self, begin: Begin) -> Result<(LocalPartial, Vec<Cv>), StoreError> {
+        let key = self.partial_key(&begin.path, begin.size, begin.version);
+        if !begin.resumable {
+            let own = format!("{key}-{}", unique_suffix());
+            return self.begin_keyed(&begin, own, false).await;
         }
-        let key = self.partial_key(path, size, tag);
-        match self
-            .begin_keyed(path, size, key.clone(), from, owner, true)
-            .await
-        {
-            Err(StorageError::Busy(_)) if from == 0 => {
+        match self.begin_keyed(&begin, key.clone(), true).await {
+            Err(StoreError::Busy(_)) if begin.from == 0 => {
                 let own = format!("{key}-{}", unique_suffix());
-                self.begin_keyed(path, size, own, 0, owner, false).await
+                self.begin_keyed(&begin, own, false).await
             }
             other => other,
         }
@@ -440,14 +374,13 @@ impl Storage {
 
     async fn begin_keyed(
         &self,
-        path: &str,
-        size: u64,
+        begin: &Begin,
         key: String,
-        from: u64,
-        owner: &str,
         resumable: bool,
-    ) -> Result<Upload, StorageError> {
-        let lock = KeyLock::take(self, &key).ok_or_else(|| StorageError::Busy(path.to_owned()))?;
+    ) -> Result<(LocalPartial, Vec<Cv>), StoreError> {
+        let (path, size, from, owner) = (&begin.path[..], begin.size, begin.from, &begin.owner);
+        let on_conflict = begin.on_conflict;
+        let lock = KeyLock::take(self, &key).ok_or_else(|| StoreError::Busy(path.to_owned()))?;
         // What the partial already holds of the quota is this upload's, then grown to the size.
         let taken = self
             .inner
@@ -473,10 +406,9 @@ impl Storage {
         let key_owned = key.clone();
         let (dir, name, file, cvs_file, kept, paths, allocated) = blocking(move || {
             let (dir, name) = this.resolve(&path_owned, true)?;
-            if this.inner.config.on_conflict == OnConflict::Fail
-                && std::fs::symlink_metadata(dir.join(&name)).is_ok()
+            if on_conflict == OnConflict::Fail && std::fs::symlink_metadata(dir.join(&name)).is_ok()
             {
-                return Err(StorageError::Conflict(path_owned));
+                return Err(StoreError::Conflict(path_owned));
             }
             let mut paths = this.partial_paths(&key_owned);
             if size <= CHUNK {
@@ -494,12 +426,12 @@ impl Storage {
                 .truncate(false)
                 .open(&paths.part)?;
             if !lock_partial(&file, &paths.part)? {
-                return Err(StorageError::Busy(path_owned));
+                return Err(StoreError::Busy(path_owned));
             }
             let mut kept = load_cvs(&paths, size)?;
             let kept_bytes = (kept.len() as u64 * CHUNK).min(size);
             if from != 0 && from != kept_bytes {
-                return Err(StorageError::BadRequest(format!(
+                return Err(StoreError::BadRequest(format!(
                     "resume from byte {from}, but {kept_bytes} are kept"
                 )));
             }
@@ -515,7 +447,7 @@ impl Storage {
                 )
             {
                 if e == rustix::io::Errno::NOSPC {
-                    return Err(StorageError::NoSpace { size, available: 0 });
+                    return Err(StoreError::NoSpace { size, available: 0 });
                 }
                 debug!(error = %e, "cannot preallocate");
             }
@@ -561,13 +493,11 @@ impl Storage {
             file,
             cvs_file,
             durable: kept.len(),
-            verified: kept,
+            verified: kept.clone(),
             since_checkpoint: 0,
-            single_root: None,
-            current: None,
             shared: shared.clone(),
         };
-        let live = LiveWriter::start();
+        let live = LiveWriter::start(&self.inner.config.writers);
         std::thread::Builder::new()
             .name("barge-writer".into())
             .spawn(move || {
@@ -575,31 +505,44 @@ impl Storage {
                 let _ = done_tx.send(());
                 drop(live);
             })?;
-        Ok(Upload {
-            piece_left: 0,
+        let partial = LocalPartial {
             tx: Some(tx),
             done,
             shared,
-            next: from / CHUNK,
+            written: from,
             size,
-        })
+        };
+        Ok((partial, kept))
     }
 
-    /// Whether `path` names a stored file (not a folder, not a symlink).
-    pub async fn is_file(&self, path: &str) -> bool {
-        let this = self.clone();
-        let path = path.to_owned();
-        blocking(move || {
-            this.resolve(&path, false).is_ok_and(|(dir, name)| {
-                std::fs::symlink_metadata(dir.join(name)).is_ok_and(|m| m.is_file())
-            })
-        })
-        .await
-        .unwrap_or(false)
+    /// The file at `path`, if it is a regular file (not a folder, not a symlink), opened.
+    fn open_file(&self, path: &str) -> Result<Option<File>, StoreError> {
+        let (dir, name) = match self.resolve(path, false) {
+            Ok(found) => found,
+            Err(StoreError::NotFound(_) | StoreError::NotAFolder(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let full = dir.join(name);
+        match std::fs::symlink_metadata(&full) {
+            Ok(m) if m.is_file() => Ok(Some(File::open(&full)?)),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether anything has the name `path` (a file, a folder, a link).
+    fn name_taken(&self, path: &str) -> Result<bool, StoreError> {
+        let (dir, name) = match self.resolve(path, false) {
+            Ok(found) => found,
+            Err(StoreError::NotFound(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        Ok(std::fs::symlink_metadata(dir.join(name)).is_ok())
     }
 
     /// Creates a folder (and missing parents) under the storage directory.
-    pub async fn mkdir(&self, path: &str) -> Result<(), StorageError> {
+    async fn make_dir(&self, path: &str) -> Result<(), StoreError> {
         let this = self.clone();
         let path = path.to_owned();
         blocking(move || {
@@ -611,7 +554,7 @@ impl Storage {
                     if std::fs::symlink_metadata(&full)?.is_dir() {
                         Ok(())
                     } else {
-                        Err(StorageError::NotAFolder(path))
+                        Err(StoreError::NotAFolder(path))
                     }
                 }
                 Err(e) => Err(e.into()),
@@ -622,7 +565,7 @@ impl Storage {
 
     /// Lists a folder (or one file), optionally everything below it, never following symlinks.
     /// Paths are relative to the listed folder; digests come from the cache or are computed.
-    pub async fn list(&self, path: &str, recursive: bool) -> Result<Listing, StorageError> {
+    async fn list_tree(&self, path: &str, recursive: bool) -> Result<Listing, StoreError> {
         let this = self.clone();
         let path = path.to_owned();
         blocking(move || {
@@ -633,10 +576,10 @@ impl Storage {
                 dir.join(name)
             };
             let meta = match std::fs::symlink_metadata(&target) {
-                Ok(m) if m.is_symlink() => return Err(StorageError::NotFound(path)),
+                Ok(m) if m.is_symlink() => return Err(StoreError::NotFound(path)),
                 Ok(m) => m,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return Err(StorageError::NotFound(path));
+                    return Err(StoreError::NotFound(path));
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -681,27 +624,47 @@ impl Storage {
         .await?
     }
 
-    /// Opens a stored file for reading: the file, its size, mtime and digest.
-    pub async fn open_read(&self, path: &str) -> Result<(File, u64, i64, Cv), StorageError> {
+    /// Opens a stored file for reading from the chunk holding `from`: its facts, and a blocking
+    /// thread that reads whole chunks ahead of the consumer.
+    async fn read_from(&self, path: &str, from: u64) -> Result<Reading, StoreError> {
         let this = self.clone();
         let path = path.to_owned();
-        blocking(move || {
-            let (dir, name) = this.resolve(&path, false)?;
-            let full = dir.join(name);
-            match std::fs::symlink_metadata(&full) {
-                Ok(m) if m.is_file() => {}
-                Ok(_) => return Err(StorageError::NotFound(path)),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return Err(StorageError::NotFound(path));
-                }
-                Err(e) => return Err(e.into()),
-            }
-            let file = File::open(&full)?;
-            let meta = file.metadata()?;
-            let digest = digest_of(&file)?;
-            Ok((file, meta.len(), mtime_secs(&meta), digest))
+        let (file, meta) = blocking(move || {
+            let Some(file) = this.open_file(&path)? else {
+                return Err(StoreError::NotFound(path));
+            };
+            let meta = meta_of(&file)?;
+            Ok((file, meta))
         })
-        .await?
+        .await??;
+        let (tx, chunks) = mpsc::channel(READ_AHEAD);
+        let size = meta.size;
+        tokio::task::spawn_blocking(move || {
+            let first = from.min(size) / CHUNK;
+            let mut file = file;
+            if let Err(e) = io::Seek::seek(&mut file, io::SeekFrom::Start(first * CHUNK)) {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+            for index in first..chunk_count(size) {
+                let len = chunk_len(size, index);
+                let mut buf = Vec::with_capacity(len as usize);
+                // Into spare capacity: no zero-filling of a buffer the read overwrites anyway.
+                let item = match (&file).take(len).read_to_end(&mut buf) {
+                    Ok(n) if n as u64 == len => Ok(Bytes::from(buf)),
+                    Ok(_) => Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "file shrank while being sent",
+                    )),
+                    Err(e) => Err(e),
+                };
+                let failed = item.is_err();
+                if tx.blocking_send(item).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Reading { meta, chunks })
     }
 
     /// Removes partial transfers untouched for longer than the configured time.
@@ -735,7 +698,7 @@ impl Storage {
         Ok(removed)
     }
 
-    /// Runs [`Storage::expire_partials`] every partial TTL (at most every 10 minutes) for as long
+    /// Runs [`LocalStore::expire_partials`] every partial TTL (at most every 10 minutes) for as long
     /// as the returned task is not aborted; needs a tokio runtime.
     pub fn sweep_regularly(&self) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
@@ -835,7 +798,7 @@ impl Storage {
     }
 }
 
-/// A suffix that makes a partial's key its own (see [`Storage::begin_upload`]).
+/// A suffix that makes a partial's key its own (see [`Store::begin`]).
 fn unique_suffix() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut h = blake3::Hasher::new();
@@ -853,7 +816,7 @@ fn mtime_secs(meta: &std::fs::Metadata) -> i64 {
     meta.mtime()
 }
 
-fn entry(path: &Path, rel: String, meta: &std::fs::Metadata) -> Result<Entry, StorageError> {
+fn entry(path: &Path, rel: String, meta: &std::fs::Metadata) -> Result<Entry, StoreError> {
     let digest = if meta.is_file() {
         Some(hex(&digest_of(&File::open(path)?)?))
     } else {
@@ -940,12 +903,12 @@ fn load_cvs(paths: &PartialPaths, size: u64) -> io::Result<Vec<Cv>> {
 
 /// Holds a partial's key in the busy set while its writer runs.
 struct KeyLock {
-    storage: Storage,
+    storage: LocalStore,
     key: String,
 }
 
 impl KeyLock {
-    fn take(storage: &Storage, key: &str) -> Option<Self> {
+    fn take(storage: &LocalStore, key: &str) -> Option<Self> {
         let mut busy = storage.inner.busy.lock().ok()?;
         busy.insert(key.to_owned()).then(|| Self {
             storage: storage.clone(),
@@ -963,20 +926,18 @@ impl Drop for KeyLock {
     }
 }
 
-/// Why a writer stopped taking chunks; cloneable so every later call can report it.
+/// Why a writer stopped; cloneable so every later call can report it.
 #[derive(Debug, Clone)]
 enum Failure {
-    Integrity(String),
     BadRequest(String),
     Io(String),
 }
 
-impl From<Failure> for StorageError {
+impl From<Failure> for StoreError {
     fn from(f: Failure) -> Self {
         match f {
-            Failure::Integrity(m) => StorageError::Integrity(m),
-            Failure::BadRequest(m) => StorageError::BadRequest(m),
-            Failure::Io(m) => StorageError::Io(io::Error::other(m)),
+            Failure::BadRequest(m) => StoreError::BadRequest(m),
+            Failure::Io(m) => StoreError::Io(io::Error::other(m)),
         }
     }
 }
@@ -997,155 +958,122 @@ impl Shared {
 }
 
 enum Cmd {
-    /// Chunk `index` starts; its bytes follow as pieces and must hash to `cv`.
-    Begin { index: u64, cv: Cv },
-    /// The next bytes of the current chunk.
-    Piece(Bytes),
-    Commit {
+    /// The next bytes of the file.
+    Write(Bytes),
+    /// The next chunk (all its bytes sent before this) is verified.
+    Verified(Cv),
+    Publish {
         digest: Cv,
-        reply: oneshot::Sender<Result<Stored, StorageError>>,
+        on_conflict: OnConflict,
+        reply: oneshot::Sender<Result<Stored, StoreError>>,
     },
+    Discard,
 }
 
-/// Bytes an upload has verified, readable after the upload is gone (see
-/// [`Upload::verified_handle`]).
-#[derive(Debug, Clone)]
-pub struct VerifiedBytes(Arc<Shared>);
-
-impl VerifiedBytes {
-    /// Bytes verified and written.
-    pub fn get(&self) -> u64 {
-        self.0.verified.load(Ordering::Acquire)
-    }
-}
-
-/// A verified transfer in progress. Chunks go to a writer thread; dropping this without
-/// [`Upload::commit`] keeps the verified part for a later resume.
+/// A transfer into the local store in progress: commands go to a writer thread that owns the
+/// files; dropping this without publishing keeps the verified part for a later resume.
 #[derive(Debug)]
-pub struct Upload {
-    /// Bytes of the current chunk not yet passed to the writer.
-    piece_left: u64,
+pub struct LocalPartial {
     tx: Option<mpsc::Sender<Cmd>>,
     done: oneshot::Receiver<()>,
     shared: Arc<Shared>,
-    next: u64,
+    /// Bytes handed to the writer.
+    written: u64,
     size: u64,
 }
 
-impl Upload {
-    /// Offset of the next chunk expected.
-    pub fn next_offset(&self) -> u64 {
-        (self.next * CHUNK).min(self.size)
-    }
-
-    /// Bytes verified and written so far.
-    pub fn verified(&self) -> u64 {
-        self.shared.verified.load(Ordering::Acquire)
-    }
-
-    /// A handle that reads [`Upload::verified`] after the upload is gone (committed or not).
-    pub fn verified_handle(&self) -> VerifiedBytes {
-        VerifiedBytes(self.shared.clone())
-    }
-
-    /// Resolves when the writer has stopped on a failure (a chunk that does not match its CV, a
-    /// disk error), with that failure; pending for as long as all is well.
-    pub async fn failure_notice(&self) -> StorageError {
-        loop {
-            if let Some(f) = self.shared.failure() {
-                return f.into();
-            }
-            self.shared.failed.notified().await;
-        }
-    }
-
-    /// Queues the next chunk, which must carry its CV. An earlier chunk's failure (digest
-    /// mismatch, disk error) is reported here, one chunk later at most.
-    pub async fn write_chunk(&mut self, cv: Cv, data: Bytes) -> Result<(), StorageError> {
-        self.begin_chunk(cv, data.len() as u64).await?;
-        if !data.is_empty() {
-            self.write_piece(data).await?;
-        }
-        Ok(())
-    }
-
-    /// Starts the next chunk, of `len` bytes, which must hash to `cv`; its bytes follow through
-    /// [`Upload::write_piece`]. An earlier failure (digest mismatch, disk error) is reported here.
-    pub async fn begin_chunk(&mut self, cv: Cv, len: u64) -> Result<(), StorageError> {
+impl LocalPartial {
+    async fn send(&mut self, cmd: Cmd) -> Result<(), StoreError> {
         if let Some(f) = self.shared.failure() {
             return Err(f.into());
         }
-        if self.piece_left > 0 {
-            return Err(StorageError::BadRequest(format!(
-                "chunk {} started before the previous one ended",
-                self.next
-            )));
-        }
-        let expected = chunk_len(self.size, self.next);
-        if len != expected || self.next >= chunk_count(self.size) {
-            return Err(StorageError::BadRequest(format!(
-                "chunk {} is {len} bytes, expected {expected}",
-                self.next
-            )));
-        }
-        let index = self.next;
-        self.next += 1;
-        self.piece_left = len;
-        self.send(Cmd::Begin { index, cv }).await
-    }
-
-    /// The next bytes of the chunk begun last.
-    pub async fn write_piece(&mut self, piece: Bytes) -> Result<(), StorageError> {
-        if let Some(f) = self.shared.failure() {
-            return Err(f.into());
-        }
-        let len = piece.len() as u64;
-        if len > self.piece_left {
-            return Err(StorageError::BadRequest(
-                "more bytes than the chunk holds".into(),
-            ));
-        }
-        self.piece_left -= len;
-        self.send(Cmd::Piece(piece)).await
-    }
-
-    async fn send(&mut self, cmd: Cmd) -> Result<(), StorageError> {
         let tx = self
             .tx
             .as_ref()
-            .ok_or_else(|| StorageError::BadRequest("upload closed".into()))?;
+            .ok_or_else(|| StoreError::BadRequest("upload closed".into()))?;
         tx.send(cmd).await.map_err(|_| self.stopped())
     }
 
-    fn stopped(&self) -> StorageError {
+    fn stopped(&self) -> StoreError {
         self.shared
             .failure()
             .map_or_else(|| io::Error::other("writer stopped").into(), Into::into)
     }
+}
 
-    /// Checks the whole file against `digest` and publishes it.
-    pub async fn commit(mut self, digest: Cv) -> Result<Stored, StorageError> {
-        let (reply, answer) = oneshot::channel();
-        let tx = self
-            .tx
-            .take()
-            .ok_or_else(|| StorageError::BadRequest("upload closed".into()))?;
-        tx.send(Cmd::Commit { digest, reply })
-            .await
-            .map_err(|_| self.stopped())?;
-        answer.await.map_err(|_| self.stopped())?
+impl Partial for LocalPartial {
+    fn verified_bytes(&self) -> u64 {
+        self.shared.verified.load(Ordering::Acquire)
     }
 
-    /// Stops taking chunks and waits until the verified part is durable.
-    pub async fn suspend(mut self) {
-        self.tx = None;
-        let _ = (&mut self.done).await;
+    fn write(&mut self, bytes: Bytes) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let end = self.written + bytes.len() as u64;
+            if end > self.size {
+                return Err(StoreError::SizeMismatch {
+                    written: end,
+                    expected: self.size,
+                });
+            }
+            self.written = end;
+            self.send(Cmd::Write(bytes)).await
+        })
+    }
+
+    fn verified(&mut self, cv: Cv) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.send(Cmd::Verified(cv)))
+    }
+
+    fn failure(&self) -> BoxFuture<'_, StoreError> {
+        Box::pin(async move {
+            loop {
+                let notified = self.shared.failed.notified();
+                if let Some(f) = self.shared.failure() {
+                    return f.into();
+                }
+                notified.await;
+            }
+        })
+    }
+
+    fn publish(
+        mut self: Box<Self>,
+        digest: Cv,
+        on_conflict: OnConflict,
+    ) -> BoxFuture<'static, Result<Stored, StoreError>> {
+        Box::pin(async move {
+            let (reply, answer) = oneshot::channel();
+            self.send(Cmd::Publish {
+                digest,
+                on_conflict,
+                reply,
+            })
+            .await?;
+            self.tx = None;
+            answer.await.map_err(|_| self.stopped())?
+        })
+    }
+
+    fn suspend(mut self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            self.tx = None;
+            let _ = (&mut self.done).await;
+        })
+    }
+
+    fn discard(mut self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            if let Some(tx) = self.tx.take() {
+                let _ = tx.send(Cmd::Discard).await;
+            }
+            let _ = (&mut self.done).await;
+        })
     }
 }
 
 /// The thread that owns a partial transfer's files.
 struct Writer {
-    storage: Storage,
+    storage: LocalStore,
     key: String,
     /// Whose transfer this is, for the per-client cap on partials.
     owner: String,
@@ -1170,10 +1098,6 @@ struct Writer {
     /// How many of `verified` are on disk in the CV file.
     durable: usize,
     since_checkpoint: u64,
-    /// The digest of a file that is a single chunk: a plain hash, not a merge of CVs.
-    single_root: Option<Cv>,
-    /// The chunk being received: its index, expected CV and hash so far.
-    current: Option<(u64, Cv, ChunkHasher)>,
     shared: Arc<Shared>,
     /// Declared last, so dropped last: the key is free only once the data file (and its OS lock)
     /// is closed, or a writer let in by the key would find the file still locked.
@@ -1184,28 +1108,36 @@ impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
         while let Some(cmd) = rx.blocking_recv() {
             match cmd {
-                Cmd::Begin { index, cv } => {
+                Cmd::Write(data) => {
                     if self.shared.failure().is_some() {
                         continue; // drain what was queued after the failure
                     }
-                    let begun = self.begin(index, cv);
-                    self.record(begun);
+                    let written = self.write(&data);
+                    self.record(written);
                 }
-                Cmd::Piece(data) => {
+                Cmd::Verified(cv) => {
                     if self.shared.failure().is_some() {
                         continue;
                     }
-                    let written = self.piece(&data);
-                    self.record(written);
+                    let confirmed = self.confirm(cv);
+                    self.record(confirmed);
                 }
-                Cmd::Commit { digest, reply } => {
-                    let result = self.commit(digest);
+                Cmd::Publish {
+                    digest,
+                    on_conflict,
+                    reply,
+                } => {
+                    let result = self.publish(digest, on_conflict);
                     let _ = reply.send(result);
+                    return;
+                }
+                Cmd::Discard => {
+                    self.discard();
                     return;
                 }
             }
         }
-        // Dropped without commit: keep what is verified, durably, for a resume.
+        // Dropped without publish: keep what is verified, durably, for a resume.
         self.keep();
         debug!(name = ?self.name, kept = self.verified.len(), "transfer suspended");
         let _ = &self.lock;
@@ -1217,33 +1149,14 @@ impl Writer {
             if let Ok(mut slot) = self.shared.failure.lock() {
                 *slot = Some(f);
             }
-            self.shared.failed.notify_one();
+            self.shared.failed.notify_waiters();
         }
     }
 
-    fn begin(&mut self, index: u64, cv: Cv) -> Result<(), Failure> {
-        if index != self.verified.len() as u64 || self.current.is_some() {
-            return Err(Failure::BadRequest(format!(
-                "chunk {index} out of order (expected {})",
-                self.verified.len()
-            )));
-        }
-        self.current = Some((index, cv, ChunkHasher::new(index)));
-        if chunk_len(self.size, index) == 0 {
-            return self.finish_chunk();
-        }
-        Ok(())
-    }
-
-    /// Hashes and writes the next bytes of the current chunk (unverified bytes may reach the
-    /// file: only verified chunks are ever counted, and a resume truncates to them).
-    fn piece(&mut self, data: &[u8]) -> Result<(), Failure> {
-        let Some((index, _, hasher)) = self.current.as_mut() else {
-            return Err(Failure::BadRequest("data outside a chunk".into()));
-        };
-        let at = *index * CHUNK + hasher.len();
-        hasher.update(data);
-        let complete = hasher.len() == chunk_len(self.size, *index);
+    /// Writes the next bytes (unverified bytes may reach the file: only confirmed chunks are ever
+    /// counted, and a resume truncates to them).
+    fn write(&mut self, data: &[u8]) -> Result<(), Failure> {
+        let at = self.written_to;
         let end = at + data.len() as u64;
         if end > self.allocated && self.allocated < self.size {
             // Windows grow with the file (64 MiB, then as much as is allocated already): few
@@ -1265,37 +1178,23 @@ impl Writer {
         self.file
             .write_all_at(data, at)
             .map_err(|e| Failure::Io(e.to_string()))?;
-        if end > self.written_to {
-            self.space.spent(end - self.written_to);
-            self.written_to = end;
-        }
-        if complete {
-            self.finish_chunk()?;
-        }
+        self.space.spent(end - at);
+        self.written_to = end;
         Ok(())
     }
 
-    fn finish_chunk(&mut self) -> Result<(), Failure> {
-        let Some((index, cv, hasher)) = self.current.take() else {
-            return Ok(());
-        };
-        let len = hasher.len();
-        if hasher.cv() != cv {
-            return Err(Failure::Integrity(format!(
-                "chunk {index} (bytes {}..{}) does not match its digest",
-                index * CHUNK,
-                index * CHUNK + len
+    /// Records the next chunk as verified; its bytes were written before.
+    fn confirm(&mut self, cv: Cv) -> Result<(), Failure> {
+        let index = self.verified.len() as u64;
+        let end = (index * CHUNK + chunk_len(self.size, index)).min(self.size);
+        if index >= chunk_count(self.size) || self.written_to < end {
+            return Err(Failure::BadRequest(format!(
+                "chunk {index} confirmed before its bytes were written"
             )));
         }
-        if self.size <= CHUNK {
-            self.single_root = hasher.root();
-        }
         self.verified.push(cv);
-        self.since_checkpoint += len;
-        self.shared.verified.store(
-            (self.verified.len() as u64 * CHUNK).min(self.size),
-            Ordering::Release,
-        );
+        self.since_checkpoint += chunk_len(self.size, index);
+        self.shared.verified.store(end, Ordering::Release);
         if self.since_checkpoint >= self.storage.inner.config.checkpoint_bytes {
             self.checkpoint().map_err(|e| Failure::Io(e.to_string()))?;
         }
@@ -1383,7 +1282,7 @@ impl Writer {
         }
     }
 
-    fn commit(mut self, digest: Cv) -> Result<Stored, StorageError> {
+    fn publish(mut self, digest: Cv, on_conflict: OnConflict) -> Result<Stored, StoreError> {
         if let Some(f) = self.shared.failure() {
             self.keep();
             return Err(f.into());
@@ -1391,23 +1290,10 @@ impl Writer {
         let chunks = chunk_count(self.size);
         if self.verified.len() as u64 != chunks {
             self.keep();
-            return Err(StorageError::BadRequest(format!(
+            return Err(StoreError::BadRequest(format!(
                 "end after {} of {chunks} chunks",
                 self.verified.len()
             )));
-        }
-        let root = if self.size == 0 {
-            Some(*blake3::hash(b"").as_bytes())
-        } else if self.size <= CHUNK {
-            self.single_root
-        } else {
-            file_digest(&self.verified, self.size, None)
-        };
-        if root != Some(digest) {
-            self.discard();
-            return Err(StorageError::Integrity(
-                "the file's digest does not match the sender's".into(),
-            ));
         }
         let config = self.storage.inner.config.clone();
         if config.fsync {
@@ -1419,7 +1305,14 @@ impl Writer {
             let _ = std::fs::remove_file(&self.paths.meta);
         }
         let temp = TempPath::try_from_path(&self.paths.part)?;
-        let mut stored = publish(&config, &self.dir, temp, self.name.clone(), self.size)?;
+        let mut stored = publish(
+            &config,
+            on_conflict,
+            &self.dir,
+            temp,
+            self.name.clone(),
+            self.size,
+        )?;
         stored.digest = Some(digest);
         if let Some(r) = self.reservation.take() {
             r.keep();
@@ -1428,12 +1321,139 @@ impl Writer {
     }
 }
 
+/// The facts of an open file: size, mtime and digest (cached or computed).
+fn meta_of(file: &File) -> Result<Meta, StoreError> {
+    let meta = file.metadata()?;
+    Ok(Meta {
+        size: meta.len(),
+        mtime: mtime_secs(&meta),
+        digest: digest_of(file)?,
+    })
+}
+
+impl Store for LocalStore {
+    fn scoped(&self, rel: &str) -> Result<Arc<dyn Store>, StoreError> {
+        Ok(Arc::new(self.subfolder(rel)?))
+    }
+
+    fn kept(
+        &self,
+        path: &str,
+        size: u64,
+        version: Version,
+    ) -> BoxFuture<'_, Result<Vec<Cv>, StoreError>> {
+        let path = path.to_owned();
+        Box::pin(async move { self.kept_cvs(&path, size, version).await })
+    }
+
+    fn begin(&self, begin: Begin) -> BoxFuture<'_, Result<crate::store::Begun, StoreError>> {
+        Box::pin(async move {
+            let (partial, kept) = self.begin_partial(begin).await?;
+            Ok((Box::new(partial) as Box<dyn Partial>, kept))
+        })
+    }
+
+    fn put_small(
+        &self,
+        path: &str,
+        data: Bytes,
+        digest: Cv,
+        on_conflict: OnConflict,
+    ) -> BoxFuture<'_, Result<Stored, StoreError>> {
+        let path = path.to_owned();
+        Box::pin(async move { self.put_whole(&path, data, digest, on_conflict).await })
+    }
+
+    fn stat(&self, path: &str) -> BoxFuture<'_, Result<Option<Meta>, StoreError>> {
+        let this = self.clone();
+        let path = path.to_owned();
+        Box::pin(async move {
+            blocking(move || match this.open_file(&path)? {
+                Some(file) => meta_of(&file).map(Some),
+                None => Ok(None),
+            })
+            .await?
+        })
+    }
+
+    fn exists(&self, path: &str) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let this = self.clone();
+        let path = path.to_owned();
+        Box::pin(async move { blocking(move || this.name_taken(&path)).await? })
+    }
+
+    fn mkdir(&self, path: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        let path = path.to_owned();
+        Box::pin(async move { self.make_dir(&path).await })
+    }
+
+    fn list(&self, path: &str, recursive: bool) -> BoxFuture<'_, Result<Listing, StoreError>> {
+        let path = path.to_owned();
+        Box::pin(async move { self.list_tree(&path, recursive).await })
+    }
+
+    fn read(&self, path: &str, from: u64) -> BoxFuture<'_, Result<Reading, StoreError>> {
+        let path = path.to_owned();
+        Box::pin(async move { self.read_from(&path, from).await })
+    }
+
+    fn expire(&self) -> BoxFuture<'_, Result<usize, StoreError>> {
+        let this = self.clone();
+        Box::pin(async move { Ok(blocking(move || this.expire_partials()).await??) })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::MetadataExt;
 
     use super::*;
-    use crate::storage::{Quota, StorageConfig};
+    use crate::store::{LocalConfig, Quota};
+    use crate::transfer::{Core, Mode, Policy, Receiver};
+    use barge_proto::tree::chunk_cv;
+
+    type Upload = Receiver;
+
+    /// Starts an upload through the transfer core, as the v1 front end does.
+    async fn begin_upload(
+        s: &LocalStore,
+        path: &str,
+        size: u64,
+        from: u64,
+        owner: &str,
+    ) -> Result<Receiver, StoreError> {
+        let begin = Begin {
+            path: path.to_owned(),
+            size,
+            version: Version::Any,
+            from,
+            owner: owner.to_owned(),
+            resumable: true,
+            on_conflict: OnConflict::Rename,
+        };
+        crate::transfer::receive(s, &Policy::default(), begin, Mode::Check).await
+    }
+
+    struct Probed {
+        offset: u64,
+    }
+
+    async fn probe(s: &LocalStore, path: &str, size: u64) -> Result<Probed, StoreError> {
+        let (offset, _) = crate::transfer::kept(s, path, size, Version::Any).await?;
+        Ok(Probed { offset })
+    }
+
+    async fn store_whole(
+        s: &LocalStore,
+        path: &str,
+        data: Bytes,
+        cv: Option<Cv>,
+        digest: Cv,
+    ) -> Result<Stored, StoreError> {
+        let core = Core::new(Arc::new(s.clone()), Policy::default());
+        let session = core.unauthenticated("127.0.0.1:1".parse().unwrap());
+        session.store_small(path, data, cv, digest).await
+    }
 
     const MIB: u64 = 1 << 20;
 
@@ -1443,11 +1463,11 @@ mod tests {
             .collect()
     }
 
-    fn open(dir: &Path, f: impl FnOnce(&mut StorageConfig)) -> Storage {
-        let mut config = StorageConfig::new(dir);
+    fn open(dir: &Path, f: impl FnOnce(&mut LocalConfig)) -> LocalStore {
+        let mut config = LocalConfig::new(dir);
         config.fsync = false;
         f(&mut config);
-        Storage::open(config).unwrap()
+        LocalStore::open(config).unwrap()
     }
 
     /// Sends chunks `from..to` of `body` into `upload`.
@@ -1457,9 +1477,10 @@ mod tests {
             let end = (start + CHUNK as usize).min(body.len());
             let piece = &body[start..end];
             upload
-                .write_chunk(chunk_cv(i, piece), Bytes::copy_from_slice(piece))
+                .begin_chunk(chunk_cv(i, piece), piece.len() as u64)
                 .await
                 .unwrap();
+            upload.write(Bytes::copy_from_slice(piece)).await.unwrap();
         }
     }
 
@@ -1485,33 +1506,31 @@ mod tests {
 
     #[tokio::test]
     async fn two_writers_in_two_processes_never_share_a_partial() {
-        // Regression (D1): a second writer (another process: its own Storage) truncated the
+        // Regression (D1): a second writer (another process: its own LocalStore) truncated the
         // first's partial, which was then published with a zeroed range.
         let d = tempfile::tempdir().unwrap();
         let (a, b) = (open(d.path(), |_| {}), open(d.path(), |_| {}));
         let (x, y) = (data(1, 3 * MIB + 5), data(2, 3 * MIB + 5));
-        let mut first = a
-            .begin_upload("f.bin", x.len() as u64, "", 0, "")
+        let mut first = begin_upload(&a, "f.bin", x.len() as u64, 0, "")
             .await
             .unwrap();
         send(&mut first, &x, 0..2).await;
         // Resuming what the first is writing is refused while it holds the partial.
         let kept = 2 * MIB;
         assert!(matches!(
-            b.begin_upload("f.bin", x.len() as u64, "", kept, "").await,
-            Err(StorageError::Busy(_)) | Err(StorageError::BadRequest(_))
+            begin_upload(&b, "f.bin", x.len() as u64, kept, "").await,
+            Err(StoreError::Busy(_)) | Err(StoreError::BadRequest(_))
         ));
         // A fresh start gets a partial of its own and is published beside the first.
-        let mut second = b
-            .begin_upload("f.bin", y.len() as u64, "", 0, "")
+        let mut second = begin_upload(&b, "f.bin", y.len() as u64, 0, "")
             .await
             .unwrap();
         send(&mut second, &y, 0..4).await;
-        let stored_b = second.commit(digest(&y)).await.unwrap();
+        let stored_b = second.finish(Some(digest(&y))).await.unwrap();
         send(&mut first, &x, 2..4).await;
-        let stored_a = first.commit(digest(&x)).await.unwrap();
-        assert_eq!(std::fs::read(&stored_a.path).unwrap(), x);
-        assert_eq!(std::fs::read(&stored_b.path).unwrap(), y);
+        let stored_a = first.finish(Some(digest(&x))).await.unwrap();
+        assert_eq!(std::fs::read(d.path().join(&stored_a.name)).unwrap(), x);
+        assert_eq!(std::fs::read(d.path().join(&stored_b.name)).unwrap(), y);
         assert_ne!(stored_a.name, stored_b.name);
     }
 
@@ -1520,27 +1539,24 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let (a, b) = (open(d.path(), |_| {}), open(d.path(), |_| {}));
         let x = data(3, 4 * MIB);
-        let mut up = a
-            .begin_upload("r.bin", x.len() as u64, "", 0, "")
+        let mut up = begin_upload(&a, "r.bin", x.len() as u64, 0, "")
             .await
             .unwrap();
         send(&mut up, &x, 0..2).await;
         suspended(up).await;
         // Another process resumes it and holds it; the first cannot take it meanwhile.
-        let offset = b.probe("r.bin", x.len() as u64, "").await.unwrap().offset;
+        let offset = probe(&b, "r.bin", x.len() as u64).await.unwrap().offset;
         assert_eq!(offset, 2 * MIB);
-        let mut resumed = b
-            .begin_upload("r.bin", x.len() as u64, "", offset, "")
+        let mut resumed = begin_upload(&b, "r.bin", x.len() as u64, offset, "")
             .await
             .unwrap();
         assert!(matches!(
-            a.begin_upload("r.bin", x.len() as u64, "", offset, "")
-                .await,
-            Err(StorageError::Busy(_))
+            begin_upload(&a, "r.bin", x.len() as u64, offset, "").await,
+            Err(StoreError::Busy(_))
         ));
         send(&mut resumed, &x, 2..4).await;
-        let stored = resumed.commit(digest(&x)).await.unwrap();
-        assert_eq!(std::fs::read(stored.path).unwrap(), x);
+        let stored = resumed.finish(Some(digest(&x))).await.unwrap();
+        assert_eq!(std::fs::read(d.path().join(&stored.name)).unwrap(), x);
     }
 
     #[tokio::test]
@@ -1549,35 +1565,35 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = open(d.path(), |_| {});
         let (x, y) = (data(4, 2 * MIB), data(5, 2 * MIB));
-        let mut a = s
-            .begin_upload("same.bin", x.len() as u64, "", 0, "")
+        let mut a = begin_upload(&s, "same.bin", x.len() as u64, 0, "")
             .await
             .unwrap();
-        let mut b = s
-            .begin_upload("same.bin", y.len() as u64, "", 0, "")
+        let mut b = begin_upload(&s, "same.bin", y.len() as u64, 0, "")
             .await
             .unwrap();
         send(&mut a, &x, 0..2).await;
         send(&mut b, &y, 0..2).await;
         let (sa, sb) = (
-            a.commit(digest(&x)).await.unwrap(),
-            b.commit(digest(&y)).await.unwrap(),
+            a.finish(Some(digest(&x))).await.unwrap(),
+            b.finish(Some(digest(&y))).await.unwrap(),
         );
         assert_eq!(
             (sa.name.as_str(), sb.name.as_str()),
             ("same.bin", "same (1).bin")
         );
-        assert_eq!(std::fs::read(sb.path).unwrap(), y);
+        assert_eq!(std::fs::read(d.path().join(&sb.name)).unwrap(), y);
         // Small files received whole take no key either.
         let (p, q) = (data(6, 1000), data(7, 1000));
         let (r1, r2) = tokio::join!(
-            s.store_whole(
+            store_whole(
+                &s,
                 "small",
                 Bytes::from(p.clone()),
                 Some(chunk_cv(0, &p)),
                 digest(&p)
             ),
-            s.store_whole(
+            store_whole(
+                &s,
                 "small",
                 Bytes::from(q.clone()),
                 Some(chunk_cv(0, &q)),
@@ -1595,13 +1611,12 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = open(d.path(), |_| {});
         let x = data(8, 3 * MIB);
-        let mut up = s
-            .begin_upload("w.bin", x.len() as u64, "", 0, "")
+        let mut up = begin_upload(&s, "w.bin", x.len() as u64, 0, "")
             .await
             .unwrap();
         send(&mut up, &x, 0..2).await;
         // The old connection's writer is still saving while the client probes again.
-        let (probe, ()) = tokio::join!(s.probe("w.bin", x.len() as u64, ""), async {
+        let (probe, ()) = tokio::join!(probe(&s, "w.bin", x.len() as u64), async {
             tokio::task::yield_now().await;
             suspended(up).await;
         });
@@ -1616,8 +1631,7 @@ mod tests {
         let quota = Quota::new(20 * MIB, 0);
         let s = open(d.path(), |c| c.quota = Some(quota.clone()));
         let x = data(9, 15 * MIB);
-        let mut up = s
-            .begin_upload("a.bin", x.len() as u64, "", 0, "")
+        let mut up = begin_upload(&s, "a.bin", x.len() as u64, 0, "")
             .await
             .unwrap();
         assert_eq!(quota.used(), 15 * MIB);
@@ -1634,7 +1648,7 @@ mod tests {
             * 512;
         assert!(blocks <= 2 * MIB, "{blocks} bytes allocated for 1 MiB kept");
         // Another upload of 15 MiB fits beside it; one of 19 MiB does not.
-        let other = s.begin_upload("b.bin", 15 * MIB, "", 0, "").await.unwrap();
+        let other = begin_upload(&s, "b.bin", 15 * MIB, 0, "").await.unwrap();
         assert_eq!(quota.used(), 16 * MIB);
         drop(other);
         tokio::time::timeout(std::time::Duration::from_secs(10), async {
@@ -1645,21 +1659,20 @@ mod tests {
         .await
         .unwrap();
         assert!(matches!(
-            s.begin_upload("c.bin", 19 * MIB + 1, "", 0, "").await,
-            Err(StorageError::QuotaExceeded { .. })
+            begin_upload(&s, "c.bin", 19 * MIB + 1, 0, "").await,
+            Err(StoreError::QuotaExceeded { .. })
         ));
         // A restart counts the partial again; resuming it grows its own charge to the size.
         drop(s);
         let quota = Quota::new(20 * MIB, 0);
         let s = open(d.path(), |c| c.quota = Some(quota.clone()));
         assert_eq!(quota.used(), MIB);
-        let mut up = s
-            .begin_upload("a.bin", x.len() as u64, "", MIB, "")
+        let mut up = begin_upload(&s, "a.bin", x.len() as u64, MIB, "")
             .await
             .unwrap();
         assert_eq!(quota.used(), 15 * MIB);
         send(&mut up, &x, 1..15).await;
-        up.commit(digest(&x)).await.unwrap();
+        up.finish(Some(digest(&x))).await.unwrap();
         assert_eq!(quota.used(), 15 * MIB);
     }
 
@@ -1669,8 +1682,7 @@ mod tests {
         let s = open(d.path(), |c| c.max_partials_per_client = 2);
         let x = data(10, 2 * MIB + 1);
         for name in ["1", "2", "3"] {
-            let mut up = s
-                .begin_upload(name, x.len() as u64, "", 0, "peer")
+            let mut up = begin_upload(&s, name, x.len() as u64, 0, "peer")
                 .await
                 .unwrap();
             send(&mut up, &x, 0..1).await;
@@ -1678,17 +1690,17 @@ mod tests {
         }
         let size = x.len() as u64;
         assert_eq!(
-            s.probe("1", size, "").await.unwrap().offset,
+            probe(&s, "1", size).await.unwrap().offset,
             0,
             "oldest removed"
         );
-        assert_eq!(s.probe("3", size, "").await.unwrap().offset, MIB);
+        assert_eq!(probe(&s, "3", size).await.unwrap().offset, MIB);
         assert_eq!(partial_files(d.path()).len(), 2 * 3); // .part, .cvs, .meta each
         // Another client's partials are its own.
-        let mut up = s.begin_upload("4", size, "", 0, "other").await.unwrap();
+        let mut up = begin_upload(&s, "4", size, 0, "other").await.unwrap();
         send(&mut up, &x, 0..1).await;
         suspended(up).await;
-        assert_eq!(s.probe("2", size, "").await.unwrap().offset, MIB);
+        assert_eq!(probe(&s, "2", size).await.unwrap().offset, MIB);
     }
 
     #[tokio::test]
@@ -1699,8 +1711,7 @@ mod tests {
         let top = open(d.path(), |c| c.partial_ttl = std::time::Duration::ZERO);
         let alice = top.subfolder("alice").unwrap();
         let x = data(11, 2 * MIB + 3);
-        let mut up = alice
-            .begin_upload("f", x.len() as u64, "", 0, "")
+        let mut up = begin_upload(&alice, "f", x.len() as u64, 0, "")
             .await
             .unwrap();
         send(&mut up, &x, 0..1).await;
@@ -1728,8 +1739,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = open(d.path(), |_| {});
         let x = data(12, 500_000);
-        let mut live = s
-            .begin_upload("sub/k.bin", x.len() as u64, "", 0, "")
+        let mut live = begin_upload(&s, "sub/k.bin", x.len() as u64, 0, "")
             .await
             .unwrap();
         send(&mut live, &x[..0], 0..0).await;
@@ -1752,7 +1762,10 @@ mod tests {
         assert!(!orphan.exists());
         assert_eq!(parts(d.path()), 1, "the live writer's file stays");
         send(&mut live, &x, 0..1).await;
-        let stored = live.commit(digest(&x)).await.unwrap();
-        assert_eq!(std::fs::read(stored.path).unwrap(), x);
+        let stored = live.finish(Some(digest(&x))).await.unwrap();
+        assert_eq!(
+            std::fs::read(d.path().join("sub").join(&stored.name)).unwrap(),
+            x
+        );
     }
 }

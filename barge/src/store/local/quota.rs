@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{STATE_DIR, StorageError};
+use super::{STATE_DIR, StoreError};
 
 /// The quota and what is stored or reserved against it.
 #[derive(Debug)]
@@ -57,7 +57,7 @@ pub struct Reservation {
 
 impl Reservation {
     /// Reserves `size` bytes of `quota` (always succeeds without one).
-    pub fn take(quota: Option<&Arc<Quota>>, size: u64) -> Result<Self, StorageError> {
+    pub fn take(quota: Option<&Arc<Quota>>, size: u64) -> Result<Self, StoreError> {
         let Some(quota) = quota else {
             return Ok(Self {
                 quota: None,
@@ -69,7 +69,7 @@ impl Reservation {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 used.checked_add(size).filter(|&total| total <= quota.limit)
             })
-            .map_err(|used| StorageError::QuotaExceeded {
+            .map_err(|used| StoreError::QuotaExceeded {
                 size,
                 used,
                 limit: quota.limit,
@@ -98,7 +98,7 @@ impl Reservation {
 
     /// Holds `size` bytes in all, reserving only what this reservation does not hold yet; on
     /// refusal it is unchanged.
-    pub fn grow_to(&mut self, size: u64) -> Result<(), StorageError> {
+    pub fn grow_to(&mut self, size: u64) -> Result<(), StoreError> {
         let Some(quota) = &self.quota else {
             return Ok(());
         };
@@ -170,7 +170,7 @@ mod tests {
         let a = Reservation::take(Some(&q), 60).unwrap();
         assert_eq!(q.used(), 70);
         let err = Reservation::take(Some(&q), 31).unwrap_err();
-        assert!(matches!(err, StorageError::QuotaExceeded { used: 70, .. }));
+        assert!(matches!(err, StoreError::QuotaExceeded { used: 70, .. }));
         drop(a);
         assert_eq!(q.used(), 10);
         Reservation::take(Some(&q), 90).unwrap().keep();

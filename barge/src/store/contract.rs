@@ -1,0 +1,372 @@
+//! The `Store` contract, run against every backend (the local folder and memory): what the
+//! transfer core relies on, stated once as tests. A new backend adds one line to `backends()`.
+
+use std::sync::Arc;
+
+use barge_proto::tree::{CHUNK, Cv, chunk_cv};
+use bytes::Bytes;
+
+use super::{Begin, LocalConfig, LocalStore, MemoryStore, OnConflict, Store, StoreError, Version};
+
+/// Every backend, each in a fresh place (the temporary folder lives as long as the store).
+fn backends() -> Vec<(&'static str, Arc<dyn Store>, Option<tempfile::TempDir>)> {
+    let d = tempfile::tempdir().unwrap();
+    let mut config = LocalConfig::new(d.path());
+    config.fsync = false;
+    let local = LocalStore::open(config).unwrap();
+    vec![
+        ("local", Arc::new(local), Some(d)),
+        ("memory", Arc::new(MemoryStore::default()), None),
+    ]
+}
+
+fn body(seed: u8, len: u64) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(13) ^ seed)
+        .collect()
+}
+
+fn begin(path: &str, size: u64, from: u64, on_conflict: OnConflict) -> Begin {
+    Begin {
+        path: path.to_owned(),
+        size,
+        version: Version::Any,
+        from,
+        owner: String::new(),
+        resumable: true,
+        on_conflict,
+    }
+}
+
+/// Writes and confirms chunks `range` of `data` (the core's part, done by hand).
+async fn chunks(
+    p: &mut Box<dyn super::Partial>,
+    data: &[u8],
+    range: std::ops::Range<u64>,
+) -> Vec<Cv> {
+    let mut cvs = Vec::new();
+    for i in range {
+        let start = (i * CHUNK) as usize;
+        let end = (start + CHUNK as usize).min(data.len());
+        let piece = &data[start..end];
+        // Two writes per chunk: writes need not follow chunk boundaries.
+        let half = piece.len() / 2;
+        p.write(Bytes::copy_from_slice(&piece[..half]))
+            .await
+            .unwrap();
+        p.write(Bytes::copy_from_slice(&piece[half..]))
+            .await
+            .unwrap();
+        let cv = chunk_cv(i, piece);
+        p.verified(cv).await.unwrap();
+        cvs.push(cv);
+    }
+    cvs
+}
+
+fn digest(data: &[u8]) -> Cv {
+    *blake3::hash(data).as_bytes()
+}
+
+async fn read_all(store: &dyn Store, path: &str, from: u64) -> Vec<u8> {
+    let mut reading = store.read(path, from).await.unwrap();
+    let mut out = Vec::new();
+    while let Some(chunk) = reading.chunks.recv().await {
+        out.extend_from_slice(&chunk.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_file_appears_only_when_published_and_reads_back_by_range() {
+    for (name, store, _dir) in backends() {
+        let data = body(1, 2 * CHUNK + CHUNK / 2);
+        let size = data.len() as u64;
+        let (mut p, kept) = store
+            .begin(begin("d/f.bin", size, 0, OnConflict::Rename))
+            .await
+            .unwrap();
+        assert!(kept.is_empty(), "{name}");
+        chunks(&mut p, &data, 0..3).await;
+        assert_eq!(
+            store.stat("d/f.bin").await.unwrap(),
+            None,
+            "{name}: visible before publish"
+        );
+        assert!(
+            store
+                .list("", true)
+                .await
+                .unwrap()
+                .iter()
+                .all(|e| e.path != "d/f.bin"),
+            "{name}"
+        );
+        let stored = p.publish(digest(&data), OnConflict::Rename).await.unwrap();
+        assert_eq!(
+            (stored.name.as_str(), stored.size),
+            ("f.bin", size),
+            "{name}"
+        );
+        let meta = store.stat("d/f.bin").await.unwrap().unwrap();
+        assert_eq!((meta.size, meta.digest), (size, digest(&data)), "{name}");
+        assert_eq!(read_all(store.as_ref(), "d/f.bin", 0).await, data, "{name}");
+        // From a chunk boundary: the chunks from there on.
+        assert_eq!(
+            read_all(store.as_ref(), "d/f.bin", CHUNK).await,
+            data[CHUNK as usize..],
+            "{name}"
+        );
+        let listed = store.list("d", false).await.unwrap();
+        assert_eq!(listed.len(), 1, "{name}");
+        assert_eq!(
+            listed[0].digest.as_deref(),
+            Some(barge_proto::tree::hex(&digest(&data)).as_str())
+        );
+        assert!(
+            matches!(store.read("d/none", 0).await, Err(StoreError::NotFound(_))),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_conflict_policy_is_applied_at_publish() {
+    for (name, store, _dir) in backends() {
+        let put = async |data: &[u8], on: OnConflict| {
+            let (mut p, _) = store
+                .begin(begin("a.txt", data.len() as u64, 0, OnConflict::Rename))
+                .await?;
+            chunks(&mut p, data, 0..1).await;
+            p.publish(digest(data), on).await
+        };
+        assert_eq!(
+            put(b"one", OnConflict::Rename).await.unwrap().name,
+            "a.txt",
+            "{name}"
+        );
+        assert_eq!(
+            put(b"two", OnConflict::Rename).await.unwrap().name,
+            "a (1).txt",
+            "{name}"
+        );
+        assert!(
+            matches!(
+                put(b"three", OnConflict::Fail).await,
+                Err(StoreError::Conflict(_))
+            ),
+            "{name}"
+        );
+        assert_eq!(
+            put(b"four", OnConflict::Overwrite).await.unwrap().name,
+            "a.txt",
+            "{name}"
+        );
+        assert_eq!(
+            read_all(store.as_ref(), "a.txt", 0).await,
+            b"four",
+            "{name}"
+        );
+        assert_eq!(
+            read_all(store.as_ref(), "a (1).txt", 0).await,
+            b"two",
+            "{name}"
+        );
+        // The early refusal under `Fail`, before any byte.
+        assert!(
+            matches!(
+                store.begin(begin("a.txt", 3, 0, OnConflict::Fail)).await,
+                Err(StoreError::Conflict(_))
+            ),
+            "{name}"
+        );
+        // Small files in one step follow the same policy.
+        let small = store
+            .put_small(
+                "a.txt",
+                Bytes::from_static(b"5"),
+                digest(b"5"),
+                OnConflict::Rename,
+            )
+            .await;
+        assert_eq!(small.unwrap().name, "a (2).txt", "{name}");
+    }
+}
+
+#[tokio::test]
+async fn only_confirmed_chunks_are_kept_and_a_resume_continues_from_them() {
+    for (name, store, _dir) in backends() {
+        let data = body(2, 3 * CHUNK + 5);
+        let size = data.len() as u64;
+        let (mut p, _) = store
+            .begin(begin("r.bin", size, 0, OnConflict::Rename))
+            .await
+            .unwrap();
+        let first = chunks(&mut p, &data, 0..1).await;
+        // Half a chunk more, never confirmed: it must not be counted.
+        p.write(Bytes::copy_from_slice(
+            &data[CHUNK as usize..CHUNK as usize + 1000],
+        ))
+        .await
+        .unwrap();
+        p.suspend().await;
+        let kept = store.kept("r.bin", size, Version::Any).await.unwrap();
+        assert_eq!(kept, first, "{name}");
+        // Another version of the same path and size keeps nothing.
+        let other = Version::Digest([7; 32]);
+        assert!(
+            store.kept("r.bin", size, other).await.unwrap().is_empty(),
+            "{name}"
+        );
+        // Only the kept offset (or 0) may be resumed from.
+        assert!(
+            matches!(
+                store
+                    .begin(begin("r.bin", size, 2 * CHUNK, OnConflict::Rename))
+                    .await,
+                Err(StoreError::BadRequest(_))
+            ),
+            "{name}"
+        );
+        let (mut p, kept) = store
+            .begin(begin("r.bin", size, CHUNK, OnConflict::Rename))
+            .await
+            .unwrap();
+        assert_eq!(kept, first, "{name}");
+        assert_eq!(p.verified_bytes(), CHUNK, "{name}");
+        chunks(&mut p, &data, 1..4).await;
+        p.publish(digest(&data), OnConflict::Rename).await.unwrap();
+        assert_eq!(read_all(store.as_ref(), "r.bin", 0).await, data, "{name}");
+        assert!(
+            store
+                .kept("r.bin", size, Version::Any)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}: published partials are gone"
+        );
+    }
+}
+
+#[tokio::test]
+async fn one_writer_per_partial_and_a_second_fresh_upload_gets_its_own() {
+    for (name, store, _dir) in backends() {
+        let (x, y) = (body(3, 2 * CHUNK + 1), body(4, 2 * CHUNK + 1));
+        let size = x.len() as u64;
+        let (mut p, _) = store
+            .begin(begin("s.bin", size, 0, OnConflict::Rename))
+            .await
+            .unwrap();
+        chunks(&mut p, &x, 0..1).await;
+        p.suspend().await;
+        let (mut a, _) = store
+            .begin(begin("s.bin", size, CHUNK, OnConflict::Rename))
+            .await
+            .unwrap();
+        // The same partial, resumed elsewhere at once: busy.
+        assert!(
+            matches!(
+                store
+                    .begin(begin("s.bin", size, CHUNK, OnConflict::Rename))
+                    .await,
+                Err(StoreError::Busy(_))
+            ),
+            "{name}"
+        );
+        // A fresh upload of the same name: a partial of its own, both stored.
+        let (mut b, kept) = store
+            .begin(begin("s.bin", size, 0, OnConflict::Rename))
+            .await
+            .unwrap();
+        assert!(kept.is_empty(), "{name}");
+        chunks(&mut b, &y, 0..3).await;
+        chunks(&mut a, &x, 1..3).await;
+        let sb = b.publish(digest(&y), OnConflict::Rename).await.unwrap();
+        let sa = a.publish(digest(&x), OnConflict::Rename).await.unwrap();
+        let mut names = vec![sa.name.clone(), sb.name.clone()];
+        names.sort();
+        assert_eq!(names, ["s (1).bin", "s.bin"], "{name}");
+        assert_eq!(read_all(store.as_ref(), &sa.name, 0).await, x, "{name}");
+        assert_eq!(read_all(store.as_ref(), &sb.name, 0).await, y, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_chunk_confirmed_before_its_bytes_is_never_published() {
+    for (name, store, _dir) in backends() {
+        let data = body(5, CHUNK + 10);
+        let (mut p, _) = store
+            .begin(begin("c.bin", data.len() as u64, 0, OnConflict::Rename))
+            .await
+            .unwrap();
+        p.write(Bytes::copy_from_slice(&data[..100])).await.unwrap();
+        let confirmed = p.verified(chunk_cv(0, &data[..CHUNK as usize])).await;
+        if confirmed.is_ok() {
+            // Reported one call later at most.
+            assert!(
+                p.publish(digest(&data), OnConflict::Rename).await.is_err(),
+                "{name}"
+            );
+        }
+        assert_eq!(store.stat("c.bin").await.unwrap(), None, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn names_are_checked_and_views_are_confined() {
+    for (name, store, _dir) in backends() {
+        for bad in ["../x", "a/../../x", "", "/etc/passwd", "a\\b"] {
+            assert!(
+                store
+                    .begin(begin(bad, 1, 0, OnConflict::Rename))
+                    .await
+                    .is_err(),
+                "{name}: {bad:?}"
+            );
+            assert!(
+                store.stat(bad).await.is_err() || store.stat(bad).await.unwrap().is_none(),
+                "{name}"
+            );
+        }
+        let alice = store.scoped("alice").unwrap();
+        alice
+            .put_small(
+                "f",
+                Bytes::from_static(b"hi"),
+                digest(b"hi"),
+                OnConflict::Rename,
+            )
+            .await
+            .unwrap();
+        let top: Vec<String> = store
+            .list("", true)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
+        assert_eq!(top, ["alice", "alice/f"], "{name}: state is never listed");
+        let mine: Vec<String> = alice
+            .list("", true)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
+        assert_eq!(mine, ["f"], "{name}");
+        assert_eq!(alice.stat("../f").await.ok().flatten(), None, "{name}");
+        // A file in the way of a folder.
+        assert!(
+            matches!(
+                store.mkdir("alice/f/g").await,
+                Err(StoreError::NotAFolder(_))
+            ),
+            "{name}"
+        );
+        store.mkdir("x/y").await.unwrap();
+        assert!(
+            store.exists("x/y").await.unwrap() && !store.exists("x/z").await.unwrap(),
+            "{name}"
+        );
+    }
+}

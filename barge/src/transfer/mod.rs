@@ -1,0 +1,467 @@
+//! The transfer core: what every front end (the lesson's format, barge v1, HTTP next) shares, so
+//! that a front end only decodes and encodes. It owns
+//! - **admission** ([`Core::session`], [`Session`]): tokens, rights and roots, the name rule, the
+//!   size limit, the conflict policy's early refusal, the resume-offset rule; the store adds its
+//!   own accounting (quota, free space, the partial's lock) in [`Store::begin`];
+//! - **verification** ([`verify::Verifier`], used by [`Receiver`]): BLAKE3 chunk CVs checked
+//!   when the sender declares them, computed when it does not, and the whole digest;
+//! - **publish** under the conflict policy ([`Receiver::finish`], [`Session::store_small`]);
+//! - **reading** for downloads, chunk by chunk with each chunk's CV ([`Outgoing`]).
+//!
+//! Adding a front end needs none of the store's or the policy's code: decode a request, call a
+//! [`Session`] method, encode its answer.
+
+mod receive;
+mod send;
+pub mod verify;
+
+pub use receive::Receiver;
+pub use send::{Chunk, Outgoing};
+pub use verify::Mode;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use barge_proto::name::NameError;
+use barge_proto::tree::{CHUNK, Cv, chunk_cv, hex, prefix_digest};
+use barge_proto::wire::split_path;
+use bytes::Bytes;
+use tracing::{info, warn};
+
+use crate::auth::{FailureBrake, Rights, Tokens};
+use crate::store::{Begin, Listing, Meta, OnConflict, Store, StoreError, Stored, Version};
+
+/// The server's rules for what it accepts.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// What a name already taken means.
+    pub on_conflict: OnConflict,
+    /// Largest file accepted, checked against the declared size before any byte is written.
+    pub max_file_size: Option<u64>,
+    /// Whether files may be listed and downloaded at all.
+    pub no_downloads: bool,
+}
+
+/// The tokens a server requires, the store of each token's root, and the brake on guessing.
+#[derive(Debug)]
+pub struct Access {
+    /// Accepted tokens.
+    pub tokens: Tokens,
+    /// The scoped store of each root folder named in the tokens.
+    pub roots: HashMap<String, Arc<dyn Store>>,
+    /// Failed attempts per address.
+    pub brake: FailureBrake,
+}
+
+/// The core of one server: its store, policy and tokens. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Core {
+    store: Arc<dyn Store>,
+    policy: Arc<Policy>,
+    access: Option<Arc<Access>>,
+}
+
+/// What a session may do, to check before doing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Put files, create folders, probe for a resume.
+    Upload,
+    /// Get a file.
+    Download,
+    /// List something: a folder needs the list right, one file the download right (checked
+    /// again by [`Session::list`] once the path is known).
+    List,
+}
+
+/// Why a session may not do something.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    /// No token yet, and the server requires one.
+    #[error("this server requires a token (set BARGE_TOKEN or use --token-file)")]
+    NoToken,
+    /// The token is wrong.
+    #[error("wrong token")]
+    WrongToken,
+    /// Too many wrong tokens from this address.
+    #[error("too many failed attempts from {addr}: try again in {secs} s")]
+    LockedOut {
+        /// The address.
+        addr: std::net::IpAddr,
+        /// Seconds left.
+        secs: u64,
+    },
+    /// The token lacks the right.
+    #[error("{0} is not allowed with this token")]
+    Forbidden(&'static str),
+    /// The server does not offer it.
+    #[error("{0} disabled on this server")]
+    Disabled(&'static str),
+}
+
+impl Core {
+    /// A core over `store` with `policy` and no tokens.
+    pub fn new(store: Arc<dyn Store>, policy: Policy) -> Self {
+        Self {
+            store,
+            policy: Arc::new(policy),
+            access: None,
+        }
+    }
+
+    /// Requires one of `tokens` on every session; rights and roots follow the token. Root folders
+    /// are created now.
+    pub fn with_tokens(mut self, tokens: Tokens, brake: FailureBrake) -> Result<Self, StoreError> {
+        let mut roots = HashMap::new();
+        for root in tokens.grants().filter_map(|g| g.root.clone()) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = roots.entry(root) {
+                let scoped = self.store.scoped(slot.key())?;
+                slot.insert(scoped);
+            }
+        }
+        self.access = Some(Arc::new(Access {
+            tokens,
+            roots,
+            brake,
+        }));
+        Ok(self)
+    }
+
+    /// Allows or forbids listing and downloading.
+    pub fn with_downloads(mut self, allowed: bool) -> Self {
+        let mut policy = (*self.policy).clone();
+        policy.no_downloads = !allowed;
+        self.policy = Arc::new(policy);
+        self
+    }
+
+    /// The whole store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The tokens, when the server requires them.
+    pub fn access(&self) -> Option<&Access> {
+        self.access.as_deref()
+    }
+
+    /// A session with every right on the whole store, tokens or not: for a front end whose
+    /// protocol cannot carry a token (the lesson's format), which the operator turned on.
+    pub fn unauthenticated(&self, peer: SocketAddr) -> Session {
+        Session {
+            core: self.clone(),
+            store: self.store.clone(),
+            rights: Some(Rights::ALL),
+            peer,
+        }
+    }
+
+    /// A new session for a peer: every right when the server has no tokens, none until
+    /// [`Session::authenticate`] otherwise.
+    pub fn session(&self, peer: SocketAddr) -> Session {
+        Session {
+            core: self.clone(),
+            store: self.store.clone(),
+            rights: self.access.is_none().then_some(Rights::ALL),
+            peer,
+        }
+    }
+}
+
+/// One peer's view of the core: its rights and root. Front ends hold one per connection (or per
+/// request, for stateless protocols).
+#[derive(Debug, Clone)]
+pub struct Session {
+    core: Core,
+    store: Arc<dyn Store>,
+    rights: Option<Rights>,
+    peer: SocketAddr,
+}
+
+/// What the store already has of a file a client is about to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    /// Verified bytes kept by an interrupted upload (a chunk boundary, or the size).
+    pub offset: u64,
+    /// Digest of the kept chunks' CVs, for the client to compare with its own.
+    pub prefix: Cv,
+    /// The digest of a file already stored at that path with that size (a client that lost the
+    /// reply to its upload learns that it did complete).
+    pub stored: Option<Cv>,
+}
+
+impl Session {
+    /// The store this session works in (its token's root, or the whole store).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The session's rights, `None` before a required token.
+    pub fn rights(&self) -> Option<Rights> {
+        self.rights
+    }
+
+    /// The policy of the core.
+    pub fn policy(&self) -> &Policy {
+        &self.core.policy
+    }
+
+    /// Checks a token. A second call replaces the first entirely: its rights and its root (no
+    /// root: the whole store), never a mix of the two tokens. Failures are logged and counted
+    /// against the address.
+    pub fn authenticate(&mut self, token: &str) -> Result<(), Denied> {
+        let Some(access) = self.core.access() else {
+            self.rights = Some(Rights::ALL);
+            return Ok(()); // no tokens needed: any token is fine
+        };
+        let peer = self.peer;
+        if let Some(wait) = access.brake.locked_out(peer.ip()) {
+            warn!(%peer, "authentication refused: too many failed attempts from this address");
+            return Err(Denied::LockedOut {
+                addr: peer.ip(),
+                secs: wait.as_secs().max(1),
+            });
+        }
+        match access.tokens.check(token) {
+            Some(grant) => {
+                info!(token = %grant.label, root = ?grant.root, "authenticated");
+                let root = grant
+                    .root
+                    .as_ref()
+                    .and_then(|r| access.roots.get(r).cloned());
+                self.store = root.unwrap_or_else(|| self.core.store.clone());
+                self.rights = Some(grant.rights);
+                Ok(())
+            }
+            None => {
+                access.brake.failed(peer.ip());
+                warn!(%peer, "authentication failed: wrong token");
+                Err(Denied::WrongToken)
+            }
+        }
+    }
+
+    /// Whether the session may do `action` (before its path is known).
+    pub fn check(&self, action: Action) -> Result<(), Denied> {
+        let Some(rights) = self.rights else {
+            return Err(Denied::NoToken);
+        };
+        let (allowed, what) = match action {
+            Action::Upload => (rights.upload, "uploading"),
+            Action::List if self.core.policy.no_downloads => {
+                return Err(Denied::Disabled("listing is"));
+            }
+            Action::Download if self.core.policy.no_downloads => {
+                return Err(Denied::Disabled("downloads are"));
+            }
+            // A token that may download may list a single file (what `get` asks first).
+            Action::List => (rights.list || rights.download, "listing"),
+            Action::Download => (rights.download, "downloading"),
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(Denied::Forbidden(what))
+        }
+    }
+
+    /// What is kept of an interrupted upload of `path` (`size` bytes), and whether the file is
+    /// already stored.
+    pub async fn probe(&self, path: &str, size: u64) -> Result<Probe, StoreError> {
+        let kept = self.store.kept(path, size, Version::Any).await?;
+        let stored = match self.store.stat(path).await {
+            Ok(Some(meta)) if meta.size == size => Some(meta.digest),
+            _ => None,
+        };
+        Ok(Probe {
+            offset: (kept.len() as u64 * CHUNK).min(size),
+            prefix: prefix_digest(&kept),
+            stored,
+        })
+    }
+
+    /// Admits an upload of `path` (`size` bytes, continuing from `from`) and starts receiving it.
+    /// `resumable: false` for a protocol that cannot come back for it.
+    pub async fn receive(
+        &self,
+        path: &str,
+        size: u64,
+        from: u64,
+        mode: Mode,
+        resumable: bool,
+    ) -> Result<Receiver, StoreError> {
+        let begin = Begin {
+            path: path.to_owned(),
+            size,
+            version: Version::Any,
+            from,
+            owner: self.peer.ip().to_string(),
+            resumable,
+            on_conflict: self.core.policy.on_conflict,
+        };
+        receive(self.store.as_ref(), &self.core.policy, begin, mode).await
+    }
+
+    /// Stores a small file (at most one chunk) received whole: checks its chunk's CV (`None` for
+    /// an empty file) when the sender declared one, and its digest, then publishes it.
+    pub async fn store_small(
+        &self,
+        path: &str,
+        data: Bytes,
+        cv: Option<Cv>,
+        digest: Cv,
+    ) -> Result<Stored, StoreError> {
+        let size = data.len() as u64;
+        admit(&self.core.policy, path, size, 0)?;
+        if size > CHUNK {
+            return Err(StoreError::BadRequest(
+                "a file received whole is at most one chunk".into(),
+            ));
+        }
+        let checked = tokio::task::spawn_blocking(move || {
+            let chunk_ok = match cv {
+                Some(cv) => size > 0 && chunk_cv(0, &data) == cv,
+                None => size == 0,
+            };
+            if !chunk_ok {
+                return Err(StoreError::Integrity(
+                    "chunk 0 does not match its digest".into(),
+                ));
+            }
+            if *blake3::hash(&data).as_bytes() != digest {
+                return Err(StoreError::Integrity(
+                    "the file's digest does not match the sender's".into(),
+                ));
+            }
+            Ok(data)
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??;
+        self.store
+            .put_small(path, checked, digest, self.core.policy.on_conflict)
+            .await
+    }
+
+    /// Creates a folder.
+    pub async fn mkdir(&self, path: &str) -> Result<(), StoreError> {
+        self.store.mkdir(path).await
+    }
+
+    /// Lists `path`. A session with the download right but not the list right may list one file
+    /// (`Err(Denied)` for a folder).
+    pub async fn list(
+        &self,
+        path: &str,
+        recursive: bool,
+    ) -> Result<Result<Listing, StoreError>, Denied> {
+        let may_list_folders = self.rights.is_some_and(|r| r.list);
+        if !may_list_folders && !matches!(self.store.stat(path).await, Ok(Some(_))) {
+            return Err(Denied::Forbidden("listing folders (it may download files)"));
+        }
+        Ok(self.store.list(path, recursive).await)
+    }
+
+    /// Opens `path` for sending from byte `from` (0, a chunk boundary, or the size). With
+    /// `if_digest` (hex), only if the file still has that digest: a client resuming a download
+    /// must not mix chunks of two versions.
+    pub async fn send(
+        &self,
+        path: &str,
+        from: u64,
+        if_digest: Option<&str>,
+    ) -> Result<Outgoing, SendError> {
+        let reading = self.store.read(path, from).await?;
+        let meta = reading.meta;
+        if let Some(wanted) = if_digest
+            && !wanted.eq_ignore_ascii_case(&hex(&meta.digest))
+        {
+            return Err(SendError::Changed(meta));
+        }
+        if from > meta.size || (!from.is_multiple_of(CHUNK) && from != meta.size) {
+            return Err(StoreError::BadRequest(format!("cannot start at byte {from}")).into());
+        }
+        Ok(Outgoing::new(reading, from))
+    }
+
+    /// The core's rules for a file about to be received (a path of safe names, the size limit,
+    /// the resume-offset rule), for a front end that wants to refuse before the body arrives.
+    pub fn admit(&self, path: &str, size: u64, from: u64) -> Result<(), StoreError> {
+        admit(&self.core.policy, path, size, from)
+    }
+}
+
+/// Why a file is not sent.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The store refused (not found, bad offset, ...).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The file no longer has the digest the client asked for.
+    #[error("the file changed: its digest differs")]
+    Changed(Meta),
+}
+
+/// The rules every write passes before the store is asked: a path of safe names, the size limit,
+/// the resume-offset rule.
+fn admit(policy: &Policy, path: &str, size: u64, from: u64) -> Result<(), StoreError> {
+    if split_path(path)?.is_empty() {
+        return Err(NameError::Empty.into());
+    }
+    if let Some(max) = policy.max_file_size
+        && size > max
+    {
+        return Err(StoreError::TooLarge { size, max });
+    }
+    if from > size || (!from.is_multiple_of(CHUNK) && from != size) {
+        return Err(StoreError::BadRequest(format!(
+            "cannot start at byte {from}"
+        )));
+    }
+    Ok(())
+}
+
+/// Admits `begin` into `store` and starts receiving: the core's entry for any writer, servers'
+/// sessions and a client's download alike.
+pub async fn receive(
+    store: &dyn Store,
+    policy: &Policy,
+    begin: Begin,
+    mode: Mode,
+) -> Result<Receiver, StoreError> {
+    admit(policy, &begin.path, begin.size, begin.from)?;
+    if begin.on_conflict == OnConflict::Fail && store.exists(&begin.path).await? {
+        // Early refusal saves receiving the body; publish re-checks without races.
+        return Err(StoreError::Conflict(begin.path));
+    }
+    let (path, size, from) = (begin.path.clone(), begin.size, begin.from);
+    let (partial, kept) = store.begin(begin).await?;
+    Ok(Receiver::new(
+        partial,
+        mode,
+        path,
+        size,
+        from,
+        kept,
+        policy.on_conflict,
+    ))
+}
+
+/// What a store keeps of a transfer of `path` (`size` bytes, `version`): the offset to continue
+/// from and the digest of the kept CVs.
+pub async fn kept(
+    store: &dyn Store,
+    path: &str,
+    size: u64,
+    version: Version,
+) -> Result<(u64, Vec<Cv>), StoreError> {
+    let cvs = store.kept(path, size, version).await?;
+    Ok(((cvs.len() as u64 * CHUNK).min(size), cvs))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,320 @@
+//! The transfer core against the in-memory store: admission, rights and roots, verification
+//! (checked and computed), resume, publish, and reading for downloads. No sockets, no disk.
+
+use std::sync::Arc;
+
+use barge_proto::tree::{CHUNK, chunk_cv, hex};
+use bytes::Bytes;
+
+use super::*;
+use crate::auth::{FailureBrake, Tokens};
+use crate::store::MemoryStore;
+
+const ALL: &str = "all-rights-token-0123456789";
+const ALICE: &str = "alice-token-0123456789abcdef";
+const DOWN: &str = "download-only-token-01234567";
+
+fn body(seed: u8, len: u64) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(29) ^ seed)
+        .collect()
+}
+
+fn digest(data: &[u8]) -> Cv {
+    *blake3::hash(data).as_bytes()
+}
+
+fn peer() -> SocketAddr {
+    "192.0.2.7:4000".parse().unwrap()
+}
+
+fn core(policy: Policy) -> (Core, MemoryStore) {
+    let store = MemoryStore::default();
+    (Core::new(Arc::new(store.clone()), policy), store)
+}
+
+/// Sends chunks `range` of `data` as barge v1 does: each chunk's CV first, then its bytes in
+/// pieces of `piece` bytes.
+async fn send_checked(
+    r: &mut Receiver,
+    data: &[u8],
+    range: std::ops::Range<u64>,
+    piece: usize,
+) -> Result<(), StoreError> {
+    for i in range {
+        let start = (i * CHUNK) as usize;
+        let chunk = &data[start..(start + CHUNK as usize).min(data.len())];
+        r.begin_chunk(chunk_cv(i, chunk), chunk.len() as u64)
+            .await?;
+        for p in chunk.chunks(piece) {
+            r.write(Bytes::copy_from_slice(p)).await?;
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_checked_upload_is_stored_with_the_b3sum_digest() {
+    let (core, store) = core(Policy::default());
+    let s = core.session(peer());
+    let data = body(1, 3 * CHUNK + 17);
+    let mut r = s
+        .receive("a/b.bin", data.len() as u64, 0, Mode::Check, true)
+        .await
+        .unwrap();
+    send_checked(&mut r, &data, 0..4, 100_000).await.unwrap();
+    let stored = r.finish(Some(digest(&data))).await.unwrap();
+    assert_eq!(stored.digest, Some(digest(&data)));
+    assert_eq!(store.contents("a/b.bin").unwrap(), data);
+}
+
+#[tokio::test]
+async fn computed_cvs_take_any_split_of_the_bytes() {
+    // The lesson's format and HTTP send bytes without CVs: the core computes them.
+    let (core, store) = core(Policy::default());
+    let s = core.session(peer());
+    let data = body(2, 2 * CHUNK + 3);
+    let mut r = s
+        .receive("c.bin", data.len() as u64, 0, Mode::Compute, false)
+        .await
+        .unwrap();
+    for p in data.chunks(333_333) {
+        r.write(Bytes::copy_from_slice(p)).await.unwrap();
+    }
+    assert_eq!(r.finish(None).await.unwrap().digest, Some(digest(&data)));
+    assert_eq!(store.contents("c.bin").unwrap(), data);
+}
+
+#[tokio::test]
+async fn a_corrupted_chunk_is_refused_at_its_end_and_the_upload_resumes_after_the_good_ones() {
+    let (core, store) = core(Policy::default());
+    let s = core.session(peer());
+    let data = body(3, 3 * CHUNK);
+    let size = data.len() as u64;
+    let mut r = s
+        .receive("r.bin", size, 0, Mode::Check, true)
+        .await
+        .unwrap();
+    send_checked(&mut r, &data, 0..1, 1 << 16).await.unwrap();
+    // Chunk 1 declared with its true CV but one byte changed in transit.
+    let mut bad = data[CHUNK as usize..2 * CHUNK as usize].to_vec();
+    r.begin_chunk(chunk_cv(1, &bad), CHUNK).await.unwrap();
+    bad[77] ^= 0x40;
+    let e = r.write(Bytes::from(bad)).await.unwrap_err();
+    assert!(matches!(e, StoreError::Integrity(_)), "{e}");
+    assert_eq!(r.verified(), CHUNK);
+    r.suspend().await;
+    assert_eq!(store.partials(), 1);
+    // The client comes back: the probe says what is kept, the upload continues from there.
+    let probe = s.probe("r.bin", size).await.unwrap();
+    assert_eq!(probe.offset, CHUNK);
+    assert_eq!(
+        probe.prefix,
+        prefix_digest(&[chunk_cv(0, &data[..CHUNK as usize])])
+    );
+    let mut r = s
+        .receive("r.bin", size, probe.offset, Mode::Check, true)
+        .await
+        .unwrap();
+    send_checked(&mut r, &data, 1..3, 1 << 20).await.unwrap();
+    r.finish(Some(digest(&data))).await.unwrap();
+    assert_eq!(store.contents("r.bin").unwrap(), data);
+    assert_eq!(
+        s.probe("r.bin", size).await.unwrap().stored,
+        Some(digest(&data))
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_whole_digest_publishes_nothing_and_keeps_nothing() {
+    let (core, store) = core(Policy::default());
+    let s = core.session(peer());
+    let data = body(4, 2 * CHUNK + 1);
+    let mut r = s
+        .receive("w.bin", data.len() as u64, 0, Mode::Check, true)
+        .await
+        .unwrap();
+    send_checked(&mut r, &data, 0..3, 1 << 20).await.unwrap();
+    let e = r.finish(Some([9; 32])).await.unwrap_err();
+    assert!(matches!(e, StoreError::Integrity(_)));
+    assert_eq!(store.contents("w.bin"), None);
+    assert_eq!(store.partials(), 0);
+    assert_eq!(store.used(), 0, "the quota charge is given back");
+}
+
+#[tokio::test]
+async fn an_early_end_keeps_the_verified_chunks() {
+    let (core, store) = core(Policy::default());
+    let s = core.session(peer());
+    let data = body(5, 3 * CHUNK);
+    let mut r = s
+        .receive("e.bin", data.len() as u64, 0, Mode::Check, true)
+        .await
+        .unwrap();
+    send_checked(&mut r, &data, 0..2, 1 << 20).await.unwrap();
+    let e = r.finish(Some(digest(&data))).await.unwrap_err();
+    assert!(
+        matches!(e, StoreError::BadRequest(ref m) if m.contains("2 of 3")),
+        "{e}"
+    );
+    assert_eq!(store.partials(), 1);
+    assert_eq!(
+        s.probe("e.bin", data.len() as u64).await.unwrap().offset,
+        2 * CHUNK
+    );
+}
+
+#[tokio::test]
+async fn admission_refuses_before_the_store_is_asked() {
+    let (core, store) = core(Policy {
+        max_file_size: Some(10 * CHUNK),
+        on_conflict: OnConflict::Fail,
+        ..Policy::default()
+    });
+    let s = core.session(peer());
+    let refuse = async |path: &str, size, from| {
+        s.receive(path, size, from, Mode::Check, true)
+            .await
+            .unwrap_err()
+    };
+    assert!(matches!(refuse("../x", 1, 0).await, StoreError::Name(_)));
+    assert!(matches!(refuse("", 1, 0).await, StoreError::Name(_)));
+    assert!(matches!(
+        refuse("big", 10 * CHUNK + 1, 0).await,
+        StoreError::TooLarge { .. }
+    ));
+    assert!(matches!(
+        refuse("odd", 3 * CHUNK, 5).await,
+        StoreError::BadRequest(_)
+    ));
+    assert!(matches!(
+        refuse("past", 3 * CHUNK, 4 * CHUNK).await,
+        StoreError::BadRequest(_)
+    ));
+    s.store_small(
+        "taken",
+        Bytes::from_static(b"x"),
+        Some(chunk_cv(0, b"x")),
+        digest(b"x"),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        refuse("taken", 2 * CHUNK, 0).await,
+        StoreError::Conflict(_)
+    ));
+    assert_eq!(store.partials(), 0);
+    assert_eq!(store.used(), 1);
+}
+
+#[tokio::test]
+async fn small_files_are_checked_before_they_are_stored() {
+    let (core, store) = core(Policy::default());
+    let s = core.session(peer());
+    let e = s
+        .store_small(
+            "s",
+            Bytes::from_static(b"abc"),
+            Some(chunk_cv(0, b"abd")),
+            digest(b"abc"),
+        )
+        .await;
+    assert!(matches!(e, Err(StoreError::Integrity(_))));
+    let e = s
+        .store_small(
+            "s",
+            Bytes::from_static(b"abc"),
+            Some(chunk_cv(0, b"abc")),
+            digest(b"abd"),
+        )
+        .await;
+    assert!(matches!(e, Err(StoreError::Integrity(_))));
+    assert_eq!(store.contents("s"), None);
+    s.store_small("empty", Bytes::new(), None, digest(b""))
+        .await
+        .unwrap();
+    assert_eq!(store.contents("empty").unwrap().len(), 0);
+}
+
+fn tokens() -> Tokens {
+    Tokens::parse(&format!("{ALL} all\n{ALICE} all alice\n{DOWN} download\n")).unwrap()
+}
+
+#[tokio::test]
+async fn rights_and_roots_follow_the_token() {
+    let (core, store) = core(Policy::default());
+    let core = core
+        .with_tokens(
+            tokens(),
+            FailureBrake::new(3, std::time::Duration::from_secs(60)),
+        )
+        .unwrap();
+    let mut s = core.session(peer());
+    assert_eq!(s.check(Action::Upload), Err(Denied::NoToken));
+    assert_eq!(s.authenticate("nope"), Err(Denied::WrongToken));
+    s.authenticate(ALICE).unwrap();
+    s.check(Action::Upload).unwrap();
+    s.store_small(
+        "mine",
+        Bytes::from_static(b"a"),
+        Some(chunk_cv(0, b"a")),
+        digest(b"a"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(store.contents("alice/mine").unwrap(), b"a"[..]);
+    // A second token replaces the first entirely: its rights and its (absent) root.
+    s.authenticate(DOWN).unwrap();
+    assert_eq!(s.check(Action::Upload), Err(Denied::Forbidden("uploading")));
+    s.check(Action::Download).unwrap();
+    // It may list one file (what `get` asks first) but not a folder.
+    assert!(s.list("alice/mine", false).await.unwrap().is_ok());
+    assert!(s.list("alice", false).await.is_err());
+    // Wrong tokens lock the address out.
+    let mut t = core.session(peer());
+    for _ in 0..3 {
+        let _ = t.authenticate("wrong");
+    }
+    assert!(matches!(t.authenticate(ALL), Err(Denied::LockedOut { .. })));
+}
+
+#[tokio::test]
+async fn downloads_are_read_with_each_chunks_cv_and_can_be_conditional() {
+    let (core, _store) = core(Policy::default());
+    let s = core.session(peer());
+    let data = body(6, 2 * CHUNK + 9);
+    let mut r = s
+        .receive("d.bin", data.len() as u64, 0, Mode::Compute, false)
+        .await
+        .unwrap();
+    r.write(Bytes::from(data.clone())).await.unwrap();
+    r.finish(None).await.unwrap();
+    let mut out = s.send("d.bin", CHUNK, None).await.unwrap();
+    assert_eq!(out.meta.digest, digest(&data));
+    let mut got = Vec::new();
+    while let Some(chunk) = out.next().await {
+        let chunk = chunk.unwrap();
+        assert_eq!(chunk.cv, chunk_cv(chunk.index, &chunk.data));
+        got.extend_from_slice(&chunk.data);
+    }
+    assert_eq!(got, data[CHUNK as usize..]);
+    let hexd = hex(&digest(&data));
+    assert!(
+        s.send("d.bin", CHUNK, Some(&hexd.to_uppercase()))
+            .await
+            .is_ok()
+    );
+    assert!(matches!(
+        s.send("d.bin", CHUNK, Some(&"0".repeat(64))).await,
+        Err(SendError::Changed(_))
+    ));
+    assert!(matches!(
+        s.send("d.bin", 5, None).await,
+        Err(SendError::Store(StoreError::BadRequest(_)))
+    ));
+    let no_downloads = core.with_downloads(false).session(peer());
+    assert_eq!(
+        no_downloads.check(Action::Download),
+        Err(Denied::Disabled("downloads are"))
+    );
+}
