@@ -7,7 +7,8 @@ import subprocess
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BARGE = os.path.join(ROOT, "target", "release", "barge")
+# BARGE_BIN runs another build (e.g. the previous commit's) through the same benchmark.
+BARGE = os.environ.get("BARGE_BIN") or os.path.join(ROOT, "target", "release", "barge")
 STARTED = []
 
 

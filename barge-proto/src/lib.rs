@@ -19,6 +19,10 @@
 //! | stored file name | 1..=255 bytes, one component | see [`name::validate_file_name`] |
 //! | echo line | configurable cap, checked as bytes arrive | see [`line::LineDecoder`] |
 //! | UDP payload | 65,507 (IPv4) / 65,527 (IPv6) bytes | see [`datagram::check_payload`] |
+//! | v1 request/reply JSON | 1..=65536 bytes ([`wire::MAX_JSON`]) | checked from the frame head, before buffering |
+//! | v1 data frame | 32-byte CV + at most one chunk, 1 MiB ([`wire::MAX_DATA`]) | streamed as pieces, never buffered whole |
+//! | v1 path | `/`-separated names, each by the name rule, none `.barge` | see [`wire::split_path`] |
+//! | chunk | 1 MiB ([`tree::CHUNK`]); a file's last chunk may be shorter | the unit of verification and resume |
 
 #[doc(hidden)]
 pub mod check;

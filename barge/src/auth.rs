@@ -12,7 +12,6 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -105,15 +104,6 @@ pub struct Tokens {
 }
 
 impl Tokens {
-    /// Reads a token file.
-    pub fn load(path: &Path) -> Result<Self, TokenFileError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TokenFileError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::parse(&text)
-    }
-
     /// Parses the token file format (see the module documentation).
     pub fn parse(text: &str) -> Result<Self, TokenFileError> {
         let mut entries = Vec::new();

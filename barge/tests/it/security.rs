@@ -332,9 +332,9 @@ async fn failed_attempts_lock_the_address_out() {
     );
 }
 
-/// A TLS-only server with its self-signed identity made in `state`.
-fn tls_server(state: &Path, addr: &str) -> (TestServer, Fingerprint) {
-    let identity = barge::tls::server_identity(state, None).unwrap();
+/// A TLS-only server with a new self-signed identity.
+fn tls_server(addr: &str) -> (TestServer, Fingerprint) {
+    let identity = barge::tls::self_signed().unwrap();
     let fingerprint = identity.fingerprint;
     (tls_server_with(identity, addr), fingerprint)
 }
@@ -356,8 +356,7 @@ fn tls_dial(addr: impl ToString, trust: Trust) -> Tcp {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pinned_fingerprint_connects_and_another_is_refused() {
-    let state = tempfile::tempdir().unwrap();
-    let (server, fingerprint) = tls_server(state.path(), "127.0.0.1:0");
+    let (server, fingerprint) = tls_server("127.0.0.1:0");
     let (_src, file) = source("secret.bin", &content(2, 3_000_000));
     let good = tls_dial(server.addr, Trust::Pinned(fingerprint));
     assert_eq!(send(&good, &file, None).await.unwrap().files, 1);
@@ -386,8 +385,7 @@ async fn trust_on_first_use_records_the_certificate_and_refuses_a_change() {
         file: known.path().join("known_hosts"),
     };
     let (_src, file) = source("f", b"data");
-    let first_state = tempfile::tempdir().unwrap();
-    let (mut first, fingerprint) = tls_server(first_state.path(), "127.0.0.1:0");
+    let (mut first, fingerprint) = tls_server("127.0.0.1:0");
     let addr = first.addr;
     assert_eq!(
         send(&tls_dial(addr, trust.clone()), &file, None)
@@ -407,8 +405,7 @@ async fn trust_on_first_use_records_the_certificate_and_refuses_a_change() {
     first.stop().await;
 
     // Another certificate on the same address: refused loudly, nothing sent.
-    let second_state = tempfile::tempdir().unwrap();
-    let (second, _) = tls_server(second_state.path(), &addr.to_string());
+    let (second, _) = tls_server(&addr.to_string());
     match send(&tls_dial(addr, trust), &file, None).await {
         Err(TransferError::Connect { source, .. }) => {
             assert!(source.to_string().contains("HAS CHANGED"), "{source}")
@@ -419,6 +416,10 @@ async fn trust_on_first_use_records_the_certificate_and_refuses_a_change() {
 }
 
 /// A CA and a server certificate it signed for 127.0.0.1, as PEM files in `dir`.
+fn ca_certs(file: &Path) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    barge::tls::certs_from_pem(&std::fs::read(file).unwrap(), "ca").unwrap()
+}
+
 fn ca_signed(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
     let ca_key = KeyPair::generate().unwrap();
@@ -447,29 +448,42 @@ fn ca_signed(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 async fn a_ca_signed_certificate_is_verified() {
     let pki = tempfile::tempdir().unwrap();
     let (ca, cert, key) = ca_signed(pki.path());
-    let identity = barge::tls::server_identity(pki.path(), Some((&cert, &key))).unwrap();
+    let identity = barge::tls::identity_from_pem(
+        &std::fs::read(&cert).unwrap(),
+        &std::fs::read(&key).unwrap(),
+        "leaf",
+    )
+    .unwrap();
     let server = tls_server_with(identity, "127.0.0.1:0");
     let (_src, file) = source("signed", b"trusted via the CA");
     assert_eq!(
-        send(&tls_dial(server.addr, Trust::Ca(ca)), &file, None)
-            .await
-            .unwrap()
-            .files,
+        send(
+            &tls_dial(server.addr, Trust::Ca(ca_certs(&ca))),
+            &file,
+            None
+        )
+        .await
+        .unwrap()
+        .files,
         1
     );
     // Another CA does not vouch for it.
     let other = tempfile::tempdir().unwrap();
     let (other_ca, _, _) = ca_signed(other.path());
     assert!(matches!(
-        send(&tls_dial(server.addr, Trust::Ca(other_ca)), &file, None).await,
+        send(
+            &tls_dial(server.addr, Trust::Ca(ca_certs(&other_ca))),
+            &file,
+            None
+        )
+        .await,
         Err(TransferError::Connect { .. })
     ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_in_the_middle_sees_no_plaintext_and_cannot_alter_data() {
-    let state = tempfile::tempdir().unwrap();
-    let (server, fingerprint) = tls_server(state.path(), "127.0.0.1:0");
+    let (server, fingerprint) = tls_server("127.0.0.1:0");
     let marker = b"PLAINTEXT-MARKER-".repeat(60_000); // ~1 MiB of a recognisable pattern
     let (_src, file) = source("confidential-name.txt", &marker);
     let proxy = Proxy::start(server.addr, Fault::None, None).await;

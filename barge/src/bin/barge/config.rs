@@ -6,14 +6,18 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use barge::auth::Tokens;
 use barge::server::ServerConfig;
 use barge::service::files::lesson_format_by_default;
 use barge::store::{LocalConfig, OnConflict};
 use barge::transfer::Policy;
 
-use crate::args::{Conflict, FrameworkArgs, ServeArgs};
+use barge::client::v1::{Options, Tcp};
+use barge::throttle::Bucket;
+use barge::tls::{Fingerprint, Trust};
+
+use crate::args::{ClientArgs, Conflict, FrameworkArgs, ServeArgs, TransferArgs};
 
 /// An argument value that cannot be used (after clap's own parsing).
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +84,15 @@ impl TryFrom<ServeArgs> for ServeConfig {
 
     fn try_from(a: ServeArgs) -> Result<Self> {
         let tokens = match &a.token_file {
-            Some(path) => Some(Tokens::load(path)?),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| {
+                    barge::auth::TokenFileError::Read {
+                        path: path.display().to_string(),
+                        source,
+                    }
+                })?;
+                Some(Tokens::parse(&text)?)
+            }
             None => None,
         };
         let by_default = lesson_format_by_default(a.addr.ip(), tokens.is_some());
@@ -113,4 +125,112 @@ impl TryFrom<ServeArgs> for ServeConfig {
             legacy_forced: a.legacy && !by_default,
         })
     }
+}
+
+/// Everything the client commands take from the shared client flags, checked once.
+#[derive(Debug)]
+pub struct ClientConfig {
+    /// `--connect-timeout`.
+    pub connect_timeout: Duration,
+    /// `--timeout`.
+    pub io_timeout: Duration,
+    /// The first line of `--token-file`, else `$BARGE_TOKEN` (never a flag: command lines are
+    /// visible to every user of the machine).
+    pub token: Option<String>,
+    /// How to trust the server's certificate; `None` for plain TCP.
+    pub trust: Option<Trust>,
+    /// `--bwlimit`, bytes per second.
+    pub bwlimit: Option<u64>,
+}
+
+impl TryFrom<&ClientArgs> for ClientConfig {
+    type Error = anyhow::Error;
+
+    fn try_from(c: &ClientArgs) -> Result<Self> {
+        let trust = if let Some(fp) = &c.fingerprint {
+            let fp =
+                Fingerprint::parse(fp).map_err(|e| UsageError(format!("--fingerprint: {e}")))?;
+            Some(Trust::Pinned(fp))
+        } else if let Some(ca) = &c.ca {
+            let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+            Some(Trust::Ca(barge::tls::certs_from_pem(
+                &pem,
+                &ca.display().to_string(),
+            )?))
+        } else if c.tls {
+            Some(Trust::KnownHosts {
+                file: c
+                    .known_hosts
+                    .clone()
+                    .unwrap_or_else(barge::client::known_hosts::default_file),
+            })
+        } else {
+            None
+        };
+        Ok(Self {
+            connect_timeout: seconds(c.connect_timeout, "--connect-timeout")?,
+            io_timeout: seconds(c.timeout, "--timeout")?,
+            token: token(c)?,
+            trust,
+            bwlimit: c.bwlimit,
+        })
+    }
+}
+
+impl ClientConfig {
+    /// The v1 client's options; `t` (retries) only for the commands that resume.
+    pub fn options(&self, t: Option<&TransferArgs>) -> Options {
+        let defaults = Options::default();
+        Options {
+            connect_timeout: self.connect_timeout,
+            io_timeout: self.io_timeout,
+            retries: t.map_or(defaults.retries, |t| t.retries),
+            token: self.token.clone(),
+            writers: crate::writers().clone(),
+            ..defaults
+        }
+    }
+
+    /// A dialer for `addr`: TLS when asked for, paced by `--bwlimit`.
+    pub fn dial(&self, addr: &str) -> Result<Tcp> {
+        let mut dial = Tcp::new(addr, self.connect_timeout);
+        if let Some(trust) = &self.trust {
+            dial.tls = Some(barge::tls::client_config(trust, addr)?);
+        }
+        dial.bwlimit = self.bwlimit.map(Bucket::new);
+        Ok(dial)
+    }
+
+    /// The lesson's format has no TLS, tokens or pacing: asking for them with it is a mistake.
+    pub fn lesson_only(&self) -> Result<(), UsageError> {
+        if self.trust.is_some() || self.token.is_some() {
+            return Err(UsageError(
+                "the lesson's format (--legacy) has no TLS and no tokens: drop --legacy to use them"
+                    .into(),
+            ));
+        }
+        if self.bwlimit.is_some() {
+            return Err(UsageError(
+                "--bwlimit works with barge's protocol, not with --legacy".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The token: the first line of --token-file, else $BARGE_TOKEN.
+fn token(c: &ClientArgs) -> Result<Option<String>> {
+    if let Some(path) = &c.token_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read token file {}", path.display()))?;
+        let first = text.lines().next().unwrap_or("").trim();
+        if first.is_empty() {
+            anyhow::bail!("token file {} is empty", path.display());
+        }
+        return Ok(Some(first.to_owned()));
+    }
+    Ok(std::env::var("BARGE_TOKEN")
+        .ok()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty()))
 }

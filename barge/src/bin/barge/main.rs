@@ -5,6 +5,7 @@ mod args;
 mod config;
 mod echo_cmd;
 mod exit;
+mod identity;
 mod progress;
 mod transfer_cmd;
 mod udp_cmd;

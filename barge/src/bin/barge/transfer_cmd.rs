@@ -2,77 +2,20 @@
 //! rendered as progress bars and lines for people or JSON lines for scripts.
 
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
-use barge::client::v1::{self, Event, Options, Report, Tcp};
+use anyhow::{Result, bail};
+use barge::client::v1::{self, Event, Report};
 use barge::store::OnConflict;
-use barge::throttle::Bucket;
-use barge::tls::{Fingerprint, Trust};
 use indicatif::ProgressBar;
 use serde_json::json;
 
 use crate::args::{
     BenchArgs, ClientArgs, GetArgs, LsArgs, ProgressMode, SendArgs, TransferArgs, split_target,
 };
+use crate::config::ClientConfig;
+use crate::exit;
 use crate::progress::{file_bar, printable};
-use crate::{exit, seconds};
-
-/// Network options from the client flags; `retries` only for the commands that resume.
-fn options(c: &ClientArgs, t: Option<&TransferArgs>) -> Result<Options> {
-    let defaults = Options::default();
-    Ok(Options {
-        connect_timeout: seconds(c.connect_timeout, "--connect-timeout")?,
-        io_timeout: seconds(c.timeout, "--timeout")?,
-        retries: t.map_or(defaults.retries, |t| t.retries),
-        backoff: Duration::from_millis(500),
-        token: token(c)?,
-        max_listed: v1::MAX_LISTED,
-        writers: crate::writers().clone(),
-    })
-}
-
-/// The token: the first line of --token-file, else $BARGE_TOKEN (never a flag: command lines are
-/// visible to every user of the machine).
-fn token(c: &ClientArgs) -> Result<Option<String>> {
-    if let Some(path) = &c.token_file {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read token file {}", path.display()))?;
-        let first = text.lines().next().unwrap_or("").trim();
-        if first.is_empty() {
-            bail!("token file {} is empty", path.display());
-        }
-        return Ok(Some(first.to_owned()));
-    }
-    Ok(std::env::var("BARGE_TOKEN")
-        .ok()
-        .map(|t| t.trim().to_owned())
-        .filter(|t| !t.is_empty()))
-}
-
-/// A dialer for `addr`: TLS when asked for (with the trust the flags choose), paced by --bwlimit.
-fn tcp(addr: &str, c: &ClientArgs, opts: &Options) -> Result<Tcp> {
-    let trust = if let Some(fp) = &c.fingerprint {
-        Some(Trust::Pinned(Fingerprint::parse(fp)?))
-    } else if let Some(ca) = &c.ca {
-        Some(Trust::Ca(ca.clone()))
-    } else if c.tls {
-        Some(Trust::KnownHosts {
-            file: c
-                .known_hosts
-                .clone()
-                .unwrap_or_else(barge::tls::default_known_hosts),
-        })
-    } else {
-        None
-    };
-    let mut dial = Tcp::new(addr, opts.connect_timeout);
-    if let Some(trust) = trust {
-        dial.tls = Some(barge::tls::client_config(&trust, addr)?);
-    }
-    dial.bwlimit = c.bwlimit.map(Bucket::new);
-    Ok(dial)
-}
 
 /// A server given positionally wins over `--to`; `--to` is the default otherwise.
 fn target(args: &[String], c: &ClientArgs) -> (String, Vec<String>) {
@@ -90,10 +33,11 @@ pub async fn send_paths(
     t: &TransferArgs,
     paths: Vec<std::path::PathBuf>,
 ) -> Result<u8> {
-    let opts = options(client, Some(t))?;
+    let c = ClientConfig::try_from(client)?;
+    let opts = c.options(Some(t));
     let mut view = View::new(client.progress, t.json, "sent");
     let started = Instant::now();
-    let dial = tcp(&client.to, client, &opts)?;
+    let dial = c.dial(&client.to)?;
     let result = v1::send(&dial, &paths, &opts, &mut |e| view.event(e)).await;
     view.finish(result, started)
 }
@@ -103,7 +47,8 @@ pub async fn get(a: GetArgs) -> Result<u8> {
     if names.is_empty() {
         bail!("name at least one file or folder to get");
     }
-    let opts = options(&a.client, Some(&a.transfer))?;
+    let c = ClientConfig::try_from(&a.client)?;
+    let opts = c.options(Some(&a.transfer));
     let policy = if a.overwrite {
         OnConflict::Overwrite
     } else {
@@ -111,7 +56,7 @@ pub async fn get(a: GetArgs) -> Result<u8> {
     };
     let mut view = View::new(a.client.progress, a.transfer.json, "got");
     let started = Instant::now();
-    let dial = tcp(&addr, &a.client, &opts)?;
+    let dial = c.dial(&addr)?;
     let result = v1::get(&dial, &names, &a.out, policy, &opts, &mut |e| view.event(e)).await;
     view.finish(result, started)
 }
@@ -122,8 +67,9 @@ pub async fn ls(a: LsArgs) -> Result<u8> {
         _ => bail!("ls takes at most a server and one path"),
     };
     let path = rest.first().map_or("", String::as_str).trim_matches('/');
-    let opts = options(&a.client, None)?;
-    let dial = tcp(&addr, &a.client, &opts)?;
+    let c = ClientConfig::try_from(&a.client)?;
+    let opts = c.options(None);
+    let dial = c.dial(&addr)?;
     // Entries are printed as their pages arrive: a listing of any size needs no memory.
     let mut out = std::io::BufWriter::new(std::io::stdout());
     let json = a.json;
@@ -169,8 +115,9 @@ pub async fn ls(a: LsArgs) -> Result<u8> {
 
 pub async fn bench(a: BenchArgs) -> Result<u8> {
     let (addr, _) = split_target(&a.args, &a.client.to);
-    let opts = options(&a.client, None)?;
-    let dial = tcp(&addr, &a.client, &opts)?;
+    let c = ClientConfig::try_from(&a.client)?;
+    let opts = c.options(None);
+    let dial = c.dial(&addr)?;
     let elapsed = v1::bench(&dial, a.size, &opts).await?;
     let secs = elapsed.as_secs_f64().max(1e-9);
     let bytes_per_s = a.size as f64 / secs;

@@ -16,9 +16,10 @@ use tokio::io::AsyncBufReadExt;
 use tokio::net::TcpStream;
 
 use crate::args::{ClientArgs, PickArgs, SendArgs, ServeArgs};
-use crate::config::ServeConfig;
+
+use crate::config::{ClientConfig, ServeConfig};
+use crate::exit;
 use crate::progress::{self, Renderer};
-use crate::{exit, seconds};
 
 pub async fn serve(a: ServeArgs) -> Result<u8> {
     let c = ServeConfig::try_from(a)?;
@@ -41,7 +42,7 @@ pub async fn serve(a: ServeArgs) -> Result<u8> {
     let shown = std::fs::canonicalize(storage.dir()).unwrap_or_else(|_| storage.dir().to_owned());
     let mut what = format!(", storing files in {}", shown.display());
     if c.tls {
-        let identity = barge::tls::server_identity(
+        let identity = crate::identity::server_identity(
             &storage.dir().join(barge::store::STATE_DIR).join("tls"),
             c.cert_key.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
         )
@@ -84,22 +85,15 @@ pub async fn serve(a: ServeArgs) -> Result<u8> {
 }
 
 async fn connect(c: &ClientArgs) -> Result<barge::net::IdleTimeout<TcpStream>> {
-    if c.tls || c.fingerprint.is_some() || c.ca.is_some() || c.token_file.is_some() {
-        bail!("the lesson's format (--legacy) has no TLS and no tokens: drop --legacy to use them");
-    }
-    if c.bwlimit.is_some() {
-        bail!("--bwlimit works with barge's protocol, not with --legacy");
-    }
-    let stream = barge::net::connect(&c.to, seconds(c.connect_timeout, "--connect-timeout")?)
+    let config = ClientConfig::try_from(c)?;
+    config.lesson_only()?;
+    let stream = barge::net::connect(&c.to, config.connect_timeout)
         .await
         .map_err(|source| ClientError::Connect {
             addr: c.to.clone(),
             source,
         })?;
-    Ok(barge::net::IdleTimeout::new(
-        stream,
-        seconds(c.timeout, "--timeout")?,
-    ))
+    Ok(barge::net::IdleTimeout::new(stream, config.io_timeout))
 }
 
 pub async fn send(a: SendArgs) -> Result<u8> {

@@ -1,0 +1,560 @@
+//! The send plan: the tree walk into jobs, pipelined puts, resume after a lost connection, and
+//! settling each reply into the report (a file that failed verification is sent again).
+
+use super::link::SMALL_INLINE;
+use super::*;
+
+/// One thing to upload.
+#[derive(Debug, Clone)]
+pub(super) enum Job {
+    Folder {
+        remote: String,
+    },
+    File {
+        local: PathBuf,
+        remote: String,
+        size: u64,
+    },
+}
+
+/// Walks what the user named into folders and files with their remote paths. Symlinks are
+/// followed only to files inside the tree being sent; empty folders are kept.
+pub(super) fn plan(roots: &[PathBuf]) -> Result<Vec<Job>, TransferError> {
+    let local = |path: &Path, source| TransferError::Local {
+        path: path.to_owned(),
+        source,
+    };
+    let mut jobs = Vec::new();
+    for root in roots {
+        let meta = std::fs::metadata(root).map_err(|e| local(root, e))?;
+        let name = root
+            .canonicalize()
+            .map_err(|e| local(root, e))?
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_owned)
+            .ok_or_else(|| local(root, io::Error::other("has no UTF-8 file name")))?;
+        check_name(root, &name)?;
+        if meta.is_file() {
+            jobs.push(Job::File {
+                local: root.clone(),
+                remote: name,
+                size: meta.len(),
+            });
+            continue;
+        }
+        let top = root.canonicalize().map_err(|e| local(root, e))?;
+        jobs.push(Job::Folder {
+            remote: name.clone(),
+        });
+        let mut stack = vec![(root.clone(), name)];
+        while let Some((dir, remote)) = stack.pop() {
+            let mut items: Vec<_> = std::fs::read_dir(&dir)
+                .map_err(|e| local(&dir, e))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| local(&dir, e))?;
+            items.sort_by_key(|e| e.file_name());
+            for item in items {
+                let path = item.path();
+                let name = item
+                    .file_name()
+                    .into_string()
+                    .map_err(|_| local(&path, io::Error::other("name is not valid UTF-8")))?;
+                check_name(&path, &name)?;
+                let child = format!("{remote}/{name}");
+                let lmeta = std::fs::symlink_metadata(&path).map_err(|e| local(&path, e))?;
+                if lmeta.is_symlink() {
+                    // Follow a link only to a file inside the tree: never out of it, never a loop.
+                    let target = path.canonicalize().ok();
+                    match target {
+                        Some(t) if t.starts_with(&top) && t.is_file() => {
+                            let size = std::fs::metadata(&t).map_err(|e| local(&path, e))?.len();
+                            jobs.push(Job::File {
+                                local: path,
+                                remote: child,
+                                size,
+                            });
+                        }
+                        _ => tracing::warn!(path = %path.display(), "symlink not followed"),
+                    }
+                } else if lmeta.is_dir() {
+                    jobs.push(Job::Folder {
+                        remote: child.clone(),
+                    });
+                    stack.push((path, child));
+                } else if lmeta.is_file() {
+                    jobs.push(Job::File {
+                        local: path,
+                        remote: child,
+                        size: lmeta.len(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(jobs)
+}
+
+pub(super) fn check_name(path: &Path, name: &str) -> Result<(), TransferError> {
+    barge_proto::name::validate_file_name(name)
+        .map(|_| ())
+        .map_err(|source| TransferError::Name {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Where one job stands across reconnections.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Progress {
+    finished: bool,
+    tries: u32,
+    /// Its `end` was sent but no reply came before the connection died: it may be stored already.
+    unanswered: bool,
+}
+
+/// Uploads files and folders (each named root keeps its name on the server, folders their tree).
+pub async fn send(
+    dial: &dyn Dial,
+    roots: &[PathBuf],
+    opts: &Options,
+    on_event: &mut (dyn FnMut(Event) + Send),
+) -> Result<Report, TransferError> {
+    let jobs = plan(roots)?;
+    let mut progress = vec![Progress::default(); jobs.len()];
+    let mut report = Report::default();
+    with_retries(opts, &mut report, on_event, async |report, on_event| {
+        let mut link = Link::open(dial, opts).await?;
+        report.connections += 1;
+        send_pass(&mut link, &jobs, &mut progress, report, opts, on_event).await?;
+        link.close().await;
+        Ok(())
+    })
+    .await?;
+    Ok(report)
+}
+
+/// What a sent request still owes us.
+#[derive(Debug)]
+pub(super) struct Owed {
+    id: u64,
+    job: usize,
+    digest: Option<Cv>,
+    transferred: u64,
+    started: Instant,
+}
+
+pub(super) async fn send_pass(
+    link: &mut Link,
+    jobs: &[Job],
+    progress: &mut [Progress],
+    report: &mut Report,
+    opts: &Options,
+    on_event: &mut (dyn FnMut(Event) + Send),
+) -> Result<(), TransferError> {
+    // Files that failed verification are put back; each round sends them again, until every job
+    // is finished (done, or failed too often: `settle` counts the tries).
+    while progress.iter().any(|p| !p.finished) {
+        send_round(link, jobs, progress, report, opts, on_event).await?;
+    }
+    Ok(())
+}
+
+/// Visits every unfinished job once, in order, pipelining requests, and settles every reply.
+pub(super) async fn send_round(
+    link: &mut Link,
+    jobs: &[Job],
+    progress: &mut [Progress],
+    report: &mut Report,
+    opts: &Options,
+    on_event: &mut (dyn FnMut(Event) + Send),
+) -> Result<(), TransferError> {
+    let mut owed: VecDeque<Owed> = VecDeque::new();
+    for index in 0..jobs.len() {
+        if progress[index].finished {
+            continue;
+        }
+        match &jobs[index] {
+            Job::Folder { remote } => {
+                let id = link.id();
+                link.request(&Request::Mkdir {
+                    id,
+                    path: remote.clone(),
+                })
+                .await?;
+                owed.push_back(Owed {
+                    id,
+                    job: index,
+                    digest: None,
+                    transferred: 0,
+                    started: Instant::now(),
+                });
+            }
+            Job::File {
+                local,
+                remote,
+                size,
+            } => {
+                let file = File::open(local).map_err(|source| TransferError::Local {
+                    path: local.clone(),
+                    source,
+                })?;
+                // Small files are pipelined without asking; larger ones may resume, and one whose
+                // reply was lost may be stored already, so for those ask first.
+                let from = if *size > CHUNK || progress[index].unanswered {
+                    settle_all(link, &mut owed, jobs, progress, report, opts, on_event).await?;
+                    let resume = resume_point(link, remote, *size, &file).await?;
+                    if progress[index].unanswered
+                        && let Some(theirs) = resume.stored
+                        && theirs == whole_digest(&file).await?
+                    {
+                        progress[index].finished = true;
+                        report.files += 1;
+                        report.bytes += size;
+                        on_event(Event::Done {
+                            path: remote.clone(),
+                            stored: remote.clone(),
+                            size: *size,
+                            transferred: 0,
+                            digest: hex(&theirs),
+                            secs: 0.0,
+                        });
+                        continue;
+                    }
+                    resume.from
+                } else {
+                    0
+                };
+                let owed_entry =
+                    upload_file(link, index, remote, *size, file, from, on_event).await?;
+                owed.push_back(owed_entry);
+                progress[index].unanswered = true;
+            }
+        }
+        // Take whatever replies have arrived, so events flow while the pipeline stays full.
+        while let Some(reply) = link.ready_reply()? {
+            settle(reply, &mut owed, jobs, progress, report, opts, on_event)?;
+        }
+    }
+    settle_all(link, &mut owed, jobs, progress, report, opts, on_event).await
+}
+
+/// Where to start an upload, and what the server already stores at its path.
+pub(super) struct Resume {
+    /// First byte to send.
+    from: u64,
+    /// Digest of a file of the same size already stored at the path.
+    stored: Option<Cv>,
+}
+
+/// The BLAKE3 digest of a whole local file (read on a blocking thread).
+pub(super) async fn whole_digest(file: &File) -> Result<Cv, TransferError> {
+    let mut cloned = file.try_clone().map_err(TransferError::Lost)?;
+    tokio::task::spawn_blocking(move || {
+        let mut h = blake3::Hasher::new();
+        h.update_reader(&mut cloned)
+            .map(|h| *h.finalize().as_bytes())
+    })
+    .await
+    .map_err(|e| TransferError::Lost(io::Error::other(e)))?
+    .map_err(TransferError::Lost)
+}
+
+/// Asks the server what it kept of `remote` and checks that our file still starts the same way;
+/// returns where to start. A refusal is left for the `put` to report, in order.
+pub(super) async fn resume_point(
+    link: &mut Link,
+    remote: &str,
+    size: u64,
+    file: &File,
+) -> Result<Resume, TransferError> {
+    let id = link.id();
+    link.request(&Request::Probe {
+        id,
+        path: remote.to_owned(),
+        size,
+    })
+    .await?;
+    let reply = link.reply().await?;
+    if reply.status == Status::Busy {
+        // Usually our own previous connection, not yet noticed as gone by the server.
+        return Err(TransferError::Lost(io::Error::other(
+            reply.message.unwrap_or_default(),
+        )));
+    }
+    let offset = reply.offset.unwrap_or(0);
+    let stored = reply.digest.as_deref().and_then(parse_hex);
+    if reply.status != Status::Ok || offset == 0 {
+        return Ok(Resume { from: 0, stored });
+    }
+    let theirs = reply.prefix.as_deref().and_then(parse_hex);
+    let cloned = file.try_clone().map_err(TransferError::Lost)?;
+    let ours = tokio::task::spawn_blocking(move || prefix_cvs(&cloned, offset))
+        .await
+        .map_err(|e| TransferError::Lost(io::Error::other(e)))?
+        .map_err(TransferError::Lost)?;
+    let from = if theirs == Some(prefix_digest(&ours)) {
+        offset
+    } else {
+        0
+    };
+    Ok(Resume { from, stored })
+}
+
+/// Sends one file from `from`: put, data, end. Returns what the server owes for it.
+pub(super) async fn upload_file(
+    link: &mut Link,
+    job: usize,
+    remote: &str,
+    size: u64,
+    file: File,
+    from: u64,
+    on_event: &mut (dyn FnMut(Event) + Send),
+) -> Result<Owed, TransferError> {
+    let id = link.id();
+    let started = Instant::now();
+    on_event(Event::Start {
+        path: remote.to_owned(),
+        size,
+        offset: from,
+    });
+    link.request(&Request::Put {
+        id,
+        path: remote.to_owned(),
+        size,
+        from,
+    })
+    .await?;
+    let cloned = file.try_clone().map_err(TransferError::Lost)?;
+    let mut cvs = if from > 0 {
+        tokio::task::spawn_blocking(move || prefix_cvs(&cloned, from))
+            .await
+            .map_err(|e| TransferError::Lost(io::Error::other(e)))?
+            .map_err(TransferError::Lost)?
+    } else {
+        Vec::new()
+    };
+    let mut single = None;
+    if size <= CHUNK && from == size && size > 0 {
+        // The server kept the whole (single-chunk) file; its root is a plain hash of its bytes.
+        let mut bytes = vec![0u8; size as usize];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, 0).map_err(|source| {
+            TransferError::Local {
+                path: remote.into(),
+                source,
+            }
+        })?;
+        single = Some(bytes::Bytes::from(bytes));
+    }
+    if from == 0 && size > 0 && size <= SMALL_INLINE {
+        // A small file is read right here: a page-cache read costs less than handing it to a
+        // blocking thread and back, which dominated sending thousands of small files.
+        let data = crate::chunks::read_next(&file, size)
+            .map(bytes::Bytes::from)
+            .map_err(|source| TransferError::Local {
+                path: remote.into(),
+                source,
+            })?;
+        let cv = barge_proto::tree::chunk_cv(0, &data);
+        cvs.push(cv);
+        single = Some(data.clone());
+        link.data(&cv, data).await?;
+    } else {
+        let mut chunks = read_chunks(file, size, from);
+        let mut done = from;
+        let mut throttle = Throttle::new();
+        while let Some(chunk) = chunks.recv().await {
+            let chunk = chunk.map_err(|source| TransferError::Local {
+                path: remote.into(),
+                source,
+            })?;
+            cvs.push(chunk.cv);
+            if size <= CHUNK {
+                single = Some(chunk.data.clone());
+            }
+            done += chunk.data.len() as u64;
+            link.data(&chunk.cv, chunk.data).await?;
+            throttle.tick(remote, done, size, on_event);
+            if link.refused_already(id)? {
+                // The server refused the file (too large, no space, ...): the rest would only be
+                // skipped there. `end` closes the put; the refusal is settled in order.
+                link.request(&Request::End {
+                    id,
+                    digest: hex(&[0; 32]),
+                })
+                .await?;
+                return Ok(Owed {
+                    id,
+                    job,
+                    digest: None,
+                    transferred: done - from,
+                    started,
+                });
+            }
+        }
+    }
+    if size == 0 {
+        single = Some(bytes::Bytes::new());
+    }
+    let digest = file_digest(&cvs, size, single.as_deref())
+        .ok_or_else(|| TransferError::Protocol("cannot compute the file digest".into()))?;
+    link.request(&Request::End {
+        id,
+        digest: hex(&digest),
+    })
+    .await?;
+    Ok(Owed {
+        id,
+        job,
+        digest: Some(digest),
+        transferred: size - from,
+        started,
+    })
+}
+
+pub(super) async fn settle_all(
+    link: &mut Link,
+    owed: &mut VecDeque<Owed>,
+    jobs: &[Job],
+    progress: &mut [Progress],
+    report: &mut Report,
+    opts: &Options,
+    on_event: &mut (dyn FnMut(Event) + Send),
+) -> Result<(), TransferError> {
+    while !owed.is_empty() {
+        let reply = link.reply().await?;
+        settle(reply, owed, jobs, progress, report, opts, on_event)?;
+    }
+    Ok(())
+}
+
+/// Applies one reply to what it answers.
+pub(super) fn settle(
+    reply: Reply,
+    owed: &mut VecDeque<Owed>,
+    jobs: &[Job],
+    progress: &mut [Progress],
+    report: &mut Report,
+    opts: &Options,
+    on_event: &mut (dyn FnMut(Event) + Send),
+) -> Result<(), TransferError> {
+    let Some(pos) = owed.iter().position(|o| o.id == reply.id) else {
+        return Err(TransferError::Protocol(format!(
+            "reply to unknown request {}",
+            reply.id
+        )));
+    };
+    let Some(o) = owed.remove(pos) else {
+        return Ok(());
+    };
+    let (remote, size) = match &jobs[o.job] {
+        Job::Folder { remote } => (remote.clone(), 0),
+        Job::File { remote, size, .. } => (remote.clone(), *size),
+    };
+    let p = &mut progress[o.job];
+    p.unanswered = false;
+    match reply.status {
+        Status::Ok => {
+            p.finished = true;
+            match &jobs[o.job] {
+                Job::Folder { .. } => {
+                    report.folders += 1;
+                    on_event(Event::Folder { path: remote });
+                }
+                Job::File { .. } => {
+                    let theirs = reply.digest.as_deref().and_then(parse_hex);
+                    if theirs != o.digest {
+                        return Err(TransferError::Protocol(
+                            "the server confirmed a different digest".into(),
+                        ));
+                    }
+                    report.files += 1;
+                    report.bytes += size;
+                    report.transferred += o.transferred;
+                    on_event(Event::Done {
+                        path: remote.clone(),
+                        stored: reply.path.unwrap_or(remote),
+                        size,
+                        transferred: o.transferred,
+                        digest: reply.digest.unwrap_or_default(),
+                        secs: o.started.elapsed().as_secs_f64(),
+                    });
+                }
+            }
+        }
+        Status::Integrity if p.tries < opts.retries => {
+            // Corrupted in transit: the server kept the verified part; send the rest again.
+            p.tries += 1;
+            on_event(Event::Retry {
+                attempt: p.tries,
+                of: opts.retries,
+                wait_ms: 0,
+                reason: format!("{remote}: {}", reply.message.unwrap_or_default()),
+            });
+        }
+        status => {
+            p.finished = true;
+            let message = reply.message.unwrap_or_default();
+            report.fail(&remote, status, message, on_event);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shown(jobs: &[Job]) -> Vec<String> {
+        jobs.iter()
+            .map(|j| match j {
+                Job::Folder { remote } => format!("{remote}/"),
+                Job::File { remote, size, .. } => format!("{remote}={size}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_tree_keeps_its_root_name_empty_folders_and_inner_links_to_files() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("photos");
+        std::fs::create_dir_all(root.join("2024/empty")).unwrap();
+        std::fs::write(root.join("a.jpg"), b"a").unwrap();
+        std::fs::write(root.join("2024/b.jpg"), b"bb").unwrap();
+        std::os::unix::fs::symlink(root.join("a.jpg"), root.join("2024/link.jpg")).unwrap();
+        let outside = d.path().join("secret");
+        std::fs::write(&outside, b"no").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("out.txt")).unwrap();
+        let jobs = shown(&plan(std::slice::from_ref(&root)).unwrap());
+        let mut sorted = jobs.clone();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            [
+                "photos/",
+                "photos/2024/",
+                "photos/2024/b.jpg=2",
+                "photos/2024/empty/",
+                "photos/2024/link.jpg=1",
+                "photos/a.jpg=1",
+            ]
+        );
+        // A folder is made before anything in it.
+        let at = |s: &str| jobs.iter().position(|j| j == s).unwrap();
+        assert!(
+            at("photos/") < at("photos/2024/") && at("photos/2024/") < at("photos/2024/b.jpg=2")
+        );
+        // One file is sent under its own name.
+        assert_eq!(shown(&plan(&[root.join("a.jpg")]).unwrap()), ["a.jpg=1"]);
+    }
+
+    #[test]
+    fn a_missing_file_is_a_local_error_naming_it() {
+        let d = tempfile::tempdir().unwrap();
+        let missing = d.path().join("nope");
+        match plan(std::slice::from_ref(&missing)) {
+            Err(TransferError::Local { path, .. }) => assert_eq!(path, missing),
+            other => panic!("{other:?}"),
+        }
+    }
+}
