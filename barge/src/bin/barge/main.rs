@@ -6,10 +6,11 @@ mod config;
 mod echo_cmd;
 mod exit;
 mod identity;
+mod lesson_cmd;
 mod progress;
-mod transfer_cmd;
+mod serve_cmd;
 mod udp_cmd;
-mod upload_cmd;
+mod v1_cmd;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -45,12 +46,13 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         match opts.command {
-            Command::Serve(a) => upload_cmd::serve(a).await,
-            Command::Send(a) => interruptible(upload_cmd::send(a)).await,
-            Command::Pick(a) => interruptible(upload_cmd::pick(a)).await,
-            Command::Get(a) => interruptible(transfer_cmd::get(a)).await,
-            Command::Ls(a) => interruptible(transfer_cmd::ls(a)).await,
-            Command::Bench(a) => interruptible(transfer_cmd::bench(a)).await,
+            Command::Serve(a) => serve_cmd::serve(a).await,
+            Command::Send(a) if a.legacy => interruptible(lesson_cmd::send(a)).await,
+            Command::Send(a) => interruptible(v1_cmd::send(a)).await,
+            Command::Pick(a) => interruptible(lesson_cmd::pick(a)).await,
+            Command::Get(a) => interruptible(v1_cmd::get(a)).await,
+            Command::Ls(a) => interruptible(v1_cmd::ls(a)).await,
+            Command::Bench(a) => interruptible(v1_cmd::bench(a)).await,
             Command::Udp(UdpCommand::Serve(a)) => udp_cmd::serve(a).await,
             Command::Udp(UdpCommand::Send(a)) => interruptible(udp_cmd::send(a)).await,
             Command::Echo(EchoCommand::Serve(a)) => echo_cmd::serve(a).await,

@@ -1,5 +1,5 @@
-//! `barge send` (barge's protocol), `barge get` and `barge ls`: verified, resumable transfers,
-//! rendered as progress bars and lines for people or JSON lines for scripts.
+//! `barge send`, `barge get`, `barge ls` and `barge bench` over barge's protocol (v1): verified,
+//! resumable transfers, rendered as progress bars and lines for people or JSON lines for scripts.
 
 use std::io::Write;
 use std::time::Instant;

@@ -1,0 +1,77 @@
+//! `barge serve`: the file server (barge v1 and the lesson's format on one port, through one
+//! transfer core over a local folder).
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use barge::auth::FailureBrake;
+use barge::server;
+use barge::service::files::FileService;
+use barge::store::{LocalStore, Quota, bytes_stored};
+
+use crate::args::ServeArgs;
+use crate::config::ServeConfig;
+use crate::exit;
+
+pub async fn serve(a: ServeArgs) -> Result<u8> {
+    let c = ServeConfig::try_from(a)?;
+    crate::check_open_files(&c.server);
+    let dir = c.storage.dir.clone();
+    let mut storage_config = c.storage;
+    if let Some(limit) = c.quota {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let used =
+            bytes_stored(&dir).with_context(|| format!("cannot measure {}", dir.display()))?;
+        if used > limit {
+            tracing::warn!(used, quota = limit, "the folder is already over its quota");
+        }
+        storage_config.quota = Some(Quota::new(limit, used));
+    }
+    let storage = LocalStore::open(storage_config)
+        .with_context(|| format!("cannot use {} for storage", dir.display()))?;
+    let mut config = c.server;
+    let shown = std::fs::canonicalize(storage.dir()).unwrap_or_else(|_| storage.dir().to_owned());
+    let mut what = format!(", storing files in {}", shown.display());
+    if c.tls {
+        let identity = crate::identity::server_identity(
+            &storage.dir().join(barge::store::STATE_DIR).join("tls"),
+            c.cert_key.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+        )
+        .context("cannot set up TLS")?;
+        what.push_str(&format!(", TLS certificate {}", identity.fingerprint));
+        config.tls = Some(identity.config);
+    }
+    // The lesson's format cannot authenticate or encrypt: only on loopback without tokens, unless
+    // asked for.
+    if c.legacy_forced {
+        tracing::warn!(
+            "--legacy: the lesson's upload format is on; it has no authentication or encryption, \
+             so anyone who reaches {} can upload files",
+            c.addr
+        );
+    } else if !c.legacy {
+        tracing::info!(
+            "the lesson's upload format is off here (no authentication); --legacy turns it on"
+        );
+    }
+    let listener = crate::listen(c.addr, &what)?;
+    // Abandoned partial uploads are swept at start (by `LocalStore::open`) and then regularly.
+    let _sweeper = storage.sweep_regularly();
+    let mut service = FileService::local(storage, c.policy)
+        .with_legacy(c.legacy)
+        .with_tls_required(c.tls);
+    if let Some(tokens) = c.tokens {
+        service = service
+            .with_tokens(tokens, FailureBrake::default())
+            .context("cannot set up the tokens' root folders")?;
+    }
+    server::serve(
+        listener,
+        Arc::new(service),
+        config,
+        server::shutdown_signal(),
+    )
+    .await;
+    Ok(exit::SUCCESS)
+}
