@@ -28,13 +28,9 @@ fn body(seed: u8, len: u64) -> Vec<u8> {
 
 fn begin(path: &str, size: u64, from: u64, on_conflict: OnConflict) -> Begin {
     Begin {
-        path: path.to_owned(),
-        size,
-        version: Version::Any,
         from,
-        owner: String::new(),
-        resumable: true,
         on_conflict,
+        ..Begin::new(path, size)
     }
 }
 

@@ -93,6 +93,22 @@ pub struct Begin {
     pub on_conflict: OnConflict,
 }
 
+impl Begin {
+    /// A fresh, resumable upload of `path` (`size` bytes) of any content, from nobody in
+    /// particular, renamed on a conflict: change the fields that differ.
+    pub fn new(path: impl Into<String>, size: u64) -> Self {
+        Self {
+            path: path.into(),
+            size,
+            version: Version::Any,
+            from: 0,
+            owner: String::new(),
+            resumable: true,
+            on_conflict: OnConflict::Rename,
+        }
+    }
+}
+
 /// A file published under its final name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {

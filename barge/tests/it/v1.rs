@@ -9,7 +9,7 @@ use barge::client::v1::{self, Dial, Dialing, Event, Options, Stream, Tcp};
 use barge::net::IdleTimeout;
 use barge::server::{Connection, Handler, ServerConfig};
 use barge::service::files::FileService;
-use barge::store::{Begin, LocalConfig, LocalStore, OnConflict, Version};
+use barge::store::{Begin, LocalConfig, LocalStore, OnConflict};
 use barge::transfer::{Mode, Policy};
 use barge_proto::wire::Status;
 use tokio_util::sync::CancellationToken;
@@ -648,15 +648,7 @@ fn partials_expire_after_their_time() {
     })
     .unwrap();
     rt.block_on(async {
-        let begin = Begin {
-            path: "old.bin".into(),
-            size: 3 << 20,
-            version: Version::Any,
-            from: 0,
-            owner: String::new(),
-            resumable: true,
-            on_conflict: OnConflict::Rename,
-        };
+        let begin = Begin::new("old.bin", 3 << 20);
         let mut up = barge::transfer::receive(&storage, &Policy::default(), begin, Mode::Check)
             .await
             .unwrap();

@@ -312,7 +312,7 @@ mod tests {
     //! The local store through the transfer core, as the lesson's front end uses it (CVs
     //! computed, nothing kept when interrupted). The resumable side is tested in `partial.rs`.
     use super::*;
-    use crate::store::{Begin, Version};
+    use crate::store::Begin;
     use crate::transfer::{Mode, Policy, Receiver};
     use bytes::Bytes;
 
@@ -385,13 +385,9 @@ mod tests {
     impl Lesson {
         async fn begin(&self, name: &str, size: u64) -> Result<Receiver, StoreError> {
             let begin = Begin {
-                path: name.to_owned(),
-                size,
-                version: Version::Any,
-                from: 0,
-                owner: String::new(),
                 resumable: false,
                 on_conflict: self.policy.on_conflict,
+                ..Begin::new(name, size)
             };
             crate::transfer::receive(&self.store, &self.policy, begin, Mode::Compute).await
         }

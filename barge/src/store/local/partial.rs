@@ -1423,13 +1423,9 @@ mod tests {
         owner: &str,
     ) -> Result<Receiver, StoreError> {
         let begin = Begin {
-            path: path.to_owned(),
-            size,
-            version: Version::Any,
             from,
             owner: owner.to_owned(),
-            resumable: true,
-            on_conflict: OnConflict::Rename,
+            ..Begin::new(path, size)
         };
         crate::transfer::receive(s, &Policy::default(), begin, Mode::Check).await
     }
