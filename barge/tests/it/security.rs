@@ -40,6 +40,7 @@ fn opts(token: Option<&str>) -> Options {
         token: token.map(str::to_owned),
         max_listed: v1::MAX_LISTED,
         writers: Default::default(),
+        follow_links: false,
     }
 }
 

@@ -26,6 +26,7 @@ fn opts() -> Options {
         token: None,
         max_listed: v1::MAX_LISTED,
         writers: Default::default(),
+        follow_links: false,
     }
 }
 
@@ -897,10 +898,9 @@ async fn a_server_killed_with_sigkill_and_restarted_resumes_the_upload() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn symlinks_are_followed_only_to_files_inside_the_tree() {
+async fn links_are_skipped_and_reported_unless_followed_and_a_loop_is_cut() {
     let src = tempfile::tempdir().unwrap();
     let outside = tempfile::tempdir().unwrap();
-    let server_dir = tempfile::tempdir().unwrap();
     let tree = src.path().join("tree");
     std::fs::create_dir_all(tree.join("sub")).unwrap();
     std::fs::write(tree.join("sub/real.txt"), b"inside").unwrap();
@@ -908,20 +908,101 @@ async fn symlinks_are_followed_only_to_files_inside_the_tree() {
     std::os::unix::fs::symlink(tree.join("sub/real.txt"), tree.join("inner-link")).unwrap();
     std::os::unix::fs::symlink(outside.path().join("secret"), tree.join("escape")).unwrap();
     std::os::unix::fs::symlink(&tree, tree.join("sub/loop")).unwrap();
+
+    // By default a link is never followed: each is reported, the rest is sent.
+    let server_dir = tempfile::tempdir().unwrap();
     let dial = Memory(memory_service(server_dir.path()));
-    let report = v1::send(&dial, &[tree], &opts(), &mut |_| {})
+    let mut skipped = Vec::new();
+    let report = v1::send(&dial, std::slice::from_ref(&tree), &opts(), &mut |e| {
+        if let Event::Skipped { path, .. } = e {
+            skipped.push(path);
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!((report.files, report.skipped.len()), (1, 3), "{report:?}");
+    assert_eq!(skipped.len(), 3);
+    let stored = server_dir.path().join("tree");
+    assert!(!stored.join("inner-link").exists() && !stored.join("escape").exists());
+
+    // --follow-links: links to files are sent as files, and the loop back up is cut.
+    let server_dir = tempfile::tempdir().unwrap();
+    let dial = Memory(memory_service(server_dir.path()));
+    let follow = v1::Options {
+        follow_links: true,
+        ..opts()
+    };
+    let report = v1::send(&dial, &[tree], &follow, &mut |_| {})
         .await
         .unwrap();
-    assert_eq!(report.files, 2);
+    assert_eq!((report.files, report.skipped.len()), (3, 1), "{report:?}");
     let stored = server_dir.path().join("tree");
     assert_eq!(std::fs::read(stored.join("inner-link")).unwrap(), b"inside");
-    assert!(
-        !stored.join("escape").exists(),
-        "a link out of the tree was followed"
+    assert_eq!(std::fs::read(stored.join("escape")).unwrap(), b"outside");
+    assert!(!stored.join("sub/loop").exists(), "a loop was followed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_with_bad_entries_sends_the_rest_and_exits_6() {
+    let server = TestServer::start().await;
+    let src = tempfile::tempdir().unwrap();
+    let tree = src.path().join("share");
+    std::fs::create_dir_all(tree.join("locked")).unwrap();
+    std::fs::create_dir_all(tree.join(".barge/partial")).unwrap();
+    std::fs::write(tree.join(".barge/partial/x.part"), b"state").unwrap();
+    std::fs::write(tree.join("good.txt"), b"fine").unwrap();
+    std::fs::write(tree.join("back\\slash.txt"), b"bad name").unwrap();
+    std::fs::write(tree.join("locked/hidden.txt"), b"cannot read").unwrap();
+    std::fs::set_permissions(
+        tree.join("locked"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o000),
+    )
+    .unwrap();
+    let root_can_read_anything = std::fs::read_dir(tree.join("locked")).is_ok();
+    let out = run_blocking(barge().arg("send").arg(&tree).args([
+        "--to",
+        &server.addr.to_string(),
+        "--json",
+    ]))
+    .await;
+    std::fs::set_permissions(
+        tree.join("locked"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let skipped: Vec<String> = events
+        .iter()
+        .filter(|e| e["event"] == "skipped")
+        .map(|e| e["path"].as_str().unwrap().to_owned())
+        .collect();
     assert!(
-        !stored.join("sub/loop").exists(),
-        "a link to a folder was followed"
+        skipped.iter().any(|p| p.ends_with("back\\slash.txt")),
+        "{skipped:?}"
+    );
+    if !root_can_read_anything {
+        assert!(skipped.iter().any(|p| p.ends_with("locked")), "{skipped:?}");
+    }
+    assert!(
+        !skipped.iter().any(|p| p.contains(".barge")),
+        "state is left out silently"
+    );
+    assert_eq!(server.read("share/good.txt"), b"fine");
+    assert!(
+        !server
+            .dir
+            .path()
+            .join("share/.barge/partial/x.part")
+            .exists()
     );
 }
 
@@ -1141,7 +1222,7 @@ async fn small_files_corrupted_in_transit_are_sent_again_and_replies_stay_in_ord
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_starting_with_barges_prefix_are_reserved() {
-    // The client refuses to send one...
+    // The client leaves one named by hand out, and says so...
     let src = tempfile::tempdir().unwrap();
     std::fs::write(src.path().join(".barge-evil.part"), b"x").unwrap();
     let server = TestServer::start().await;
@@ -1152,10 +1233,9 @@ async fn names_starting_with_barges_prefix_are_reserved() {
         &mut |_| {},
     )
     .await;
-    assert!(
-        matches!(refused, Err(v1::TransferError::Name { .. })),
-        "{refused:?}"
-    );
+    let report = refused.unwrap();
+    assert_eq!((report.files, report.skipped.len()), (0, 1), "{report:?}");
+    assert!(report.skipped[0].1.contains("cannot be sent"), "{report:?}");
     // ...and the server refuses one sent by hand, then serves the next request.
     use barge_proto::wire::{self, Frame, Reply, Request};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1337,6 +1417,7 @@ async fn every_exit_code_in_the_readme_table_is_reachable() {
     let out = out.to_str().unwrap();
     let (limited, corrupting) = (limited.to_string(), corrupting.addr.to_string());
     let unreachable = format!("127.0.0.1:{}", free_port());
+    let by_name = limited.replace("127.0.0.1", "localhost");
     let rows: Vec<(&str, Vec<&str>, i32)> = vec![
         ("success", vec!["send", small, "--to", &limited], 0),
         (
@@ -1372,8 +1453,25 @@ async fn every_exit_code_in_the_readme_table_is_reachable() {
             vec!["ls", &limited, "--timeout", "0"],
             2,
         ),
+        (
+            "usage: an address without a port",
+            vec!["send", small, "--to", "127.0.0.1"],
+            2,
+        ),
+        (
+            "usage: a port out of range",
+            vec!["send", small, "--to", "127.0.0.1:99999"],
+            2,
+        ),
+        ("usage: a bad port first", vec!["ls", "localhost:99999"], 2),
+        ("success: a host name", vec!["ls", &by_name], 0),
         ("unreachable", vec!["send", small, "--to", &unreachable], 3),
         ("refused", vec!["send", big, "--to", &limited], 4),
+        (
+            "refused: ls of a missing path",
+            vec!["ls", &limited, "nope"],
+            4,
+        ),
         (
             "integrity",
             vec!["get", &corrupting, "bad.bin", "--retries", "1", "-o", out],
@@ -1390,4 +1488,40 @@ async fn every_exit_code_in_the_readme_table_is_reachable() {
             String::from_utf8_lossy(&got.stderr)
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_the_token_forbids_exits_4() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "download-only-token-01234567 download\n").unwrap();
+    let (_server, addr) = spawn_announced({
+        let mut cmd = barge();
+        cmd.args(["serve", "--addr", "127.0.0.1:0", "--token-file"])
+            .arg(&tokens)
+            .arg("--dir")
+            .arg(dir.path().join("files"))
+            .stderr(Stdio::null());
+        cmd
+    });
+    let addr = addr.to_string();
+    let got = run_blocking(
+        barge()
+            .args(["ls", &addr])
+            .env("BARGE_TOKEN", "download-only-token-01234567"),
+    )
+    .await;
+    assert_eq!(
+        got.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    let without = run_blocking(barge().args(["ls", &addr]).env_remove("BARGE_TOKEN")).await;
+    assert_eq!(
+        without.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&without.stderr)
+    );
 }

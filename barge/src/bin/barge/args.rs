@@ -280,6 +280,10 @@ pub struct SendArgs {
     /// Use the lesson's format: files only, no reply, no verification, no resume.
     #[arg(long)]
     pub legacy: bool,
+    /// Follow symbolic links in folders (each real folder once); without it, links are skipped
+    /// and reported.
+    #[arg(long)]
+    pub follow_links: bool,
     #[command(flatten)]
     pub client: ClientArgs,
     #[command(flatten)]
@@ -355,14 +359,59 @@ pub enum ProgressMode {
     Never,
 }
 
-/// Splits `[HOST:PORT] REST...`: the first argument is an address if it parses as an IP:port.
-pub fn split_target(args: &[String], default: &str) -> (String, Vec<String>) {
-    match args.split_first() {
-        Some((first, rest)) if first.parse::<SocketAddr>().is_ok() => {
-            (first.clone(), rest.to_vec())
-        }
-        _ => (default.to_owned(), args.to_vec()),
+/// Splits `[HOST:PORT] REST...`: the first argument is the server when it has the shape of an
+/// address (see [`address_like`]), else `default` (the `--to`/`--from` flag) is, and must be one.
+pub fn split_target(
+    args: &[String],
+    default: &str,
+) -> Result<(String, Vec<String>), crate::config::UsageError> {
+    if let Some((first, rest)) = args.split_first()
+        && let Some(addr) = address_like(first)
+    {
+        return Ok((addr?, rest.to_vec()));
     }
+    let addr = address_like(default).unwrap_or_else(|| Err(bad_address(default)))?;
+    Ok((addr, args.to_vec()))
+}
+
+/// `Some(Ok(addr))` for `HOST:PORT` (a DNS name, an IPv4 address, or a bracketed IPv6 address,
+/// and a port 1–65535); `Some(Err)` for something shaped like one that is not (a bad port, an
+/// unclosed bracket); `None` for anything else (a file name, a path, a message).
+pub fn address_like(s: &str) -> Option<Result<String, crate::config::UsageError>> {
+    let port = if let Some(rest) = s.strip_prefix('[') {
+        let Some((v6, port)) = rest.split_once(']') else {
+            return Some(Err(bad_address(s)));
+        };
+        if v6.parse::<std::net::Ipv6Addr>().is_err() {
+            return Some(Err(bad_address(s)));
+        }
+        port.strip_prefix(':').unwrap_or("-")
+    } else {
+        let (host, port) = s.rsplit_once(':')?;
+        let plausible_host = !host.is_empty()
+            && !host.contains(['/', ':', '\\', ' '])
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+        if !plausible_host || port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+            // `notes:draft`, `a/b:1`: not an address. `host:` or `host:99999` are, badly.
+            return (plausible_host
+                && (port.is_empty() || port.bytes().all(|b| b.is_ascii_digit())))
+            .then(|| Err(bad_address(s)));
+        }
+        port
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Some(Ok(s.to_owned())),
+        _ => Some(Err(bad_address(s))),
+    }
+}
+
+fn bad_address(s: &str) -> crate::config::UsageError {
+    crate::config::UsageError(format!(
+        "{s:?} is not an address: expected HOST:PORT, e.g. 127.0.0.1:8080, [::1]:8080 or \
+         files.example.org:8080 (ports 1-65535)"
+    ))
 }
 
 /// Parses `123`, `64K`, `500M`, `4G`, `1T` (binary multiples; an optional `B`/`iB` is allowed).
@@ -399,19 +448,42 @@ mod tests {
     #[test]
     fn split_target_recognises_addresses() {
         let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let split = |a: &[&str], d: &str| split_target(&v(a), d).map_err(|e| e.0);
         assert_eq!(
-            split_target(&v(&["127.0.0.1:9", "hi"]), "d:1"),
-            ("127.0.0.1:9".into(), v(&["hi"]))
+            split(&["127.0.0.1:9", "hi"], "d:1"),
+            Ok(("127.0.0.1:9".into(), v(&["hi"])))
+        );
+        assert_eq!(split(&["[::1]:9"], "d:1"), Ok(("[::1]:9".into(), v(&[]))));
+        assert_eq!(
+            split(&["localhost:8097"], "d:1"),
+            Ok(("localhost:8097".into(), v(&[])))
         );
         assert_eq!(
-            split_target(&v(&["[::1]:9"]), "d:1"),
-            ("[::1]:9".into(), v(&[]))
+            split(&["files.example.org:80", "a/b.txt"], "d:1"),
+            Ok(("files.example.org:80".into(), v(&["a/b.txt"])))
+        );
+        assert_eq!(split(&["hello"], "d:1"), Ok(("d:1".into(), v(&["hello"]))));
+        assert_eq!(
+            split(&["movie.mp4"], "d:1"),
+            Ok(("d:1".into(), v(&["movie.mp4"])))
         );
         assert_eq!(
-            split_target(&v(&["hello"]), "d:1"),
-            ("d:1".into(), v(&["hello"]))
+            split(&["notes:draft"], "d:1"),
+            Ok(("d:1".into(), v(&["notes:draft"])))
         );
-        assert_eq!(split_target(&v(&[]), "d:1"), ("d:1".into(), v(&[])));
+        assert_eq!(split(&[], "d:1"), Ok(("d:1".into(), v(&[]))));
+        for bad in [
+            "localhost:99999",
+            "localhost:0",
+            "host:",
+            "[::1",
+            "[nope]:1",
+        ] {
+            assert!(split(&[bad], "d:1").is_err(), "{bad}");
+        }
+        // The flag's value must be an address too.
+        assert!(split(&["x"], "127.0.0.1").is_err());
+        assert!(split(&["x"], "127.0.0.1:99999").is_err());
     }
 
     #[test]

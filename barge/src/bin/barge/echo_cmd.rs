@@ -37,7 +37,7 @@ pub async fn serve(a: EchoServeArgs) -> Result<u8> {
 }
 
 pub async fn send(a: EchoSendArgs) -> Result<u8> {
-    let (target, messages) = split_target(&a.args, DEFAULT_ADDR);
+    let (target, messages) = split_target(&a.args, DEFAULT_ADDR)?;
     let mut session = EchoSession::new(
         &target,
         seconds(a.connect_timeout, "--connect-timeout")?,

@@ -23,13 +23,16 @@ pub const PARTIAL: u8 = 6;
 /// Interrupted by Ctrl-C (128 + SIGINT, as shells report it).
 pub const INTERRUPTED: u8 = 130;
 
-/// The code for a finished multi-file transfer.
+/// The code for a finished multi-file transfer: 6 when some things went and others did not, 1
+/// when nothing could even be read locally.
 pub fn for_report(report: &barge::client::v1::Report) -> u8 {
     use barge_proto::wire::Status;
-    if report.failed.is_empty() {
+    if report.failed.is_empty() && report.skipped.is_empty() {
         SUCCESS
     } else if report.files + report.folders > 0 {
         PARTIAL
+    } else if report.failed.is_empty() {
+        FAILURE
     } else if report
         .failed
         .iter()

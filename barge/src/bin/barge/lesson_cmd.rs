@@ -17,6 +17,7 @@ use crate::exit;
 use crate::progress::{self, Renderer};
 
 async fn connect(c: &ClientArgs) -> Result<barge::net::IdleTimeout<TcpStream>> {
+    crate::args::split_target(&[], &c.to)?;
     let config = ClientConfig::try_from(c)?;
     config.lesson_only()?;
     let stream = barge::net::connect(&c.to, config.connect_timeout)
@@ -82,7 +83,7 @@ pub async fn pick(a: PickArgs) -> Result<u8> {
         let path = &entries[index].path;
         if !a.legacy {
             if let Err(e) =
-                crate::v1_cmd::send_paths(&a.client, &a.transfer, vec![path.clone()]).await
+                crate::v1_cmd::send_paths(&a.client, &a.transfer, vec![path.clone()], false).await
             {
                 eprintln!("barge: error: {}", crate::describe(&e));
             }

@@ -46,7 +46,7 @@ pub async fn serve(a: UdpServeArgs) -> Result<u8> {
 }
 
 pub async fn send(a: UdpSendArgs) -> Result<u8> {
-    let (target, rest) = split_target(&a.args, DEFAULT_ADDR);
+    let (target, rest) = split_target(&a.args, DEFAULT_ADDR)?;
     let message = rest
         .first()
         .map_or("hello", String::as_str)

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use anyhow::{Result, bail};
-use barge::client::v1::{self, Event, Report};
+use barge::client::v1::{self, Event, Options, Report};
 use barge::store::OnConflict;
 use indicatif::ProgressBar;
 use serde_json::json;
@@ -18,13 +18,12 @@ use crate::exit;
 use crate::progress::{file_bar, printable};
 
 /// A server given positionally wins over `--to`; `--to` is the default otherwise.
-fn target(args: &[String], c: &ClientArgs) -> (String, Vec<String>) {
-    let (addr, rest) = split_target(args, &c.to);
-    (addr, rest)
+fn target(args: &[String], c: &ClientArgs) -> Result<(String, Vec<String>)> {
+    Ok(split_target(args, &c.to)?)
 }
 
 pub async fn send(a: SendArgs) -> Result<u8> {
-    send_paths(&a.client, &a.transfer, a.files).await
+    send_paths(&a.client, &a.transfer, a.files, a.follow_links).await
 }
 
 /// Uploads files and folders with barge's protocol and renders the outcome.
@@ -32,18 +31,23 @@ pub async fn send_paths(
     client: &ClientArgs,
     t: &TransferArgs,
     paths: Vec<std::path::PathBuf>,
+    follow_links: bool,
 ) -> Result<u8> {
+    let (addr, _) = split_target(&[], &client.to)?;
     let c = ClientConfig::try_from(client)?;
-    let opts = c.options(Some(t));
+    let opts = Options {
+        follow_links,
+        ..c.options(Some(t))
+    };
     let mut view = View::new(client.progress, t.json, "sent");
     let started = Instant::now();
-    let dial = c.dial(&client.to)?;
+    let dial = c.dial(&addr)?;
     let result = v1::send(&dial, &paths, &opts, &mut |e| view.event(e)).await;
     view.finish(result, started)
 }
 
 pub async fn get(a: GetArgs) -> Result<u8> {
-    let (addr, names) = target(&a.args, &a.client);
+    let (addr, names) = target(&a.args, &a.client)?;
     if names.is_empty() {
         bail!("name at least one file or folder to get");
     }
@@ -62,7 +66,7 @@ pub async fn get(a: GetArgs) -> Result<u8> {
 }
 
 pub async fn ls(a: LsArgs) -> Result<u8> {
-    let (addr, rest) = match split_target(&a.args, &a.client.to) {
+    let (addr, rest) = match split_target(&a.args, &a.client.to)? {
         (addr, rest) if rest.len() <= 1 => (addr, rest),
         _ => bail!("ls takes at most a server and one path"),
     };
@@ -103,18 +107,16 @@ pub async fn ls(a: LsArgs) -> Result<u8> {
             "barge: {addr} refused to list {path:?}: {}",
             printable(&message)
         );
-        return Ok(if status == barge_proto::wire::Status::NotFound {
-            exit::FAILURE
-        } else {
-            exit::REFUSED
-        });
+        // Not found, forbidden, not a folder: the server refused (README: 4).
+        let _ = status;
+        return Ok(exit::REFUSED);
     }
     out.flush()?;
     Ok(exit::SUCCESS)
 }
 
 pub async fn bench(a: BenchArgs) -> Result<u8> {
-    let (addr, _) = split_target(&a.args, &a.client.to);
+    let (addr, _) = split_target(&a.args, &a.client.to)?;
     let c = ClientConfig::try_from(&a.client)?;
     let opts = c.options(None);
     let dial = c.dial(&addr)?;
@@ -244,6 +246,16 @@ impl View {
                     wait_ms as f64 / 1000.0
                 );
             }
+            Event::Skipped { path, reason } => {
+                if let Some(bar) = self.bar.take() {
+                    bar.abandon();
+                }
+                eprintln!(
+                    "barge: skipped {}: {}",
+                    printable(&path),
+                    printable(&reason)
+                );
+            }
             Event::Failed {
                 path,
                 status,
@@ -274,15 +286,20 @@ impl View {
                         "{}",
                         json!({"event": "summary", "files": report.files, "folders": report.folders,
                                "bytes": report.bytes, "transferred": report.transferred,
-                               "failed": report.failed.len(), "retries": report.retries, "secs": secs})
+                               "failed": report.failed.len(), "skipped": report.skipped.len(),
+                               "retries": report.retries, "secs": secs})
                     );
-                } else if report.files + report.folders > 1 || !report.failed.is_empty() {
+                } else if report.files + report.folders > 1
+                    || !report.failed.is_empty()
+                    || !report.skipped.is_empty()
+                {
                     eprintln!(
-                        "barge: {} files ({} bytes) and {} folders in {secs:.2}s; {} failed",
+                        "barge: {} files ({} bytes) and {} folders in {secs:.2}s; {} failed, {} skipped",
                         report.files,
                         report.bytes,
                         report.folders,
-                        report.failed.len()
+                        report.failed.len(),
+                        report.skipped.len()
                     );
                 }
                 Ok(exit::for_report(&report))

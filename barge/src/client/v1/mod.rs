@@ -67,6 +67,8 @@ pub struct Options {
     /// The writer threads of downloads: the caller waits on them before exiting, so that an
     /// interrupted download saves its resume point.
     pub writers: Writers,
+    /// Follow symbolic links when sending (each real folder once); without, links are skipped.
+    pub follow_links: bool,
 }
 
 /// Default of [`Options::max_listed`]: ten million entries (a listing kept in memory for `get`
@@ -83,6 +85,7 @@ impl Default for Options {
             token: None,
             max_listed: MAX_LISTED,
             writers: Writers::default(),
+            follow_links: false,
         }
     }
 }
@@ -138,6 +141,14 @@ pub enum Event {
         /// Pause before it.
         wait_ms: u64,
         /// What went wrong.
+        reason: String,
+    },
+    /// Something named to send cannot be sent (unreadable, a name the server would refuse, a
+    /// special file, a link not followed): left out, and the rest goes on.
+    Skipped {
+        /// The local path.
+        path: String,
+        /// Why.
         reason: String,
     },
     /// A file or folder was refused or failed for good.
@@ -218,6 +229,21 @@ impl Report {
         });
         self.failed.push((path.to_owned(), status, message));
     }
+
+    /// Records a local item left out and tells the caller's event handler.
+    pub(super) fn skip(
+        &mut self,
+        path: &Path,
+        reason: String,
+        on_event: &mut (dyn FnMut(Event) + Send),
+    ) {
+        let shown = path.display().to_string();
+        on_event(Event::Skipped {
+            path: shown.clone(),
+            reason: reason.clone(),
+        });
+        self.skipped.push((shown, reason));
+    }
 }
 
 impl TransferError {
@@ -244,6 +270,8 @@ pub struct Report {
     pub transferred: u64,
     /// Items that failed: path, status, message.
     pub failed: Vec<(String, Status, String)>,
+    /// Local items left out: path, why.
+    pub skipped: Vec<(String, String)>,
     /// Reconnections made.
     pub retries: u32,
     /// Connections opened (a server never reached is not retried: it is reported at once).

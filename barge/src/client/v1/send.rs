@@ -17,24 +17,44 @@ pub(super) enum Job {
     },
 }
 
-/// Walks what the user named into folders and files with their remote paths. Symlinks are
-/// followed only to files inside the tree being sent; empty folders are kept.
-pub(super) fn plan(roots: &[PathBuf]) -> Result<Vec<Job>, TransferError> {
-    let local = |path: &Path, source| TransferError::Local {
-        path: path.to_owned(),
-        source,
-    };
+/// What the walk could not send, with why (reported as [`Event::Skipped`], counted in
+/// [`Report::skipped`]).
+pub(super) type Skipped = Vec<(PathBuf, String)>;
+
+/// Walks what the user named into folders and files with their remote paths; empty folders are
+/// kept. It keeps going past what cannot be sent (unreadable folders, names the server would
+/// refuse, special files, links unless followed), listing each; barge's own state (`.barge/`,
+/// `.barge-*` temporaries) is left out silently. With `follow_links`, links to files and folders
+/// are followed, each real folder once (no loops); without, each link is skipped and reported.
+pub(super) fn plan(roots: &[PathBuf], follow_links: bool) -> (Vec<Job>, Skipped) {
     let mut jobs = Vec::new();
+    let mut skipped = Vec::new();
+    let mut seen_dirs = std::collections::HashSet::new();
     for root in roots {
-        let meta = std::fs::metadata(root).map_err(|e| local(root, e))?;
-        let name = root
+        let meta = match std::fs::metadata(root) {
+            Ok(m) => m,
+            Err(e) => {
+                skipped.push((root.clone(), e.to_string()));
+                continue;
+            }
+        };
+        let name = match root
             .canonicalize()
-            .map_err(|e| local(root, e))?
-            .file_name()
-            .and_then(|n| n.to_str())
-            .map(str::to_owned)
-            .ok_or_else(|| local(root, io::Error::other("has no UTF-8 file name")))?;
-        check_name(root, &name)?;
+            .map(|c| c.file_name().map(|n| n.to_owned()))
+        {
+            Ok(Some(n)) => n,
+            Ok(None) => {
+                skipped.push((root.clone(), "has no file name".into()));
+                continue;
+            }
+            Err(e) => {
+                skipped.push((root.clone(), e.to_string()));
+                continue;
+            }
+        };
+        let Some(name) = usable_name(root, &name, &mut skipped) else {
+            continue;
+        };
         if meta.is_file() {
             jobs.push(Job::File {
                 local: root.clone(),
@@ -43,65 +63,99 @@ pub(super) fn plan(roots: &[PathBuf]) -> Result<Vec<Job>, TransferError> {
             });
             continue;
         }
-        let top = root.canonicalize().map_err(|e| local(root, e))?;
+        if !meta.is_dir() {
+            skipped.push((root.clone(), "not a regular file or folder".into()));
+            continue;
+        }
         jobs.push(Job::Folder {
             remote: name.clone(),
         });
+        if let Ok(real) = root.canonicalize() {
+            seen_dirs.insert(real);
+        }
         let mut stack = vec![(root.clone(), name)];
         while let Some((dir, remote)) = stack.pop() {
-            let mut items: Vec<_> = std::fs::read_dir(&dir)
-                .map_err(|e| local(&dir, e))?
-                .collect::<Result<_, _>>()
-                .map_err(|e| local(&dir, e))?;
+            let items = std::fs::read_dir(&dir).and_then(|r| r.collect::<Result<Vec<_>, _>>());
+            let mut items = match items {
+                Ok(items) => items,
+                Err(e) => {
+                    skipped.push((dir, e.to_string()));
+                    continue;
+                }
+            };
             items.sort_by_key(|e| e.file_name());
             for item in items {
                 let path = item.path();
-                let name = item
-                    .file_name()
-                    .into_string()
-                    .map_err(|_| local(&path, io::Error::other("name is not valid UTF-8")))?;
-                check_name(&path, &name)?;
+                let raw = item.file_name();
+                if let Some(n) = raw.to_str()
+                    && (n == ".barge" || n.starts_with(barge_proto::name::RESERVED_PREFIX))
+                {
+                    continue; // barge's own state: never the user's data
+                }
+                let Some(name) = usable_name(&path, &raw, &mut skipped) else {
+                    continue;
+                };
                 let child = format!("{remote}/{name}");
-                let lmeta = std::fs::symlink_metadata(&path).map_err(|e| local(&path, e))?;
-                if lmeta.is_symlink() {
-                    // Follow a link only to a file inside the tree: never out of it, never a loop.
-                    let target = path.canonicalize().ok();
-                    match target {
-                        Some(t) if t.starts_with(&top) && t.is_file() => {
-                            let size = std::fs::metadata(&t).map_err(|e| local(&path, e))?.len();
-                            jobs.push(Job::File {
-                                local: path,
-                                remote: child,
-                                size,
-                            });
-                        }
-                        _ => tracing::warn!(path = %path.display(), "symlink not followed"),
+                let lmeta = match std::fs::symlink_metadata(&path) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        skipped.push((path, e.to_string()));
+                        continue;
                     }
-                } else if lmeta.is_dir() {
+                };
+                let meta = if lmeta.is_symlink() {
+                    if !follow_links {
+                        skipped.push((path, "a symbolic link (--follow-links follows it)".into()));
+                        continue;
+                    }
+                    match std::fs::metadata(&path) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            skipped.push((path, format!("a broken link: {e}")));
+                            continue;
+                        }
+                    }
+                } else {
+                    lmeta
+                };
+                if meta.is_dir() {
+                    let real = path.canonicalize().unwrap_or_else(|_| path.clone());
+                    if !seen_dirs.insert(real) {
+                        skipped.push((path, "a folder already sent (a link loop)".into()));
+                        continue;
+                    }
                     jobs.push(Job::Folder {
                         remote: child.clone(),
                     });
                     stack.push((path, child));
-                } else if lmeta.is_file() {
+                } else if meta.is_file() {
                     jobs.push(Job::File {
                         local: path,
                         remote: child,
-                        size: lmeta.len(),
+                        size: meta.len(),
                     });
+                } else {
+                    skipped.push((path, "not a regular file or folder".into()));
                 }
             }
         }
     }
-    Ok(jobs)
+    (jobs, skipped)
 }
 
-pub(super) fn check_name(path: &Path, name: &str) -> Result<(), TransferError> {
-    barge_proto::name::validate_file_name(name)
-        .map(|_| ())
-        .map_err(|source| TransferError::Name {
-            path: path.to_owned(),
-            source,
-        })
+/// The name to send for `path`, or why not (recorded in `skipped`).
+fn usable_name(path: &Path, raw: &std::ffi::OsStr, skipped: &mut Skipped) -> Option<String> {
+    let Some(name) = raw.to_str() else {
+        skipped.push((path.to_owned(), "its name is not valid UTF-8".into()));
+        return None;
+    };
+    match barge_proto::name::validate_file_name(name) {
+        Ok(_) => Some(name.to_owned()),
+        Err(e) => {
+            skipped.push((path.to_owned(), format!("its name cannot be sent: {e}")));
+            None
+        }
+    }
 }
 
 /// Where one job stands across reconnections.
@@ -120,9 +174,15 @@ pub async fn send(
     opts: &Options,
     on_event: &mut (dyn FnMut(Event) + Send),
 ) -> Result<Report, TransferError> {
-    let jobs = plan(roots)?;
+    let (jobs, skipped) = plan(roots, opts.follow_links);
     let mut progress = vec![Progress::default(); jobs.len()];
     let mut report = Report::default();
+    for (path, reason) in skipped {
+        report.skip(&path, reason, on_event);
+    }
+    if jobs.is_empty() {
+        return Ok(report); // nothing to send: no need to reach the server
+    }
     with_retries(opts, &mut report, on_event, async |report, on_event| {
         let mut link = Link::open(dial, opts).await?;
         report.connections += 1;
@@ -195,10 +255,15 @@ pub(super) async fn send_round(
                 remote,
                 size,
             } => {
-                let file = File::open(local).map_err(|source| TransferError::Local {
-                    path: local.clone(),
-                    source,
-                })?;
+                let file = match File::open(local) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        // Unreadable since the walk: reported, and the rest goes on.
+                        progress[index].finished = true;
+                        report.skip(local, e.to_string(), on_event);
+                        continue;
+                    }
+                };
                 // Small files are pipelined without asking; larger ones may resume, and one whose
                 // reply was lost may be stored already, so for those ask first.
                 let from = if *size > CHUNK || progress[index].unanswered {
@@ -514,18 +579,25 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_tree_keeps_its_root_name_empty_folders_and_inner_links_to_files() {
+    fn tree() -> (tempfile::TempDir, PathBuf) {
         let d = tempfile::tempdir().unwrap();
         let root = d.path().join("photos");
         std::fs::create_dir_all(root.join("2024/empty")).unwrap();
         std::fs::write(root.join("a.jpg"), b"a").unwrap();
         std::fs::write(root.join("2024/b.jpg"), b"bb").unwrap();
         std::os::unix::fs::symlink(root.join("a.jpg"), root.join("2024/link.jpg")).unwrap();
-        let outside = d.path().join("secret");
-        std::fs::write(&outside, b"no").unwrap();
-        std::os::unix::fs::symlink(&outside, root.join("out.txt")).unwrap();
-        let jobs = shown(&plan(std::slice::from_ref(&root)).unwrap());
+        std::os::unix::fs::symlink(&root, root.join("2024/loop")).unwrap();
+        (d, root)
+    }
+
+    #[test]
+    fn a_tree_keeps_its_root_name_and_empty_folders_and_reports_links_it_does_not_follow() {
+        let (_d, root) = tree();
+        std::fs::create_dir_all(root.join(".barge/partial")).unwrap();
+        std::fs::write(root.join(".barge-0123.part"), b"x").unwrap();
+        std::fs::write(root.join("back\\slash.txt"), b"x").unwrap();
+        let (jobs, skipped) = plan(std::slice::from_ref(&root), false);
+        let jobs = shown(&jobs);
         let mut sorted = jobs.clone();
         sorted.sort();
         assert_eq!(
@@ -535,7 +607,6 @@ mod tests {
                 "photos/2024/",
                 "photos/2024/b.jpg=2",
                 "photos/2024/empty/",
-                "photos/2024/link.jpg=1",
                 "photos/a.jpg=1",
             ]
         );
@@ -544,17 +615,39 @@ mod tests {
         assert!(
             at("photos/") < at("photos/2024/") && at("photos/2024/") < at("photos/2024/b.jpg=2")
         );
+        // Each link and the bad name are reported; barge's own state is not.
+        let mut why: Vec<String> = skipped
+            .iter()
+            .map(|(p, _)| p.strip_prefix(&root).unwrap().display().to_string())
+            .collect();
+        why.sort();
+        assert_eq!(why, ["2024/link.jpg", "2024/loop", "back\\slash.txt"]);
         // One file is sent under its own name.
-        assert_eq!(shown(&plan(&[root.join("a.jpg")]).unwrap()), ["a.jpg=1"]);
+        let (one, none) = plan(&[root.join("a.jpg")], false);
+        assert_eq!((shown(&one), none.len()), (vec!["a.jpg=1".to_owned()], 0));
     }
 
     #[test]
-    fn a_missing_file_is_a_local_error_naming_it() {
+    fn followed_links_are_sent_and_a_loop_is_cut() {
+        let (_d, root) = tree();
+        let (jobs, skipped) = plan(std::slice::from_ref(&root), true);
+        let jobs = shown(&jobs);
+        assert!(
+            jobs.contains(&"photos/2024/link.jpg=1".to_owned()),
+            "{jobs:?}"
+        );
+        assert_eq!(skipped.len(), 1, "{skipped:?}");
+        assert!(skipped[0].0.ends_with("2024/loop") && skipped[0].1.contains("loop"));
+    }
+
+    #[test]
+    fn a_missing_root_or_an_unreadable_folder_is_reported_and_the_rest_goes_on() {
         let d = tempfile::tempdir().unwrap();
         let missing = d.path().join("nope");
-        match plan(std::slice::from_ref(&missing)) {
-            Err(TransferError::Local { path, .. }) => assert_eq!(path, missing),
-            other => panic!("{other:?}"),
-        }
+        let fine = d.path().join("fine.txt");
+        std::fs::write(&fine, b"ok").unwrap();
+        let (jobs, skipped) = plan(&[missing.clone(), fine], false);
+        assert_eq!(shown(&jobs), ["fine.txt=2"]);
+        assert_eq!(skipped[0].0, missing);
     }
 }
