@@ -101,6 +101,10 @@ pub enum Request {
         size: u64,
         /// First byte sent: 0, or the offset a `probe` returned.
         from: u64,
+        /// Replace the file stored at `path`, which must have this digest (hex): an update of
+        /// the version the client saw, never of one it did not.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replaces: Option<String>,
     },
     /// The last frame of a `put`: the whole file's BLAKE3 digest (hex).
     End {
@@ -541,6 +545,7 @@ mod tests {
             path: "dir/荷官.mp4".into(),
             size: 3,
             from: 0,
+            replaces: None,
         };
         encode_request(&req, &mut wire);
         let cv = crate::tree::chunk_cv(0, b"abc");

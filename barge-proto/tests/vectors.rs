@@ -49,6 +49,7 @@ fn vectors() -> Vec<(&'static str, Vec<u8>, Option<Frame>)> {
                 path: "dir/荷官.mp4".into(),
                 size: 3,
                 from: 0,
+                replaces: None,
             }),
         ),
         (
@@ -142,6 +143,19 @@ fn vectors() -> Vec<(&'static str, Vec<u8>, Option<Frame>)> {
                 path: "big.bin".into(),
                 size: 2_621_440,
                 from: 2_097_152,
+                replaces: None,
+            }),
+        ),
+        (
+            "put-replacing",
+            Frame::Request(Request::Put {
+                id: 9,
+                path: "notes.txt".into(),
+                size: 5,
+                from: 0,
+                replaces: Some(
+                    "ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f".into(),
+                ),
             }),
         ),
         (

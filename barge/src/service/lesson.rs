@@ -79,7 +79,14 @@ async fn receive_body<S: AsyncRead + Unpin>(
     // The lesson names a file, not a path: one component, no folders.
     validate_file_name(&header.file_name).map_err(|e| storage_err(StoreError::Name(e)))?;
     let mut file = session
-        .receive(&header.file_name, header.file_size, 0, Mode::Compute, false)
+        .receive(
+            &header.file_name,
+            header.file_size,
+            0,
+            Mode::Compute,
+            false,
+            None,
+        )
         .await
         .map_err(storage_err)?;
     let body = async {

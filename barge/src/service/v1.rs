@@ -79,6 +79,8 @@ enum State {
         data: BytesMut,
         cv: Option<Cv>,
         started: Instant,
+        /// The digest of the stored version this put replaces (an update).
+        replaces: Option<Cv>,
     },
     /// Put `id` was refused or failed (and its reply sent): its frames are dropped up to `end`.
     Skipping { id: u64 },
@@ -568,6 +570,7 @@ where
                         data,
                         cv,
                         started,
+                        replaces,
                         ..
                     } if put_id == id => {
                         let Some(digest) = parse_hex(&digest) else {
@@ -583,10 +586,9 @@ where
                         }
                         let target = path.clone();
                         let st = session.clone();
-                        let task =
-                            tokio::spawn(
-                                async move { st.store_small(&target, data, cv, digest).await },
-                            );
+                        let task = tokio::spawn(async move {
+                            st.store_small(&target, data, cv, digest, replaces).await
+                        });
                         conn.storing += size;
                         conn.queue.push_back(Pending::Store(Store {
                             id,
@@ -664,7 +666,18 @@ where
                 path,
                 size,
                 from,
+                replaces,
             }) => {
+                let replaces = match replaces.as_deref().map(parse_hex) {
+                    None => None,
+                    Some(Some(digest)) => Some(digest),
+                    Some(None) => {
+                        let why = "replaces is not 64 hex digits";
+                        send(conn, &Reply::error(id, Status::BadRequest, why)).await?;
+                        *state = State::Skipping { id };
+                        continue;
+                    }
+                };
                 if from == 0 && size <= WHOLE_MAX {
                     match session.admit(&path, size, 0) {
                         Ok(()) => {
@@ -675,6 +688,7 @@ where
                                 data: BytesMut::with_capacity(size as usize),
                                 cv: None,
                                 started: Instant::now(),
+                                replaces,
                             };
                         }
                         Err(e) => {
@@ -685,7 +699,10 @@ where
                     }
                     continue;
                 }
-                match session.receive(&path, size, from, Mode::Check, true).await {
+                match session
+                    .receive(&path, size, from, Mode::Check, true, replaces)
+                    .await
+                {
                     Ok(upload) => {
                         *state = State::Receiving {
                             id,

@@ -286,7 +286,9 @@ impl Session {
     }
 
     /// Admits an upload of `path` (`size` bytes, continuing from `from`) and starts receiving it.
-    /// `resumable: false` for a protocol that cannot come back for it.
+    /// `resumable: false` for a protocol that cannot come back for it. With `replaces`, the upload
+    /// is an update: it replaces the stored file, which must have that digest (see
+    /// [`Session::replacing`]).
     pub async fn receive(
         &self,
         path: &str,
@@ -294,27 +296,61 @@ impl Session {
         from: u64,
         mode: Mode,
         resumable: bool,
+        replaces: Option<Cv>,
     ) -> Result<Receiver, StoreError> {
+        let on_conflict = self.replacing(path, replaces).await?;
         let begin = Begin {
-            path: path.to_owned(),
-            size,
-            version: Version::Any,
             from,
             owner: self.peer.ip().to_string(),
             resumable,
-            on_conflict: self.core.policy.on_conflict,
+            on_conflict,
+            ..Begin::new(path, size)
         };
-        receive(self.store.as_ref(), &self.core.policy, begin, mode).await
+        let policy = Policy {
+            on_conflict,
+            ..self.core.policy.as_ref().clone()
+        };
+        receive(self.store.as_ref(), &policy, begin, mode).await
+    }
+
+    /// The conflict policy for an upload of `path`: the server's, or, for an update of the
+    /// version whose digest is `replaces`, overwrite — if that version is still the one stored
+    /// and the server ever replaces files (not under `OnConflict::Fail`). Two updates of one
+    /// version at once both pass this check; the last to finish wins, as with any overwrite.
+    pub async fn replacing(
+        &self,
+        path: &str,
+        replaces: Option<Cv>,
+    ) -> Result<OnConflict, StoreError> {
+        let Some(expected) = replaces else {
+            return Ok(self.core.policy.on_conflict);
+        };
+        if self.core.policy.on_conflict == OnConflict::Fail {
+            return Err(StoreError::Conflict(format!(
+                "{path} (this server never replaces files)"
+            )));
+        }
+        match self.store.stat(path).await? {
+            Some(meta) if meta.digest == expected => Ok(OnConflict::Overwrite),
+            Some(_) => Err(StoreError::Conflict(format!(
+                "{path} (it changed since it was listed)"
+            ))),
+            None => Err(StoreError::Conflict(format!(
+                "{path} (not stored: nothing to replace)"
+            ))),
+        }
     }
 
     /// Stores a small file (at most one chunk) received whole: checks its chunk's CV (`None` for
-    /// an empty file) when the sender declared one, and its digest, then publishes it.
+    /// an empty file) when the sender declared one, and its digest, then publishes it (replacing
+    /// the version `replaces` names, as [`Session::receive`] does).
     pub async fn store_small(
         &self,
         path: &str,
         data: Bytes,
         cv: Option<Cv>,
         digest: Cv,
+        replaces: Option<Cv>,
     ) -> Result<Stored, StoreError> {
         let size = data.len() as u64;
         admit(&self.core.policy, path, size, 0)?;
@@ -339,9 +375,8 @@ impl Session {
                 "the file's digest does not match the sender's".into(),
             ));
         }
-        self.store
-            .put_small(path, data, digest, self.core.policy.on_conflict)
-            .await
+        let on_conflict = self.replacing(path, replaces).await?;
+        self.store.put_small(path, data, digest, on_conflict).await
     }
 
     /// Creates a folder.

@@ -59,7 +59,7 @@ async fn a_checked_upload_is_stored_with_the_b3sum_digest() {
     let s = core.session(peer());
     let data = body(1, 3 * CHUNK + 17);
     let mut r = s
-        .receive("a/b.bin", data.len() as u64, 0, Mode::Check, true)
+        .receive("a/b.bin", data.len() as u64, 0, Mode::Check, true, None)
         .await
         .unwrap();
     send_checked(&mut r, &data, 0..4, 100_000).await.unwrap();
@@ -75,7 +75,7 @@ async fn computed_cvs_take_any_split_of_the_bytes() {
     let s = core.session(peer());
     let data = body(2, 2 * CHUNK + 3);
     let mut r = s
-        .receive("c.bin", data.len() as u64, 0, Mode::Compute, false)
+        .receive("c.bin", data.len() as u64, 0, Mode::Compute, false, None)
         .await
         .unwrap();
     for p in data.chunks(333_333) {
@@ -92,7 +92,7 @@ async fn a_corrupted_chunk_is_refused_at_its_end_and_the_upload_resumes_after_th
     let data = body(3, 3 * CHUNK);
     let size = data.len() as u64;
     let mut r = s
-        .receive("r.bin", size, 0, Mode::Check, true)
+        .receive("r.bin", size, 0, Mode::Check, true, None)
         .await
         .unwrap();
     send_checked(&mut r, &data, 0..1, 1 << 16).await.unwrap();
@@ -113,7 +113,7 @@ async fn a_corrupted_chunk_is_refused_at_its_end_and_the_upload_resumes_after_th
         prefix_digest(&[chunk_cv(0, &data[..CHUNK as usize])])
     );
     let mut r = s
-        .receive("r.bin", size, probe.offset, Mode::Check, true)
+        .receive("r.bin", size, probe.offset, Mode::Check, true, None)
         .await
         .unwrap();
     send_checked(&mut r, &data, 1..3, 1 << 20).await.unwrap();
@@ -131,7 +131,7 @@ async fn a_wrong_whole_digest_publishes_nothing_and_keeps_nothing() {
     let s = core.session(peer());
     let data = body(4, 2 * CHUNK + 1);
     let mut r = s
-        .receive("w.bin", data.len() as u64, 0, Mode::Check, true)
+        .receive("w.bin", data.len() as u64, 0, Mode::Check, true, None)
         .await
         .unwrap();
     send_checked(&mut r, &data, 0..3, 1 << 20).await.unwrap();
@@ -148,7 +148,7 @@ async fn an_early_end_keeps_the_verified_chunks() {
     let s = core.session(peer());
     let data = body(5, 3 * CHUNK);
     let mut r = s
-        .receive("e.bin", data.len() as u64, 0, Mode::Check, true)
+        .receive("e.bin", data.len() as u64, 0, Mode::Check, true, None)
         .await
         .unwrap();
     send_checked(&mut r, &data, 0..2, 1 << 20).await.unwrap();
@@ -173,7 +173,7 @@ async fn admission_refuses_before_the_store_is_asked() {
     });
     let s = core.session(peer());
     let refuse = async |path: &str, size, from| {
-        s.receive(path, size, from, Mode::Check, true)
+        s.receive(path, size, from, Mode::Check, true, None)
             .await
             .unwrap_err()
     };
@@ -196,6 +196,7 @@ async fn admission_refuses_before_the_store_is_asked() {
         Bytes::from_static(b"x"),
         Some(chunk_cv(0, b"x")),
         digest(b"x"),
+        None,
     )
     .await
     .unwrap();
@@ -217,6 +218,7 @@ async fn small_files_are_checked_before_they_are_stored() {
             Bytes::from_static(b"abc"),
             Some(chunk_cv(0, b"abd")),
             digest(b"abc"),
+            None,
         )
         .await;
     assert!(matches!(e, Err(StoreError::Integrity(_))));
@@ -226,11 +228,12 @@ async fn small_files_are_checked_before_they_are_stored() {
             Bytes::from_static(b"abc"),
             Some(chunk_cv(0, b"abc")),
             digest(b"abd"),
+            None,
         )
         .await;
     assert!(matches!(e, Err(StoreError::Integrity(_))));
     assert_eq!(store.contents("s"), None);
-    s.store_small("empty", Bytes::new(), None, digest(b""))
+    s.store_small("empty", Bytes::new(), None, digest(b""), None)
         .await
         .unwrap();
     assert_eq!(store.contents("empty").unwrap().len(), 0);
@@ -259,6 +262,7 @@ async fn rights_and_roots_follow_the_token() {
         Bytes::from_static(b"a"),
         Some(chunk_cv(0, b"a")),
         digest(b"a"),
+        None,
     )
     .await
     .unwrap();
@@ -284,7 +288,7 @@ async fn downloads_are_read_with_each_chunks_cv_and_can_be_conditional() {
     let s = core.session(peer());
     let data = body(6, 2 * CHUNK + 9);
     let mut r = s
-        .receive("d.bin", data.len() as u64, 0, Mode::Compute, false)
+        .receive("d.bin", data.len() as u64, 0, Mode::Compute, false, None)
         .await
         .unwrap();
     r.write(Bytes::from(data.clone())).await.unwrap();
@@ -317,4 +321,82 @@ async fn downloads_are_read_with_each_chunks_cv_and_can_be_conditional() {
         no_downloads.check(Action::Download),
         Err(Denied::Disabled("downloads are"))
     );
+}
+
+#[tokio::test]
+async fn an_update_replaces_only_the_version_it_names() {
+    let (core, store) = core(Policy::default());
+    let s = core.session(peer());
+    let put = async |data: &'static [u8], replaces| {
+        let cv = Some(chunk_cv(0, data));
+        s.store_small(
+            "n.txt",
+            Bytes::from_static(data),
+            cv,
+            digest(data),
+            replaces,
+        )
+        .await
+    };
+    put(b"one", None).await.unwrap();
+    // Without `replaces` the server's policy (rename) applies.
+    assert_eq!(put(b"two", None).await.unwrap().name, "n (1).txt");
+    // With it, the named version is replaced in place...
+    assert_eq!(
+        put(b"three", Some(digest(b"one"))).await.unwrap().name,
+        "n.txt"
+    );
+    assert_eq!(store.contents("n.txt").unwrap(), b"three"[..]);
+    // ...and a version that is no longer there is not.
+    assert!(matches!(
+        put(b"four", Some(digest(b"one"))).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.contents("n.txt").unwrap(), b"three"[..]);
+    // Big files too, through a receiver.
+    let data = body(8, CHUNK + 5);
+    let mut r = s
+        .receive(
+            "n.txt",
+            data.len() as u64,
+            0,
+            Mode::Compute,
+            true,
+            Some(digest(b"three")),
+        )
+        .await
+        .unwrap();
+    r.write(Bytes::from(data.clone())).await.unwrap();
+    assert_eq!(r.finish(None).await.unwrap().name, "n.txt");
+    assert_eq!(store.contents("n.txt").unwrap(), data);
+    assert_eq!(
+        store.used(),
+        data.len() as u64 + 3,
+        "the replaced bytes left the quota count"
+    );
+    // A server that never replaces files refuses updates.
+    let (strict, _) = super::tests::core(Policy {
+        on_conflict: OnConflict::Fail,
+        ..Policy::default()
+    });
+    let t = strict.session(peer());
+    t.store_small(
+        "x",
+        Bytes::from_static(b"1"),
+        Some(chunk_cv(0, b"1")),
+        digest(b"1"),
+        None,
+    )
+    .await
+    .unwrap();
+    let e = t
+        .store_small(
+            "x",
+            Bytes::from_static(b"2"),
+            Some(chunk_cv(0, b"2")),
+            digest(b"2"),
+            Some(digest(b"1")),
+        )
+        .await;
+    assert!(matches!(e, Err(StoreError::Conflict(_))));
 }

@@ -9,7 +9,7 @@ use barge::auth::{FailureBrake, Tokens};
 use barge::client::v1::{self, Options, Report, Tcp, TransferError};
 use barge::server::ServerConfig;
 use barge::service::files::FileService;
-use barge::store::{LocalConfig, LocalStore, OnConflict, Quota};
+use barge::store::{LocalConfig, LocalStore, Quota};
 use barge::throttle::Bucket;
 use barge::tls::{Fingerprint, Trust};
 use barge_proto::wire::Status;
@@ -41,6 +41,7 @@ fn opts(token: Option<&str>) -> Options {
         max_listed: v1::MAX_LISTED,
         writers: Default::default(),
         follow_links: false,
+        on_existing: Default::default(),
     }
 }
 
@@ -167,7 +168,6 @@ async fn a_download_only_token_gets_files_by_name_but_cannot_list_folders() {
                 &dial,
                 &names,
                 &out,
-                OnConflict::Rename,
                 &opts(Some(TOKEN_DOWNLOAD)),
                 &mut |_| {},
             )
@@ -255,7 +255,6 @@ async fn rights_and_root_folders_follow_the_token() {
         &dial,
         &["a.txt".to_owned()],
         out.path(),
-        OnConflict::Rename,
         &opts(Some(TOKEN_UPLOAD)),
         &mut |_| {},
     )
@@ -289,7 +288,6 @@ async fn rights_and_root_folders_follow_the_token() {
         &dial,
         &["../a.txt".to_owned()],
         out.path(),
-        OnConflict::Rename,
         &opts(Some(TOKEN_ALICE)),
         &mut |_| {},
     )

@@ -27,6 +27,7 @@ fn opts() -> Options {
         max_listed: v1::MAX_LISTED,
         writers: Default::default(),
         follow_links: false,
+        on_existing: Default::default(),
     }
 }
 
@@ -159,7 +160,6 @@ async fn in_memory_send_list_get_round_trip() {
         &dial,
         &["tree".into(), "one.bin".into()],
         out.path(),
-        OnConflict::Rename,
         &opts(),
         &mut |_| {},
     )
@@ -218,7 +218,6 @@ async fn five_thousand_files_send_ls_get_over_sockets() {
             &tcp(server.addr),
             &["many".into()],
             out.path(),
-            OnConflict::Rename,
             &opts(),
             &mut |_| {},
         ),
@@ -437,7 +436,6 @@ async fn a_cut_download_resumes_from_the_local_partial() {
             &tcp(proxy.addr),
             &["film.bin".into()],
             out.path(),
-            OnConflict::Rename,
             &opts(),
             &mut |e| events.push(e),
         ),
@@ -480,7 +478,6 @@ async fn a_corrupted_download_heals() {
             &tcp(proxy.addr),
             &["f.bin".into()],
             out.path(),
-            OnConflict::Rename,
             &opts(),
             &mut |_| {},
         ),
@@ -514,7 +511,6 @@ async fn downloads_can_be_disabled() {
         &tcp(server.addr),
         &["x".into()],
         out.path(),
-        OnConflict::Rename,
         &opts(),
         &mut |_| {},
     )
@@ -1117,20 +1113,29 @@ async fn a_lost_reply_after_the_file_was_stored_does_not_store_it_twice() {
     let small = src.path().join("once.txt");
     std::fs::write(&small, b"stored exactly once").unwrap();
     let big = big_file(src.path(), "once.bin", 3 << 20);
-    // A large file is probed first: its put's reply comes after the probe's.
-    let probe_reply = {
+    // The client first lists what the server has of it (nothing yet: the reply is not_found),
+    // then a large file is probed: its put's reply comes after those.
+    let encoded = |reply: barge_proto::wire::Reply| {
         let mut b = bytes::BytesMut::new();
-        let reply = barge_proto::wire::Reply {
-            offset: Some(0),
-            prefix: Some(barge_proto::tree::hex(&barge_proto::tree::prefix_digest(
-                &[],
-            ))),
-            ..barge_proto::wire::Reply::ok(2)
-        };
         barge_proto::wire::encode_reply(&reply, &mut b);
         b.len() as u64
     };
-    for (file, before_put_reply) in [(small, 8), (big, 8 + probe_reply)] {
+    let not_listed = |name: &str| {
+        let why = format!("{name:?} not found");
+        encoded(barge_proto::wire::Reply::error(2, Status::NotFound, why))
+    };
+    let probe_reply = encoded(barge_proto::wire::Reply {
+        offset: Some(0),
+        prefix: Some(barge_proto::tree::hex(&barge_proto::tree::prefix_digest(
+            &[],
+        ))),
+        ..barge_proto::wire::Reply::ok(3)
+    });
+    let cuts = [
+        (small, 8 + not_listed("once.txt")),
+        (big, 8 + not_listed("once.bin") + probe_reply),
+    ];
+    for (file, before_put_reply) in cuts {
         // Everything up to the put's reply gets through; that reply (sent once the file was
         // stored) does not.
         let proxy = Proxy::start(
@@ -1166,14 +1171,15 @@ async fn progress_bars_are_off_when_piped_unless_forced() {
     let piped = run_blocking(barge().arg("send").arg(&file).args(["--to", &to])).await;
     assert!(piped.status.success());
     assert!(!String::from_utf8_lossy(&piped.stderr).contains("ETA"));
-    let forced =
-        run_blocking(
-            barge()
-                .arg("send")
-                .arg(&file)
-                .args(["--to", &to, "--progress", "always"]),
-        )
-        .await;
+    let forced = run_blocking(barge().arg("send").arg(&file).args([
+        "--to",
+        &to,
+        "--progress",
+        "always",
+        "--on-conflict",
+        "overwrite",
+    ]))
+    .await;
     assert!(forced.status.success());
     let err = String::from_utf8_lossy(&forced.stderr);
     assert!(err.contains("bar.bin") && err.contains("ETA"), "{err:?}");
@@ -1249,6 +1255,7 @@ async fn names_starting_with_barges_prefix_are_reserved() {
                 path: path.into(),
                 size: 1,
                 from: 0,
+                replaces: None,
             },
             &mut out,
         );
@@ -1523,5 +1530,165 @@ async fn a_listing_the_token_forbids_exits_4() {
         Some(4),
         "{}",
         String::from_utf8_lossy(&without.stderr)
+    );
+}
+
+/// Files below `dir`, relative, sorted (the state folder left out).
+fn names_below(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(dir).unwrap().display().to_string();
+            if rel.starts_with(".barge") {
+                continue;
+            }
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(rel);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sending_a_folder_again_sends_only_what_changed_and_replaces_it_in_place() {
+    let src = tempfile::tempdir().unwrap();
+    let server_dir = tempfile::tempdir().unwrap();
+    let tree = src.path().join("share");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    for i in 0..20u64 {
+        std::fs::write(
+            tree.join(format!("sub/f{i}.txt")),
+            content(i, 3000 + i as usize),
+        )
+        .unwrap();
+    }
+    std::fs::write(tree.join("big.bin"), content(99, 3 << 20)).unwrap();
+    let dial = Memory(memory_service(server_dir.path()));
+    let first = v1::send(&dial, std::slice::from_ref(&tree), &opts(), &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!((first.files, first.unchanged), (21, 0));
+
+    // Unchanged: nothing moves, nothing is stored twice.
+    let again = v1::send(&dial, std::slice::from_ref(&tree), &opts(), &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.files, again.unchanged, again.transferred),
+        (0, 21, 0),
+        "{again:?}"
+    );
+    let before = names_below(&server_dir.path().join("share"));
+    assert_eq!(before.len(), 21);
+
+    // Two files changed (one in place, one in size): they replace the old versions.
+    std::fs::write(tree.join("sub/f3.txt"), content(200, 3003)).unwrap();
+    std::fs::write(tree.join("big.bin"), content(98, (3 << 20) + 7)).unwrap();
+    let update = v1::send(&dial, std::slice::from_ref(&tree), &opts(), &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        (update.files, update.updated, update.unchanged),
+        (2, 2, 19),
+        "{update:?}"
+    );
+    assert_eq!(
+        names_below(&server_dir.path().join("share")),
+        before,
+        "no (1) copies"
+    );
+    assert_eq!(
+        std::fs::read(server_dir.path().join("share/sub/f3.txt")).unwrap(),
+        content(200, 3003)
+    );
+    assert_eq!(
+        std::fs::read(server_dir.path().join("share/big.bin")).unwrap(),
+        content(98, (3 << 20) + 7)
+    );
+
+    // --on-conflict rename keeps both; skip and fail leave the server's version.
+    std::fs::write(tree.join("sub/f4.txt"), content(201, 10)).unwrap();
+    let with = |on_existing| v1::Options {
+        on_existing,
+        ..opts()
+    };
+    let skip = v1::send(
+        &dial,
+        std::slice::from_ref(&tree),
+        &with(v1::OnExisting::Skip),
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!((skip.files, skip.skipped.len()), (0, 1));
+    let fail = v1::send(
+        &dial,
+        std::slice::from_ref(&tree),
+        &with(v1::OnExisting::Fail),
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(fail.failed[0].1, Status::Conflict);
+    let rename = v1::send(
+        &dial,
+        std::slice::from_ref(&tree),
+        &with(v1::OnExisting::Rename),
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(rename.files, 1);
+    assert_eq!(
+        std::fs::read(server_dir.path().join("share/sub/f4 (1).txt")).unwrap(),
+        content(201, 10)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn getting_a_folder_again_fetches_only_what_changed_and_replaces_it_in_place() {
+    let server_dir = tempfile::tempdir().unwrap();
+    let tree = server_dir.path().join("share");
+    std::fs::create_dir_all(&tree).unwrap();
+    for i in 0..10u64 {
+        std::fs::write(tree.join(format!("f{i}.txt")), content(i, 5000)).unwrap();
+    }
+    std::fs::write(tree.join("big.bin"), content(50, 2 << 20)).unwrap();
+    let dial = Memory(memory_service(server_dir.path()));
+    let out = tempfile::tempdir().unwrap();
+    let get = async || {
+        v1::get(&dial, &["share".into()], out.path(), &opts(), &mut |_| {})
+            .await
+            .unwrap()
+    };
+    let first = get().await;
+    assert_eq!((first.files, first.unchanged), (11, 0));
+    let again = get().await;
+    assert_eq!(
+        (again.files, again.unchanged, again.transferred),
+        (0, 11, 0),
+        "{again:?}"
+    );
+    std::fs::write(tree.join("f2.txt"), content(77, 5000)).unwrap();
+    let update = get().await;
+    assert_eq!(
+        (update.files, update.updated, update.unchanged),
+        (1, 1, 10),
+        "{update:?}"
+    );
+    assert_eq!(
+        names_below(&out.path().join("share")).len(),
+        11,
+        "no (1) copies"
+    );
+    assert_eq!(
+        std::fs::read(out.path().join("share/f2.txt")).unwrap(),
+        content(77, 5000)
     );
 }

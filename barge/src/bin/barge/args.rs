@@ -270,6 +270,26 @@ pub struct TransferArgs {
     /// One JSON object per line on stdout (events, then a summary) instead of text.
     #[arg(long)]
     pub json: bool,
+    /// A file the destination already has: identical files are always left alone; a different
+    /// one is replaced (update), kept (skip), stored beside it as "name (1)" (rename), reported
+    /// (fail); overwrite sends everything again.
+    #[arg(long, value_enum, default_value_t = Existing::Update, value_name = "POLICY")]
+    pub on_conflict: Existing,
+}
+
+/// `--on-conflict` of `send` and `get` (see `barge::client::v1::OnExisting`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Existing {
+    /// Same content: leave it; other content: replace it atomically.
+    Update,
+    /// Leave whatever is there.
+    Skip,
+    /// Same content: leave it; other content: keep both ("name (1)").
+    Rename,
+    /// Send everything and replace.
+    Overwrite,
+    /// Same content: leave it; other content: report a conflict.
+    Fail,
 }
 
 #[derive(Debug, clap::Args)]
@@ -299,7 +319,7 @@ pub struct GetArgs {
     /// Folder to download into.
     #[arg(short = 'o', long = "out", default_value = ".")]
     pub out: PathBuf,
-    /// Replace local files of the same name (default: keep both, as "name (1)").
+    /// Same as --on-conflict overwrite (fetch everything again and replace).
     #[arg(long)]
     pub overwrite: bool,
     #[command(flatten)]

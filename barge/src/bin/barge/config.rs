@@ -13,11 +13,11 @@ use barge::service::files::lesson_format_by_default;
 use barge::store::{LocalConfig, OnConflict};
 use barge::transfer::Policy;
 
-use barge::client::v1::{Options, Tcp};
+use barge::client::v1::{OnExisting, Options, Tcp};
 use barge::throttle::Bucket;
 use barge::tls::{Fingerprint, Trust};
 
-use crate::args::{ClientArgs, Conflict, FrameworkArgs, ServeArgs, TransferArgs};
+use crate::args::{ClientArgs, Conflict, Existing, FrameworkArgs, ServeArgs, TransferArgs};
 
 /// An argument value that cannot be used (after clap's own parsing).
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +185,13 @@ impl ClientConfig {
             connect_timeout: self.connect_timeout,
             io_timeout: self.io_timeout,
             retries: t.map_or(defaults.retries, |t| t.retries),
+            on_existing: match t.map(|t| t.on_conflict) {
+                None | Some(Existing::Update) => OnExisting::Update,
+                Some(Existing::Skip) => OnExisting::Skip,
+                Some(Existing::Rename) => OnExisting::Rename,
+                Some(Existing::Overwrite) => OnExisting::Overwrite,
+                Some(Existing::Fail) => OnExisting::Fail,
+            },
             token: self.token.clone(),
             writers: crate::writers().clone(),
             ..defaults

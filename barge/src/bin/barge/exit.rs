@@ -29,7 +29,7 @@ pub fn for_report(report: &barge::client::v1::Report) -> u8 {
     use barge_proto::wire::Status;
     if report.failed.is_empty() && report.skipped.is_empty() {
         SUCCESS
-    } else if report.files + report.folders > 0 {
+    } else if report.files + report.folders + report.unchanged > 0 {
         PARTIAL
     } else if report.failed.is_empty() {
         FAILURE

@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use barge::client::v1::{self, Event, Options, Report};
-use barge::store::OnConflict;
 use indicatif::ProgressBar;
 use serde_json::json;
 
@@ -52,16 +51,14 @@ pub async fn get(a: GetArgs) -> Result<u8> {
         bail!("name at least one file or folder to get");
     }
     let c = ClientConfig::try_from(&a.client)?;
-    let opts = c.options(Some(&a.transfer));
-    let policy = if a.overwrite {
-        OnConflict::Overwrite
-    } else {
-        OnConflict::Rename
-    };
+    let mut opts = c.options(Some(&a.transfer));
+    if a.overwrite {
+        opts.on_existing = v1::OnExisting::Overwrite;
+    }
     let mut view = View::new(a.client.progress, a.transfer.json, "got");
     let started = Instant::now();
     let dial = c.dial(&addr)?;
-    let result = v1::get(&dial, &names, &a.out, policy, &opts, &mut |e| view.event(e)).await;
+    let result = v1::get(&dial, &names, &a.out, &opts, &mut |e| view.event(e)).await;
     view.finish(result, started)
 }
 
@@ -246,6 +243,8 @@ impl View {
                     wait_ms as f64 / 1000.0
                 );
             }
+            // Counted in the summary; `--json` lists each.
+            Event::Unchanged { .. } => {}
             Event::Skipped { path, reason } => {
                 if let Some(bar) = self.bar.take() {
                     bar.abandon();
@@ -286,18 +285,24 @@ impl View {
                         "{}",
                         json!({"event": "summary", "files": report.files, "folders": report.folders,
                                "bytes": report.bytes, "transferred": report.transferred,
+                               "unchanged": report.unchanged, "updated": report.updated,
                                "failed": report.failed.len(), "skipped": report.skipped.len(),
                                "retries": report.retries, "secs": secs})
                     );
-                } else if report.files + report.folders > 1
+                } else if report.files + report.folders + report.unchanged > 1
                     || !report.failed.is_empty()
                     || !report.skipped.is_empty()
                 {
                     eprintln!(
-                        "barge: {} files ({} bytes) and {} folders in {secs:.2}s; {} failed, {} skipped",
+                        "barge: {} files {} ({} updated), {} unchanged, {} folders; {} of {} bytes \
+                         moved in {secs:.2}s; {} failed, {} skipped",
                         report.files,
-                        report.bytes,
+                        self.verb,
+                        report.updated,
+                        report.unchanged,
                         report.folders,
+                        report.transferred,
+                        report.bytes,
                         report.failed.len(),
                         report.skipped.len()
                     );

@@ -20,13 +20,13 @@ pub(super) struct RemoteFile {
     digest: String,
 }
 
-/// Downloads files or folders into `out`, verified and resumable; never overwrites unless
-/// `on_conflict` says so.
+/// Downloads files or folders into `out`, verified and resumable. A local file with the same
+/// content is left alone; one with other content is treated as [`Options::on_existing`] says
+/// (replaced atomically by default).
 pub async fn get(
     dial: &dyn Dial,
     names: &[String],
     out: &Path,
-    on_conflict: OnConflict,
     opts: &Options,
     on_event: &mut (dyn FnMut(Event) + Send),
 ) -> Result<Report, TransferError> {
@@ -38,10 +38,7 @@ pub async fn get(
     })?;
     let getter = Getter {
         store,
-        policy: Policy {
-            on_conflict,
-            ..Policy::default()
-        },
+        on_existing: opts.on_existing,
     };
     let mut jobs: Option<Vec<GetJob>> = None;
     let mut finished: Vec<bool> = Vec::new();
@@ -133,7 +130,7 @@ pub(super) async fn plan_get(
 /// conflict policy, through the same transfer core a server receives with.
 pub(super) struct Getter {
     store: LocalStore,
-    policy: Policy,
+    on_existing: OnExisting,
 }
 
 /// What one `get` of a file found on the server.
@@ -155,10 +152,46 @@ impl Getter {
         report: &mut Report,
         on_event: &mut (dyn FnMut(Event) + Send),
     ) -> Result<(), TransferError> {
+        // What is here already: the same content is left alone (its digest is cached by barge when
+        // it stored it, so this is cheap); other content follows the policy.
+        let on_conflict = match self.store.stat(&file.local).await {
+            Ok(Some(mine)) => {
+                let same = mine.size == file.size && hex(&mine.digest) == file.digest;
+                match (self.on_existing, same) {
+                    (OnExisting::Overwrite, _) => OnConflict::Overwrite,
+                    (_, true) => {
+                        report.unchanged += 1;
+                        report.bytes += file.size;
+                        on_event(Event::Unchanged {
+                            path: file.remote.clone(),
+                            size: file.size,
+                        });
+                        return Ok(());
+                    }
+                    (OnExisting::Skip, false) => {
+                        let why = "exists here (--on-conflict skip)".to_owned();
+                        report.skip(Path::new(&file.local), why, on_event);
+                        return Ok(());
+                    }
+                    (OnExisting::Fail, false) => {
+                        let why = "exists here with other content (--on-conflict fail)".to_owned();
+                        report.fail(&file.remote, Status::Conflict, why, on_event);
+                        return Ok(());
+                    }
+                    (OnExisting::Rename, false) => OnConflict::Rename,
+                    (OnExisting::Update, false) => {
+                        report.updated += 1;
+                        OnConflict::Overwrite
+                    }
+                }
+            }
+            // Nothing there: if something appears meanwhile, keep both.
+            _ => OnConflict::Rename,
+        };
         let mut want = (file.size, file.digest.clone());
         for _ in 0..2 {
             match self
-                .fetch(link, file, want.0, &want.1, report, on_event)
+                .fetch(link, file, (want.0, &want.1), on_conflict, report, on_event)
                 .await?
             {
                 Fetched::Stored | Fetched::Refused => return Ok(()),
@@ -175,8 +208,8 @@ impl Getter {
         &self,
         link: &mut Link,
         file: &RemoteFile,
-        size: u64,
-        digest: &str,
+        (size, digest): (u64, &str),
+        on_conflict: OnConflict,
         report: &mut Report,
         on_event: &mut (dyn FnMut(Event) + Send),
     ) -> Result<Fetched, TransferError> {
@@ -226,16 +259,16 @@ impl Getter {
             offset: from,
         });
         let begin = Begin {
-            path: local.to_owned(),
-            size,
             version,
             from,
-            owner: String::new(),
-            resumable: true,
-            on_conflict: self.policy.on_conflict,
+            on_conflict,
+            ..Begin::new(local, size)
         };
-        let mut upload =
-            crate::transfer::receive(&self.store, &self.policy, begin, Mode::Check).await?;
+        let policy = Policy {
+            on_conflict,
+            ..Policy::default()
+        };
+        let mut upload = crate::transfer::receive(&self.store, &policy, begin, Mode::Check).await?;
         let mut done = from;
         let mut throttle = Throttle::new();
         for _ in from / CHUNK..chunk_count(size) {

@@ -20,7 +20,7 @@ mod send;
 pub use get::get;
 pub use link::{Dial, Dialing, Stream, Tcp};
 pub use list::{bench, list, list_each};
-pub use send::send;
+pub use send::{OnExisting, send};
 
 use link::{Incoming, Link};
 
@@ -69,6 +69,8 @@ pub struct Options {
     pub writers: Writers,
     /// Follow symbolic links when sending (each real folder once); without, links are skipped.
     pub follow_links: bool,
+    /// What happens to a file the destination already has.
+    pub on_existing: OnExisting,
 }
 
 /// Default of [`Options::max_listed`]: ten million entries (a listing kept in memory for `get`
@@ -86,6 +88,7 @@ impl Default for Options {
             max_listed: MAX_LISTED,
             writers: Writers::default(),
             follow_links: false,
+            on_existing: OnExisting::default(),
         }
     }
 }
@@ -150,6 +153,13 @@ pub enum Event {
         path: String,
         /// Why.
         reason: String,
+    },
+    /// A file the destination already has with the same content: not sent again.
+    Unchanged {
+        /// Relative path.
+        path: String,
+        /// Its size.
+        size: u64,
     },
     /// A file or folder was refused or failed for good.
     Failed {
@@ -272,6 +282,10 @@ pub struct Report {
     pub failed: Vec<(String, Status, String)>,
     /// Local items left out: path, why.
     pub skipped: Vec<(String, String)>,
+    /// Files the destination already had, identical: not sent (their bytes count in `bytes`).
+    pub unchanged: u64,
+    /// Of `files`, those that replaced another version at the destination.
+    pub updated: u64,
     /// Reconnections made.
     pub retries: u32,
     /// Connections opened (a server never reached is not retried: it is reported at once).

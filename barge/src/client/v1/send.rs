@@ -2,6 +2,7 @@
 //! settling each reply into the report (a file that failed verification is sent again).
 
 use super::link::SMALL_INLINE;
+use super::list::list_on;
 use super::*;
 
 /// One thing to upload.
@@ -165,6 +166,8 @@ pub(super) struct Progress {
     tries: u32,
     /// Its `end` was sent but no reply came before the connection died: it may be stored already.
     unanswered: bool,
+    /// The server's version it replaces, as decided when it was first sent.
+    replaces: Option<String>,
 }
 
 /// Uploads files and folders (each named root keeps its name on the server, folders their tree).
@@ -183,10 +186,26 @@ pub async fn send(
     if jobs.is_empty() {
         return Ok(report); // nothing to send: no need to reach the server
     }
+    let mut theirs: Option<Theirs> = None;
     with_retries(opts, &mut report, on_event, async |report, on_event| {
         let mut link = Link::open(dial, opts).await?;
         report.connections += 1;
-        send_pass(&mut link, &jobs, &mut progress, report, opts, on_event).await?;
+        if theirs.is_none() {
+            theirs = Some(their_files(&mut link, &jobs, opts.max_listed).await?);
+        }
+        let theirs = theirs
+            .as_ref()
+            .ok_or_else(|| TransferError::Protocol("no listing".into()))?;
+        send_pass(
+            &mut link,
+            &jobs,
+            theirs,
+            &mut progress,
+            report,
+            opts,
+            on_event,
+        )
+        .await?;
         link.close().await;
         Ok(())
     })
@@ -202,11 +221,103 @@ pub(super) struct Owed {
     digest: Option<Cv>,
     transferred: u64,
     started: Instant,
+    /// An update of a file the server had (a different version).
+    replacing: bool,
+}
+
+/// What the server already holds under the paths being sent: path -> (size, digest hex), from one
+/// listing of each root (empty where listing is refused: then everything is sent).
+pub(super) type Theirs = std::collections::HashMap<String, (u64, String)>;
+
+/// Lists what the server has under each root being sent.
+async fn their_files(
+    link: &mut Link,
+    jobs: &[Job],
+    max_listed: u64,
+) -> Result<Theirs, TransferError> {
+    let mut theirs = Theirs::new();
+    for job in jobs {
+        let (root, folder) = match job {
+            Job::Folder { remote } if !remote.contains('/') => (remote, true),
+            Job::File { remote, .. } if !remote.contains('/') => (remote, false),
+            _ => continue,
+        };
+        let Ok(entries) = list_on(link, root, true, max_listed).await? else {
+            continue; // not there yet, or not ours to list: send everything
+        };
+        for e in entries.into_iter().filter(|e| !e.dir) {
+            let path = if folder {
+                format!("{root}/{}", e.path)
+            } else if e.path == *root {
+                root.clone()
+            } else {
+                continue;
+            };
+            theirs.insert(path, (e.size, e.digest.unwrap_or_default()));
+        }
+    }
+    Ok(theirs)
+}
+
+/// How a file the server already has is treated (`--on-conflict`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnExisting {
+    /// Identical: left alone; different: replaced by ours (an update of the version listed).
+    #[default]
+    Update,
+    /// Left alone, whatever its content.
+    Skip,
+    /// Identical: left alone; different: ours is stored beside it under the server's rename rule.
+    Rename,
+    /// Replaced by ours, even when identical (everything is sent again).
+    Overwrite,
+    /// Identical: left alone; different: reported as a conflict, not sent.
+    Fail,
+}
+
+/// What to do with a file the server has as `theirs` (size, digest): `None` to send it as planned
+/// (with `replaces` set for an update), or the outcome that replaces sending.
+enum Decision {
+    Send { replaces: Option<String> },
+    Unchanged,
+    Skip(String),
+    Conflict(String),
+}
+
+async fn decide(
+    policy: OnExisting,
+    theirs: Option<&(u64, String)>,
+    size: u64,
+    file: &File,
+) -> Result<Decision, TransferError> {
+    let Some((their_size, their_digest)) = theirs else {
+        return Ok(Decision::Send { replaces: None });
+    };
+    let replace = || Decision::Send {
+        replaces: Some(their_digest.clone()),
+    };
+    if policy == OnExisting::Overwrite {
+        return Ok(replace());
+    }
+    // Size first: a file of another size is different without reading it.
+    let same = *their_size == size && parse_hex(their_digest) == Some(whole_digest(file).await?);
+    Ok(match (policy, same) {
+        (_, true) => Decision::Unchanged,
+        (OnExisting::Skip, false) => {
+            Decision::Skip("exists on the server (--on-conflict skip)".into())
+        }
+        (OnExisting::Fail, false) => Decision::Conflict(
+            "exists on the server with other content (--on-conflict fail)".into(),
+        ),
+        (OnExisting::Rename, false) => Decision::Send { replaces: None },
+        (OnExisting::Update | OnExisting::Overwrite, false) => replace(),
+    })
 }
 
 pub(super) async fn send_pass(
     link: &mut Link,
     jobs: &[Job],
+    theirs: &Theirs,
     progress: &mut [Progress],
     report: &mut Report,
     opts: &Options,
@@ -215,7 +326,7 @@ pub(super) async fn send_pass(
     // Files that failed verification are put back; each round sends them again, until every job
     // is finished (done, or failed too often: `settle` counts the tries).
     while progress.iter().any(|p| !p.finished) {
-        send_round(link, jobs, progress, report, opts, on_event).await?;
+        send_round(link, jobs, theirs, progress, report, opts, on_event).await?;
     }
     Ok(())
 }
@@ -224,6 +335,7 @@ pub(super) async fn send_pass(
 pub(super) async fn send_round(
     link: &mut Link,
     jobs: &[Job],
+    theirs: &Theirs,
     progress: &mut [Progress],
     report: &mut Report,
     opts: &Options,
@@ -248,6 +360,7 @@ pub(super) async fn send_round(
                     digest: None,
                     transferred: 0,
                     started: Instant::now(),
+                    replacing: false,
                 });
             }
             Job::File {
@@ -264,6 +377,34 @@ pub(super) async fn send_round(
                         continue;
                     }
                 };
+                let replaces = if progress[index].unanswered {
+                    progress[index].replaces.clone() // decided on an earlier connection
+                } else {
+                    match decide(opts.on_existing, theirs.get(remote), *size, &file).await? {
+                        Decision::Send { replaces } => replaces,
+                        Decision::Unchanged => {
+                            progress[index].finished = true;
+                            report.unchanged += 1;
+                            report.bytes += size;
+                            on_event(Event::Unchanged {
+                                path: remote.clone(),
+                                size: *size,
+                            });
+                            continue;
+                        }
+                        Decision::Skip(why) => {
+                            progress[index].finished = true;
+                            report.skip(local, why, on_event);
+                            continue;
+                        }
+                        Decision::Conflict(why) => {
+                            progress[index].finished = true;
+                            report.fail(remote, Status::Conflict, why, on_event);
+                            continue;
+                        }
+                    }
+                };
+                progress[index].replaces = replaces.clone();
                 // Small files are pipelined without asking; larger ones may resume, and one whose
                 // reply was lost may be stored already, so for those ask first.
                 let from = if *size > CHUNK || progress[index].unanswered {
@@ -290,8 +431,9 @@ pub(super) async fn send_round(
                 } else {
                     0
                 };
+                let at = PutAt { from, replaces };
                 let owed_entry =
-                    upload_file(link, index, remote, *size, file, from, on_event).await?;
+                    upload_file(link, index, remote, *size, file, at, on_event).await?;
                 owed.push_back(owed_entry);
                 progress[index].unanswered = true;
             }
@@ -314,11 +456,21 @@ pub(super) struct Resume {
 
 /// The BLAKE3 digest of a whole local file (read on a blocking thread).
 pub(super) async fn whole_digest(file: &File) -> Result<Cv, TransferError> {
-    let mut cloned = file.try_clone().map_err(TransferError::Lost)?;
+    // Positioned reads: a clone shares the file's offset, which the upload reads from next.
+    let cloned = file.try_clone().map_err(TransferError::Lost)?;
     tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
         let mut h = blake3::Hasher::new();
-        h.update_reader(&mut cloned)
-            .map(|h| *h.finalize().as_bytes())
+        let mut buf = vec![0u8; CHUNK as usize];
+        let mut at = 0;
+        loop {
+            let n = cloned.read_at(&mut buf, at)?;
+            if n == 0 {
+                return Ok(*h.finalize().as_bytes());
+            }
+            h.update(&buf[..n]);
+            at += n as u64;
+        }
     })
     .await
     .map_err(|e| TransferError::Lost(io::Error::other(e)))?
@@ -367,15 +519,23 @@ pub(super) async fn resume_point(
 }
 
 /// Sends one file from `from`: put, data, end. Returns what the server owes for it.
+/// Where a put starts, and the version it replaces (an update).
+pub(super) struct PutAt {
+    from: u64,
+    replaces: Option<String>,
+}
+
 pub(super) async fn upload_file(
     link: &mut Link,
     job: usize,
     remote: &str,
     size: u64,
     file: File,
-    from: u64,
+    at: PutAt,
     on_event: &mut (dyn FnMut(Event) + Send),
 ) -> Result<Owed, TransferError> {
+    let PutAt { from, replaces } = at;
+    let replacing = replaces.is_some();
     let id = link.id();
     let started = Instant::now();
     on_event(Event::Start {
@@ -388,6 +548,7 @@ pub(super) async fn upload_file(
         path: remote.to_owned(),
         size,
         from,
+        replaces,
     })
     .await?;
     let cloned = file.try_clone().map_err(TransferError::Lost)?;
@@ -454,6 +615,7 @@ pub(super) async fn upload_file(
                     digest: None,
                     transferred: done - from,
                     started,
+                    replacing,
                 });
             }
         }
@@ -474,6 +636,7 @@ pub(super) async fn upload_file(
         digest: Some(digest),
         transferred: size - from,
         started,
+        replacing,
     })
 }
 
@@ -534,6 +697,7 @@ pub(super) fn settle(
                         ));
                     }
                     report.files += 1;
+                    report.updated += u64::from(o.replacing);
                     report.bytes += size;
                     report.transferred += o.transferred;
                     on_event(Event::Done {

@@ -1448,7 +1448,7 @@ mod tests {
     ) -> Result<Stored, StoreError> {
         let core = Core::new(Arc::new(s.clone()), Policy::default());
         let session = core.unauthenticated("127.0.0.1:1".parse().unwrap());
-        session.store_small(path, data, cv, digest).await
+        session.store_small(path, data, cv, digest, None).await
     }
 
     const MIB: u64 = 1 << 20;
