@@ -105,6 +105,18 @@ pub enum Request {
         /// the version the client saw, never of one it did not.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         replaces: Option<String>,
+        /// With `replaces`: the chunks (by index, e.g. `0-4,7,9-1023`, see [`parse_chunk_set`])
+        /// the server takes from the version it replaces instead of receiving them; no data
+        /// frame is sent for them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reuse: Option<String>,
+    },
+    /// The chunk CVs of a stored file, in pages (see [`Reply::cvs`]): what an update compares.
+    Cvs {
+        /// Request id.
+        id: u64,
+        /// Relative path.
+        path: String,
     },
     /// The last frame of a `put`: the whole file's BLAKE3 digest (hex).
     End {
@@ -164,6 +176,7 @@ impl Request {
             Request::List { .. } => "list",
             Request::Bench { .. } => "bench",
             Request::Get { .. } => "get",
+            Request::Cvs { .. } => "cvs",
         }
     }
 
@@ -177,7 +190,8 @@ impl Request {
             | Request::Mkdir { id, .. }
             | Request::List { id, .. }
             | Request::Bench { id, .. }
-            | Request::Get { id, .. } => *id,
+            | Request::Get { id, .. }
+            | Request::Cvs { id, .. } => *id,
         }
     }
 }
@@ -264,9 +278,12 @@ pub struct Reply {
     /// list: a page of entries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entries: Option<Vec<Entry>>,
-    /// list: more pages follow.
+    /// list, cvs: more pages follow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub more: Option<bool>,
+    /// cvs: the next chunks' CVs, hex, concatenated (64 digits each), in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cvs: Option<String>,
 }
 
 impl Reply {
@@ -512,6 +529,69 @@ fn request_id(payload: &[u8]) -> Option<u64> {
         .filter(|&id| id > 0)
 }
 
+/// Parses a set of chunk indices, `0-4,7,9-1023` (ascending, not overlapping, each below
+/// `count`), into one flag per chunk.
+pub fn parse_chunk_set(s: &str, count: u64) -> Result<Vec<bool>, String> {
+    // Bounded before allocating: one flag per chunk of a declared size.
+    let len = usize::try_from(count).map_err(|_| "too many chunks".to_owned())?;
+    if count > (1 << 32) {
+        return Err("too many chunks".into());
+    }
+    let mut set = vec![false; len];
+    let mut next = 0u64;
+    if s.is_empty() {
+        return Ok(set);
+    }
+    for part in s.split(',') {
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (a, b),
+            None => (part, part),
+        };
+        let parse = |t: &str| {
+            if t.is_empty()
+                || !t.bytes().all(|c| c.is_ascii_digit())
+                || (t.len() > 1 && t.starts_with('0'))
+            {
+                return Err(format!("{part:?} is not a chunk index or range"));
+            }
+            t.parse::<u64>()
+                .map_err(|_| format!("{part:?} is out of range"))
+        };
+        let (a, b) = (parse(a)?, parse(b)?);
+        if a < next || b < a || b >= count {
+            return Err(format!("{part:?}: chunks must ascend, below {count}"));
+        }
+        for flag in &mut set[a as usize..=b as usize] {
+            *flag = true;
+        }
+        next = b + 1;
+    }
+    Ok(set)
+}
+
+/// The chunk set [`parse_chunk_set`] reads: ascending ranges of the flagged indices.
+pub fn format_chunk_set(flags: &[bool]) -> String {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < flags.len() {
+        if !flags[i] {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i + 1 < flags.len() && flags[i + 1] {
+            i += 1;
+        }
+        out.push(if start == i {
+            start.to_string()
+        } else {
+            format!("{start}-{i}")
+        });
+        i += 1;
+    }
+    out.join(",")
+}
+
 /// Splits a `/`-separated relative path into components, each checked with
 /// [`crate::name::validate_file_name`]. The empty path is the top folder (no components).
 pub fn split_path(path: &str) -> Result<Vec<&str>, crate::name::NameError> {
@@ -526,6 +606,29 @@ pub fn split_path(path: &str) -> Result<Vec<&str>, crate::name::NameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunk_sets_round_trip_and_refuse_what_is_not_one() {
+        let flags = parse_chunk_set("0-2,5,7-8", 10).unwrap();
+        assert_eq!(
+            flags,
+            [
+                true, true, true, false, false, true, false, true, true, false
+            ]
+        );
+        assert_eq!(format_chunk_set(&flags), "0-2,5,7-8");
+        assert_eq!(parse_chunk_set("", 3).unwrap(), [false; 3]);
+        assert_eq!(format_chunk_set(&[false, false]), "");
+        for bad in [
+            "3-1", "1,1", "2,1", "0-10", "10", "a", "-1", "01", "1-", ",", "0,,1",
+        ] {
+            assert!(parse_chunk_set(bad, 10).is_err(), "{bad}");
+        }
+        assert!(
+            parse_chunk_set("0", 1 << 40).is_err(),
+            "bounded before allocating"
+        );
+    }
 
     #[test]
     fn preface_is_never_a_lesson_length() {
@@ -546,6 +649,7 @@ mod tests {
             size: 3,
             from: 0,
             replaces: None,
+            reuse: None,
         };
         encode_request(&req, &mut wire);
         let cv = crate::tree::chunk_cv(0, b"abc");

@@ -24,6 +24,7 @@ fn wire_streams() -> impl Strategy<Value = Vec<u8>> {
                     size: n,
                     from: 0,
                     replaces: None,
+                    reuse: None,
                 };
                 wire::encode_request(&req, &mut out);
                 wire::encode_data_header(&[n as u8; 32], data, &mut out);
@@ -90,7 +91,7 @@ proptest! {
         flip in any::<prop::sample::Index>(),
     ) {
         let req = match which {
-            0 => Request::Put { id: n, path, size: n, from: 0, replaces: None },
+            0 => Request::Put { id: n, path, size: n, from: 0, replaces: None, reuse: None },
             1 => Request::Get {
                 id: n,
                 path,

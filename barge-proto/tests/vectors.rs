@@ -50,6 +50,7 @@ fn vectors() -> Vec<(&'static str, Vec<u8>, Option<Frame>)> {
                 size: 3,
                 from: 0,
                 replaces: None,
+                reuse: None,
             }),
         ),
         (
@@ -144,6 +145,7 @@ fn vectors() -> Vec<(&'static str, Vec<u8>, Option<Frame>)> {
                 size: 2_621_440,
                 from: 2_097_152,
                 replaces: None,
+                reuse: None,
             }),
         ),
         (
@@ -156,6 +158,7 @@ fn vectors() -> Vec<(&'static str, Vec<u8>, Option<Frame>)> {
                 replaces: Some(
                     "ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f".into(),
                 ),
+                reuse: None,
             }),
         ),
         (

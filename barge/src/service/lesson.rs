@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use super::files::{FileError, READ_CHUNK};
 use crate::server::Connection;
 use crate::store::StoreError;
-use crate::transfer::{Core, Mode, Session};
+use crate::transfer::{Core, Put, Session};
 
 /// Serves the lesson's format; `buf` holds the first bytes already read.
 pub async fn serve<S>(
@@ -78,17 +78,11 @@ async fn receive_body<S: AsyncRead + Unpin>(
     };
     // The lesson names a file, not a path: one component, no folders.
     validate_file_name(&header.file_name).map_err(|e| storage_err(StoreError::Name(e)))?;
-    let mut file = session
-        .receive(
-            &header.file_name,
-            header.file_size,
-            0,
-            Mode::Compute,
-            false,
-            None,
-        )
-        .await
-        .map_err(storage_err)?;
+    let put = Put {
+        resumable: false,
+        ..Put::new(&header.file_name, header.file_size)
+    };
+    let mut file = session.receive(put).await.map_err(storage_err)?;
     let body = async {
         loop {
             match decoder.decode(buf)? {

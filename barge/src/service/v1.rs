@@ -20,7 +20,7 @@ use tracing::{info, warn};
 use super::files::{FileError, FileService, READ_CHUNK};
 use crate::server::Connection;
 use crate::store::{StoreError, Stored};
-use crate::transfer::{Action, Denied, Mode, Receiver, SendError, Session};
+use crate::transfer::{Action, Denied, Mode, Put, Receiver, SendError, Session};
 
 /// Files up to this size are received into memory and stored in one step at their `end`: for
 /// thousands of small files, a writer thread and its hand-offs per file would cost more than the
@@ -667,7 +667,20 @@ where
                 size,
                 from,
                 replaces,
+                reuse,
             }) => {
+                let reuse = match reuse
+                    .map(|r| wire::parse_chunk_set(&r, barge_proto::tree::chunk_count(size)))
+                {
+                    None => None,
+                    Some(Ok(flags)) => Some(flags),
+                    Some(Err(why)) => {
+                        let why = format!("reuse: {why}");
+                        send(conn, &Reply::error(id, Status::BadRequest, why)).await?;
+                        *state = State::Skipping { id };
+                        continue;
+                    }
+                };
                 let replaces = match replaces.as_deref().map(parse_hex) {
                     None => None,
                     Some(Some(digest)) => Some(digest),
@@ -678,7 +691,7 @@ where
                         continue;
                     }
                 };
-                if from == 0 && size <= WHOLE_MAX {
+                if from == 0 && size <= WHOLE_MAX && reuse.is_none() {
                     match session.admit(&path, size, 0) {
                         Ok(()) => {
                             *state = State::Whole {
@@ -699,10 +712,14 @@ where
                     }
                     continue;
                 }
-                match session
-                    .receive(&path, size, from, Mode::Check, true, replaces)
-                    .await
-                {
+                let put = Put {
+                    from,
+                    mode: Mode::Check,
+                    replaces,
+                    reuse,
+                    ..Put::new(&path, size)
+                };
+                match session.receive(put).await {
                     Ok(upload) => {
                         *state = State::Receiving {
                             id,
@@ -754,6 +771,10 @@ where
                     let reply = Reply::error(id, denied_status(&denied), denied.to_string());
                     send(conn, &reply).await?;
                 }
+            },
+            Frame::Request(Request::Cvs { id, path }) => match session.chunk_cvs(&path).await {
+                Ok((meta, cvs)) => send_cvs(conn, id, meta, &cvs).await?,
+                Err(e) => send(conn, &refusal(id, &e)).await?,
             },
             Frame::Request(Request::Get {
                 id,
@@ -840,7 +861,10 @@ fn denied_status(denied: &Denied) -> Status {
 /// The refusal of `req` for this session, if it may not make it.
 fn refused(req: &Request, session: &Session) -> Option<Reply> {
     let action = match req {
-        Request::Probe { .. } | Request::Put { .. } | Request::Mkdir { .. } => Action::Upload,
+        Request::Probe { .. }
+        | Request::Put { .. }
+        | Request::Mkdir { .. }
+        | Request::Cvs { .. } => Action::Upload,
         Request::List { .. } => Action::List,
         Request::Get { .. } => Action::Download,
         Request::Auth { .. } | Request::End { .. } | Request::Bench { .. } => return None,
@@ -870,6 +894,32 @@ async fn send_listing<S: AsyncWrite + Unpin>(
         let more = rest.peek().is_some();
         let reply = Reply {
             entries: Some(page),
+            more: Some(more),
+            ..Reply::ok(id)
+        };
+        send(conn, &reply).await?;
+        if !more {
+            return Ok(());
+        }
+    }
+}
+
+/// The CVs of a stored file, in pages that stay well inside [`MAX_JSON`] (64 hex digits each).
+async fn send_cvs<S: AsyncWrite + Unpin>(
+    conn: &mut Conv<'_, S>,
+    id: u64,
+    meta: crate::store::Meta,
+    cvs: &[Cv],
+) -> Result<(), FileError> {
+    const PER_PAGE: usize = PAGE_BUDGET / 64;
+    let mut pages = cvs.chunks(PER_PAGE).peekable();
+    loop {
+        let page = pages.next().unwrap_or_default();
+        let more = pages.peek().is_some();
+        let reply = Reply {
+            size: Some(meta.size),
+            digest: Some(hex(&meta.digest)),
+            cvs: Some(page.iter().map(hex).collect()),
             more: Some(more),
             ..Reply::ok(id)
         };

@@ -183,6 +183,41 @@ pub struct Session {
     peer: SocketAddr,
 }
 
+/// An upload to admit (see [`Session::receive`]).
+#[derive(Debug, Clone)]
+pub struct Put<'a> {
+    /// Where it goes.
+    pub path: &'a str,
+    /// Its declared size.
+    pub size: u64,
+    /// Continue from here: 0, or what a probe reported kept.
+    pub from: u64,
+    /// Whether the sender declares each chunk's CV (v1) or the core computes them.
+    pub mode: Mode,
+    /// Whether the protocol can come back for it (the lesson's cannot).
+    pub resumable: bool,
+    /// An update: the digest of the stored version it replaces (see [`Session::replacing`]).
+    pub replaces: Option<Cv>,
+    /// With `replaces`: one flag per chunk, set for the chunks taken from the version replaced
+    /// instead of received (the sender checked that theirs are the same).
+    pub reuse: Option<Vec<bool>>,
+}
+
+impl<'a> Put<'a> {
+    /// A fresh upload of `path` (`size` bytes) whose CVs the core computes, resumable, no update.
+    pub fn new(path: &'a str, size: u64) -> Self {
+        Self {
+            path,
+            size,
+            from: 0,
+            mode: Mode::Compute,
+            resumable: true,
+            replaces: None,
+            reuse: None,
+        }
+    }
+}
+
 /// What the store already has of a file a client is about to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Probe {
@@ -285,32 +320,67 @@ impl Session {
         })
     }
 
-    /// Admits an upload of `path` (`size` bytes, continuing from `from`) and starts receiving it.
-    /// `resumable: false` for a protocol that cannot come back for it. With `replaces`, the upload
-    /// is an update: it replaces the stored file, which must have that digest (see
-    /// [`Session::replacing`]).
-    pub async fn receive(
-        &self,
-        path: &str,
-        size: u64,
-        from: u64,
-        mode: Mode,
-        resumable: bool,
-        replaces: Option<Cv>,
-    ) -> Result<Receiver, StoreError> {
-        let on_conflict = self.replacing(path, replaces).await?;
+    /// Admits an upload and starts receiving it (see [`Put`]).
+    pub async fn receive(&self, put: Put<'_>) -> Result<Receiver, StoreError> {
+        let on_conflict = self.replacing(put.path, put.replaces).await?;
+        let reuse = match (put.reuse, put.replaces) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(StoreError::BadRequest("reuse needs replaces".into()));
+            }
+            (Some(_), Some(_)) if put.mode != Mode::Check => {
+                return Err(StoreError::BadRequest(
+                    "reuse needs declared chunk CVs".into(),
+                ));
+            }
+            (Some(wanted), Some(version)) => {
+                if wanted.len() as u64 != barge_proto::tree::chunk_count(put.size) {
+                    return Err(StoreError::BadRequest(
+                        "reuse names chunks of another size".into(),
+                    ));
+                }
+                // The version replaced is the source: opened now, so it is that version.
+                let source =
+                    self.send(put.path, 0, Some(&hex(&version)))
+                        .await
+                        .map_err(|e| match e {
+                            SendError::Store(e) => e,
+                            SendError::Changed(_) => StoreError::Conflict(format!(
+                                "{} (it changed since it was listed)",
+                                put.path
+                            )),
+                        })?;
+                Some(receive::Reuse::new(source, wanted))
+            }
+        };
         let begin = Begin {
-            from,
+            from: put.from,
             owner: self.peer.ip().to_string(),
-            resumable,
+            resumable: put.resumable,
             on_conflict,
-            ..Begin::new(path, size)
+            ..Begin::new(put.path, put.size)
         };
         let policy = Policy {
             on_conflict,
             ..self.core.policy.as_ref().clone()
         };
-        receive(self.store.as_ref(), &policy, begin, mode).await
+        let mut receiver = receive(self.store.as_ref(), &policy, begin, put.mode).await?;
+        receiver.reuse = reuse;
+        Ok(receiver)
+    }
+
+    /// The CVs of every chunk of the file stored at `path`, with its facts: what a client compares
+    /// with its own version to send only the chunks that differ. Read and hashed now.
+    pub async fn chunk_cvs(&self, path: &str) -> Result<(Meta, Vec<Cv>), StoreError> {
+        let mut outgoing = self.send(path, 0, None).await.map_err(|e| match e {
+            SendError::Store(e) => e,
+            SendError::Changed(_) => StoreError::BadRequest("no version was asked for".into()),
+        })?;
+        let mut cvs = Vec::new();
+        while let Some(chunk) = outgoing.next().await {
+            cvs.push(chunk?.cv);
+        }
+        Ok((outgoing.meta, cvs))
     }
 
     /// The conflict policy for an upload of `path`: the server's, or, for an update of the

@@ -1,8 +1,9 @@
 //! A file being received: bytes go through the [`Verifier`] and on to the store's partial; a
 //! chunk is confirmed to the store only once verified, and the file is published only when the
-//! whole digest matches.
+//! whole digest matches. An update may take some chunks from the version it replaces ([`Reuse`]):
+//! those are read from the store, hashed as they are read, and written like received ones.
 
-use barge_proto::tree::{Cv, chunk_count};
+use barge_proto::tree::{Cv, chunk_count, chunk_len};
 use bytes::Bytes;
 
 use super::verify::{Mode, Verifier, VerifyError};
@@ -17,6 +18,21 @@ pub struct Receiver {
     path: String,
     from: u64,
     on_conflict: OnConflict,
+    pub(super) reuse: Option<Reuse>,
+}
+
+/// Chunks an update takes from the version it replaces: that version, being read in order, and
+/// one flag per chunk of the new file.
+#[derive(Debug)]
+pub(super) struct Reuse {
+    source: super::Outgoing,
+    wanted: Vec<bool>,
+}
+
+impl Reuse {
+    pub(super) fn new(source: super::Outgoing, wanted: Vec<bool>) -> Self {
+        Self { source, wanted }
+    }
 }
 
 impl From<VerifyError> for StoreError {
@@ -44,6 +60,41 @@ impl Receiver {
             path,
             from,
             on_conflict,
+            reuse: None,
+        }
+    }
+
+    /// Takes the chunks to reuse that come next, up to the first one the sender sends.
+    async fn fill(&mut self) -> Result<(), StoreError> {
+        let size = self.verifier.size();
+        loop {
+            let index = self.verifier.cvs().len() as u64;
+            let Some(reuse) = self.reuse.as_mut() else {
+                return Ok(());
+            };
+            if index >= chunk_count(size) || !reuse.wanted[index as usize] {
+                return Ok(());
+            }
+            let chunk = loop {
+                let Some(chunk) = reuse.source.next().await else {
+                    return Err(StoreError::BadRequest(format!(
+                        "chunk {index} to reuse is past the end of the version replaced"
+                    )));
+                };
+                let chunk = chunk?;
+                if chunk.index == index {
+                    break chunk;
+                }
+            };
+            if chunk.data.len() as u64 != chunk_len(size, index) {
+                return Err(StoreError::BadRequest(format!(
+                    "chunk {index} to reuse has another length in the version replaced"
+                )));
+            }
+            self.verifier.accept(chunk.cv, chunk.data.len() as u64)?;
+            let partial = self.partial()?;
+            partial.write(chunk.data).await?;
+            partial.verified(chunk.cv).await?;
         }
     }
 
@@ -89,6 +140,7 @@ impl Receiver {
     /// Starts the next chunk, of `len` bytes, which must hash to `cv` (checking mode).
     pub async fn begin_chunk(&mut self, cv: Cv, len: u64) -> Result<(), StoreError> {
         self.partial()?;
+        self.fill().await?;
         Ok(self.verifier.begin_chunk(cv, len)?)
     }
 
@@ -125,6 +177,12 @@ impl Receiver {
     /// sender declared one), then published under the conflict policy. The stored digest is the
     /// one computed here.
     pub async fn finish(mut self, declared: Option<Cv>) -> Result<Stored, StoreError> {
+        if let Err(e) = self.fill().await {
+            if let Some(p) = self.partial.take() {
+                p.suspend().await;
+            }
+            return Err(e);
+        }
         let partial = self
             .partial
             .take()

@@ -28,6 +28,24 @@ fn peer() -> SocketAddr {
     "192.0.2.7:4000".parse().unwrap()
 }
 
+/// The `Put` of the tests: all its fields, in order.
+fn put(
+    path: &str,
+    size: u64,
+    from: u64,
+    mode: Mode,
+    resumable: bool,
+    replaces: Option<Cv>,
+) -> Put<'_> {
+    Put {
+        from,
+        mode,
+        resumable,
+        replaces,
+        ..Put::new(path, size)
+    }
+}
+
 fn core(policy: Policy) -> (Core, MemoryStore) {
     let store = MemoryStore::default();
     (Core::new(Arc::new(store.clone()), policy), store)
@@ -59,7 +77,14 @@ async fn a_checked_upload_is_stored_with_the_b3sum_digest() {
     let s = core.session(peer());
     let data = body(1, 3 * CHUNK + 17);
     let mut r = s
-        .receive("a/b.bin", data.len() as u64, 0, Mode::Check, true, None)
+        .receive(put(
+            "a/b.bin",
+            data.len() as u64,
+            0,
+            Mode::Check,
+            true,
+            None,
+        ))
         .await
         .unwrap();
     send_checked(&mut r, &data, 0..4, 100_000).await.unwrap();
@@ -75,7 +100,14 @@ async fn computed_cvs_take_any_split_of_the_bytes() {
     let s = core.session(peer());
     let data = body(2, 2 * CHUNK + 3);
     let mut r = s
-        .receive("c.bin", data.len() as u64, 0, Mode::Compute, false, None)
+        .receive(put(
+            "c.bin",
+            data.len() as u64,
+            0,
+            Mode::Compute,
+            false,
+            None,
+        ))
         .await
         .unwrap();
     for p in data.chunks(333_333) {
@@ -92,7 +124,7 @@ async fn a_corrupted_chunk_is_refused_at_its_end_and_the_upload_resumes_after_th
     let data = body(3, 3 * CHUNK);
     let size = data.len() as u64;
     let mut r = s
-        .receive("r.bin", size, 0, Mode::Check, true, None)
+        .receive(put("r.bin", size, 0, Mode::Check, true, None))
         .await
         .unwrap();
     send_checked(&mut r, &data, 0..1, 1 << 16).await.unwrap();
@@ -113,7 +145,7 @@ async fn a_corrupted_chunk_is_refused_at_its_end_and_the_upload_resumes_after_th
         prefix_digest(&[chunk_cv(0, &data[..CHUNK as usize])])
     );
     let mut r = s
-        .receive("r.bin", size, probe.offset, Mode::Check, true, None)
+        .receive(put("r.bin", size, probe.offset, Mode::Check, true, None))
         .await
         .unwrap();
     send_checked(&mut r, &data, 1..3, 1 << 20).await.unwrap();
@@ -131,7 +163,7 @@ async fn a_wrong_whole_digest_publishes_nothing_and_keeps_nothing() {
     let s = core.session(peer());
     let data = body(4, 2 * CHUNK + 1);
     let mut r = s
-        .receive("w.bin", data.len() as u64, 0, Mode::Check, true, None)
+        .receive(put("w.bin", data.len() as u64, 0, Mode::Check, true, None))
         .await
         .unwrap();
     send_checked(&mut r, &data, 0..3, 1 << 20).await.unwrap();
@@ -148,7 +180,7 @@ async fn an_early_end_keeps_the_verified_chunks() {
     let s = core.session(peer());
     let data = body(5, 3 * CHUNK);
     let mut r = s
-        .receive("e.bin", data.len() as u64, 0, Mode::Check, true, None)
+        .receive(put("e.bin", data.len() as u64, 0, Mode::Check, true, None))
         .await
         .unwrap();
     send_checked(&mut r, &data, 0..2, 1 << 20).await.unwrap();
@@ -173,7 +205,7 @@ async fn admission_refuses_before_the_store_is_asked() {
     });
     let s = core.session(peer());
     let refuse = async |path: &str, size, from| {
-        s.receive(path, size, from, Mode::Check, true, None)
+        s.receive(put(path, size, from, Mode::Check, true, None))
             .await
             .unwrap_err()
     };
@@ -288,7 +320,14 @@ async fn downloads_are_read_with_each_chunks_cv_and_can_be_conditional() {
     let s = core.session(peer());
     let data = body(6, 2 * CHUNK + 9);
     let mut r = s
-        .receive("d.bin", data.len() as u64, 0, Mode::Compute, false, None)
+        .receive(put(
+            "d.bin",
+            data.len() as u64,
+            0,
+            Mode::Compute,
+            false,
+            None,
+        ))
         .await
         .unwrap();
     r.write(Bytes::from(data.clone())).await.unwrap();
@@ -327,7 +366,7 @@ async fn downloads_are_read_with_each_chunks_cv_and_can_be_conditional() {
 async fn an_update_replaces_only_the_version_it_names() {
     let (core, store) = core(Policy::default());
     let s = core.session(peer());
-    let put = async |data: &'static [u8], replaces| {
+    let small = async |data: &'static [u8], replaces| {
         let cv = Some(chunk_cv(0, data));
         s.store_small(
             "n.txt",
@@ -338,32 +377,32 @@ async fn an_update_replaces_only_the_version_it_names() {
         )
         .await
     };
-    put(b"one", None).await.unwrap();
+    small(b"one", None).await.unwrap();
     // Without `replaces` the server's policy (rename) applies.
-    assert_eq!(put(b"two", None).await.unwrap().name, "n (1).txt");
+    assert_eq!(small(b"two", None).await.unwrap().name, "n (1).txt");
     // With it, the named version is replaced in place...
     assert_eq!(
-        put(b"three", Some(digest(b"one"))).await.unwrap().name,
+        small(b"three", Some(digest(b"one"))).await.unwrap().name,
         "n.txt"
     );
     assert_eq!(store.contents("n.txt").unwrap(), b"three"[..]);
     // ...and a version that is no longer there is not.
     assert!(matches!(
-        put(b"four", Some(digest(b"one"))).await,
+        small(b"four", Some(digest(b"one"))).await,
         Err(StoreError::Conflict(_))
     ));
     assert_eq!(store.contents("n.txt").unwrap(), b"three"[..]);
     // Big files too, through a receiver.
     let data = body(8, CHUNK + 5);
     let mut r = s
-        .receive(
+        .receive(put(
             "n.txt",
             data.len() as u64,
             0,
             Mode::Compute,
             true,
             Some(digest(b"three")),
-        )
+        ))
         .await
         .unwrap();
     r.write(Bytes::from(data.clone())).await.unwrap();
@@ -399,4 +438,70 @@ async fn an_update_replaces_only_the_version_it_names() {
         )
         .await;
     assert!(matches!(e, Err(StoreError::Conflict(_))));
+}
+
+#[tokio::test]
+async fn an_update_takes_the_unchanged_chunks_from_the_version_it_replaces() {
+    let (core, store) = core(Policy::default());
+    let s = core.session(peer());
+    let old = body(9, 5 * CHUNK + 100);
+    let mut r = s
+        .receive(Put::new("v.bin", old.len() as u64))
+        .await
+        .unwrap();
+    r.write(Bytes::from(old.clone())).await.unwrap();
+    r.finish(None).await.unwrap();
+    // Chunks 1 and 4 changed (4 is also longer); 0, 2, 3 are the same.
+    let mut new = old.clone();
+    new[(CHUNK + 10) as usize] ^= 1;
+    new.extend_from_slice(b"more");
+    new[(4 * CHUNK + 3) as usize] ^= 1;
+    let reuse = vec![true, false, true, true, false, false];
+    let update = |reuse: Vec<bool>| Put {
+        mode: Mode::Check,
+        replaces: Some(digest(&old)),
+        reuse: Some(reuse),
+        ..Put::new("v.bin", new.len() as u64)
+    };
+    let mut r = s.receive(update(reuse)).await.unwrap();
+    send_checked(&mut r, &new, 1..2, 1 << 20).await.unwrap();
+    send_checked(&mut r, &new, 4..6, 1 << 20).await.unwrap();
+    assert_eq!(r.finish(Some(digest(&new))).await.unwrap().name, "v.bin");
+    assert_eq!(store.contents("v.bin").unwrap(), new);
+
+    // A client that claims a chunk the server does not have the same: the whole digest catches
+    // it, nothing is published, the stored version stays.
+    let mut newer = new.clone();
+    newer[5] ^= 1; // chunk 0 changed, but claimed reusable
+    let lying = Put {
+        mode: Mode::Check,
+        replaces: Some(digest(&new)),
+        reuse: Some(vec![true, true, true, true, true, false]),
+        ..Put::new("v.bin", newer.len() as u64)
+    };
+    let mut r = s.receive(lying).await.unwrap();
+    send_checked(&mut r, &newer, 5..6, 1 << 20).await.unwrap();
+    let e = r.finish(Some(digest(&newer))).await.unwrap_err();
+    assert!(matches!(e, StoreError::Integrity(_)), "{e}");
+    assert_eq!(store.contents("v.bin").unwrap(), new);
+    // Reuse without the version it comes from, or for another size, is refused.
+    let bare = Put {
+        mode: Mode::Check,
+        reuse: Some(vec![true; 6]),
+        ..Put::new("v.bin", new.len() as u64)
+    };
+    assert!(matches!(
+        s.receive(bare).await,
+        Err(StoreError::BadRequest(_))
+    ));
+    let sized = Put {
+        mode: Mode::Check,
+        replaces: Some(digest(&new)),
+        reuse: Some(vec![true; 2]),
+        ..Put::new("v.bin", new.len() as u64)
+    };
+    assert!(matches!(
+        s.receive(sized).await,
+        Err(StoreError::BadRequest(_))
+    ));
 }

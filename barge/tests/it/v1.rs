@@ -1256,6 +1256,7 @@ async fn names_starting_with_barges_prefix_are_reserved() {
                 size: 1,
                 from: 0,
                 replaces: None,
+                reuse: None,
             },
             &mut out,
         );
@@ -1691,4 +1692,36 @@ async fn getting_a_folder_again_fetches_only_what_changed_and_replaces_it_in_pla
         std::fs::read(out.path().join("share/f2.txt")).unwrap(),
         content(77, 5000)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_changed_in_three_places_sends_only_those_chunks() {
+    let src = tempfile::tempdir().unwrap();
+    let server_dir = tempfile::tempdir().unwrap();
+    let file = src.path().join("disk.img");
+    let mut data = content(3, 12 << 20);
+    std::fs::write(&file, &data).unwrap();
+    let dial = Memory(memory_service(server_dir.path()));
+    let first = v1::send(&dial, std::slice::from_ref(&file), &opts(), &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(first.transferred, 12 << 20);
+    for at in [1usize << 20, (5 << 20) + 7, (11 << 20) + 99] {
+        data[at] ^= 0x5a;
+    }
+    std::fs::write(&file, &data).unwrap();
+    let update = v1::send(&dial, std::slice::from_ref(&file), &opts(), &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!((update.files, update.updated), (1, 1), "{update:?}");
+    assert_eq!(
+        update.transferred,
+        3 << 20,
+        "only the three changed chunks moved"
+    );
+    assert_eq!(
+        std::fs::read(server_dir.path().join("disk.img")).unwrap(),
+        data
+    );
+    assert_eq!(names_below(server_dir.path()), ["disk.img"]);
 }

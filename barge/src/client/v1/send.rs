@@ -259,6 +259,81 @@ async fn their_files(
     Ok(theirs)
 }
 
+/// Which chunks of our `size`-byte file the server's version (`their_size` bytes) already has:
+/// asks for its CVs and compares them with ours. `None` when none match (send it all).
+async fn same_chunks(
+    link: &mut Link,
+    remote: &str,
+    their_size: u64,
+    size: u64,
+    file: &File,
+) -> Result<Option<Vec<bool>>, TransferError> {
+    let Some(theirs) = their_cvs(link, remote, their_size).await? else {
+        return Ok(None);
+    };
+    let cloned = file.try_clone().map_err(TransferError::Lost)?;
+    let ours = tokio::task::spawn_blocking(move || prefix_cvs(&cloned, size))
+        .await
+        .map_err(|e| TransferError::Lost(io::Error::other(e)))?
+        .map_err(TransferError::Lost)?;
+    let flags: Vec<bool> = ours
+        .iter()
+        .enumerate()
+        .map(|(i, cv)| {
+            let i64_ = i as u64;
+            theirs.get(i) == Some(cv)
+                && barge_proto::tree::chunk_len(size, i64_)
+                    == barge_proto::tree::chunk_len(their_size, i64_)
+        })
+        .collect();
+    Ok(flags.iter().any(|&f| f).then_some(flags))
+}
+
+/// The server's chunk CVs of `remote`, page by page; `None` if it will not say (the rest of the
+/// update then sends the whole file). Bounded by the size listed.
+async fn their_cvs(
+    link: &mut Link,
+    remote: &str,
+    their_size: u64,
+) -> Result<Option<Vec<Cv>>, TransferError> {
+    let id = link.id();
+    link.request(&Request::Cvs {
+        id,
+        path: remote.to_owned(),
+    })
+    .await?;
+    let expected = barge_proto::tree::chunk_count(their_size) as usize;
+    let mut cvs: Vec<Cv> = Vec::new();
+    loop {
+        let reply = link.reply().await?;
+        if reply.id != id {
+            return Err(TransferError::Protocol("reply to another request".into()));
+        }
+        if reply.status != Status::Ok {
+            return Ok(None);
+        }
+        if reply.size != Some(their_size) {
+            return Ok(None); // changed since it was listed: the put's `replaces` will say so
+        }
+        let page = reply.cvs.unwrap_or_default();
+        if page.len() % 64 != 0 || cvs.len() + page.len() / 64 > expected {
+            return Err(TransferError::Protocol(
+                "the server sent malformed CVs".into(),
+            ));
+        }
+        for hexed in page.as_bytes().chunks(64) {
+            let cv = std::str::from_utf8(hexed)
+                .ok()
+                .and_then(parse_hex)
+                .ok_or_else(|| TransferError::Protocol("the server sent malformed CVs".into()))?;
+            cvs.push(cv);
+        }
+        if !reply.more.unwrap_or(false) {
+            return Ok((cvs.len() == expected).then_some(cvs));
+        }
+    }
+}
+
 /// How a file the server already has is treated (`--on-conflict`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnExisting {
@@ -405,6 +480,16 @@ pub(super) async fn send_round(
                     }
                 };
                 progress[index].replaces = replaces.clone();
+                // An update of a large file sends only the chunks that differ from the server's.
+                let reuse = match (&replaces, theirs.get(remote)) {
+                    (Some(_), Some((their_size, _)))
+                        if *size > CHUNK && *their_size > CHUNK && !progress[index].unanswered =>
+                    {
+                        settle_all(link, &mut owed, jobs, progress, report, opts, on_event).await?;
+                        same_chunks(link, remote, *their_size, *size, &file).await?
+                    }
+                    _ => None,
+                };
                 // Small files are pipelined without asking; larger ones may resume, and one whose
                 // reply was lost may be stored already, so for those ask first.
                 let from = if *size > CHUNK || progress[index].unanswered {
@@ -431,7 +516,11 @@ pub(super) async fn send_round(
                 } else {
                     0
                 };
-                let at = PutAt { from, replaces };
+                let at = PutAt {
+                    from,
+                    replaces,
+                    reuse,
+                };
                 let owed_entry =
                     upload_file(link, index, remote, *size, file, at, on_event).await?;
                 owed.push_back(owed_entry);
@@ -518,13 +607,15 @@ pub(super) async fn resume_point(
     Ok(Resume { from, stored })
 }
 
-/// Sends one file from `from`: put, data, end. Returns what the server owes for it.
-/// Where a put starts, and the version it replaces (an update).
+/// Where a put starts, the version it replaces (an update), and the chunks of that version the
+/// server takes instead of receiving them.
 pub(super) struct PutAt {
     from: u64,
     replaces: Option<String>,
+    reuse: Option<Vec<bool>>,
 }
 
+/// Sends one file from `from`: put, data, end. Returns what the server owes for it.
 pub(super) async fn upload_file(
     link: &mut Link,
     job: usize,
@@ -534,8 +625,13 @@ pub(super) async fn upload_file(
     at: PutAt,
     on_event: &mut (dyn FnMut(Event) + Send),
 ) -> Result<Owed, TransferError> {
-    let PutAt { from, replaces } = at;
+    let PutAt {
+        from,
+        replaces,
+        reuse,
+    } = at;
     let replacing = replaces.is_some();
+    let reused = |index: u64| reuse.as_ref().is_some_and(|r| r[index as usize]);
     let id = link.id();
     let started = Instant::now();
     on_event(Event::Start {
@@ -549,6 +645,7 @@ pub(super) async fn upload_file(
         size,
         from,
         replaces,
+        reuse: reuse.as_deref().map(barge_proto::wire::format_chunk_set),
     })
     .await?;
     let cloned = file.try_clone().map_err(TransferError::Lost)?;
@@ -572,6 +669,8 @@ pub(super) async fn upload_file(
         })?;
         single = Some(bytes::Bytes::from(bytes));
     }
+    // Bytes that cross the network (an update's reused chunks do not).
+    let mut sent = 0u64;
     if from == 0 && size > 0 && size <= SMALL_INLINE {
         // A small file is read right here: a page-cache read costs less than handing it to a
         // blocking thread and back, which dominated sending thousands of small files.
@@ -584,6 +683,7 @@ pub(super) async fn upload_file(
         let cv = barge_proto::tree::chunk_cv(0, &data);
         cvs.push(cv);
         single = Some(data.clone());
+        sent = size;
         link.data(&cv, data).await?;
     } else {
         let mut chunks = read_chunks(file, size, from);
@@ -598,7 +698,11 @@ pub(super) async fn upload_file(
             if size <= CHUNK {
                 single = Some(chunk.data.clone());
             }
+            if reused(chunk.index) {
+                continue; // the server has it: only its CV counts, for the digest
+            }
             done += chunk.data.len() as u64;
+            sent += chunk.data.len() as u64;
             link.data(&chunk.cv, chunk.data).await?;
             throttle.tick(remote, done, size, on_event);
             if link.refused_already(id)? {
@@ -613,7 +717,7 @@ pub(super) async fn upload_file(
                     id,
                     job,
                     digest: None,
-                    transferred: done - from,
+                    transferred: sent,
                     started,
                     replacing,
                 });
@@ -634,7 +738,7 @@ pub(super) async fn upload_file(
         id,
         job,
         digest: Some(digest),
-        transferred: size - from,
+        transferred: sent,
         started,
         replacing,
     })
