@@ -110,6 +110,10 @@ pub enum Request {
         /// frame is sent for them.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reuse: Option<String>,
+        /// The file's modification time at the sender (seconds since the Unix epoch): the stored
+        /// file gets it, so a later send can tell an unchanged file by size and time alone.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mtime: Option<i64>,
     },
     /// The chunk CVs of a stored file, in pages (see [`Reply::cvs`]): what an update compares.
     Cvs {
@@ -650,6 +654,7 @@ mod tests {
             from: 0,
             replaces: None,
             reuse: None,
+            mtime: None,
         };
         encode_request(&req, &mut wire);
         let cv = crate::tree::chunk_cv(0, b"abc");

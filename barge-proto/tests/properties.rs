@@ -25,6 +25,7 @@ fn wire_streams() -> impl Strategy<Value = Vec<u8>> {
                     from: 0,
                     replaces: None,
                     reuse: None,
+                    mtime: None,
                 };
                 wire::encode_request(&req, &mut out);
                 wire::encode_data_header(&[n as u8; 32], data, &mut out);
@@ -91,7 +92,7 @@ proptest! {
         flip in any::<prop::sample::Index>(),
     ) {
         let req = match which {
-            0 => Request::Put { id: n, path, size: n, from: 0, replaces: None, reuse: None },
+            0 => Request::Put { id: n, path, size: n, from: 0, replaces: None, reuse: None, mtime: None },
             1 => Request::Get {
                 id: n,
                 path,

@@ -51,6 +51,7 @@ fn vectors() -> Vec<(&'static str, Vec<u8>, Option<Frame>)> {
                 from: 0,
                 replaces: None,
                 reuse: None,
+                mtime: None,
             }),
         ),
         (
@@ -146,6 +147,7 @@ fn vectors() -> Vec<(&'static str, Vec<u8>, Option<Frame>)> {
                 from: 2_097_152,
                 replaces: None,
                 reuse: None,
+                mtime: None,
             }),
         ),
         (
@@ -159,6 +161,28 @@ fn vectors() -> Vec<(&'static str, Vec<u8>, Option<Frame>)> {
                     "ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f".into(),
                 ),
                 reuse: None,
+                mtime: None,
+            }),
+        ),
+        (
+            "cvs",
+            Frame::Request(Request::Cvs {
+                id: 11,
+                path: "disk.img".into(),
+            }),
+        ),
+        (
+            "put-reusing",
+            Frame::Request(Request::Put {
+                id: 12,
+                path: "disk.img".into(),
+                size: 12_582_912,
+                from: 0,
+                replaces: Some(
+                    "ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f".into(),
+                ),
+                reuse: Some("0,2-4,6-10".into()),
+                mtime: None,
             }),
         ),
         (

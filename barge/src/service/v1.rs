@@ -81,6 +81,8 @@ enum State {
         started: Instant,
         /// The digest of the stored version this put replaces (an update).
         replaces: Option<Cv>,
+        /// The sender's modification time.
+        mtime: Option<i64>,
     },
     /// Put `id` was refused or failed (and its reply sent): its frames are dropped up to `end`.
     Skipping { id: u64 },
@@ -571,6 +573,7 @@ where
                         cv,
                         started,
                         replaces,
+                        mtime,
                         ..
                     } if put_id == id => {
                         let Some(digest) = parse_hex(&digest) else {
@@ -587,7 +590,8 @@ where
                         let target = path.clone();
                         let st = session.clone();
                         let task = tokio::spawn(async move {
-                            st.store_small(&target, data, cv, digest, replaces).await
+                            st.store_small(&target, data, cv, digest, replaces, mtime)
+                                .await
                         });
                         conn.storing += size;
                         conn.queue.push_back(Pending::Store(Store {
@@ -668,6 +672,7 @@ where
                 from,
                 replaces,
                 reuse,
+                mtime,
             }) => {
                 let reuse = match reuse
                     .map(|r| wire::parse_chunk_set(&r, barge_proto::tree::chunk_count(size)))
@@ -702,6 +707,7 @@ where
                                 cv: None,
                                 started: Instant::now(),
                                 replaces,
+                                mtime,
                             };
                         }
                         Err(e) => {
@@ -717,6 +723,7 @@ where
                     mode: Mode::Check,
                     replaces,
                     reuse,
+                    mtime,
                     ..Put::new(&path, size)
                 };
                 match session.receive(put).await {

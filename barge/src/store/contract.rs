@@ -183,6 +183,7 @@ async fn the_conflict_policy_is_applied_at_publish() {
                 Bytes::from_static(b"5"),
                 digest(b"5"),
                 OnConflict::Rename,
+                None,
             )
             .await;
         assert_eq!(small.unwrap().name, "a (2).txt", "{name}");
@@ -331,6 +332,7 @@ async fn names_are_checked_and_views_are_confined() {
                 Bytes::from_static(b"hi"),
                 digest(b"hi"),
                 OnConflict::Rename,
+                None,
             )
             .await
             .unwrap();

@@ -156,6 +156,7 @@ impl State {
         data: Bytes,
         digest: Cv,
         on_conflict: OnConflict,
+        mtime: Option<i64>,
     ) -> Result<String, StoreError> {
         self.parents(full, true)?;
         let (dir, name) = match full.rsplit_once('/') {
@@ -196,7 +197,7 @@ impl State {
             }
         };
         self.mtime += 1;
-        let mtime = self.mtime;
+        let mtime = mtime.unwrap_or(self.mtime);
         self.files.insert(
             format!("{dir}{chosen}"),
             StoredFile {
@@ -223,6 +224,7 @@ pub struct MemoryPartial {
     /// Quota charged for this partial (its size), given back unless published.
     charged: u64,
     finished: bool,
+    mtime: Option<i64>,
 }
 
 impl MemoryPartial {
@@ -307,7 +309,7 @@ impl Partial for MemoryPartial {
             let data = Bytes::from(std::mem::take(&mut self.data));
             let store = self.store.clone();
             let mut state = store.lock();
-            let name = state.publish(&self.full, data, digest, on_conflict)?;
+            let name = state.publish(&self.full, data, digest, on_conflict, self.mtime)?;
             // The charge now belongs to the published file.
             self.charged = 0;
             self.finished = true;
@@ -447,6 +449,7 @@ impl Store for MemoryStore {
                 resumable,
                 charged: begin.size,
                 finished: false,
+                mtime: begin.mtime,
             };
             Ok((Box::new(partial) as Box<dyn Partial>, cvs))
         })
@@ -458,6 +461,7 @@ impl Store for MemoryStore {
         data: Bytes,
         digest: Cv,
         on_conflict: OnConflict,
+        mtime: Option<i64>,
     ) -> BoxFuture<'_, Result<Stored, StoreError>> {
         let full = self.full(path);
         Box::pin(async move {
@@ -465,7 +469,7 @@ impl Store for MemoryStore {
             let size = data.len() as u64;
             let mut state = self.lock();
             state.charge(size, size)?;
-            match state.publish(&full, data, digest, on_conflict) {
+            match state.publish(&full, data, digest, on_conflict, mtime) {
                 Ok(name) => Ok(Stored {
                     name,
                     size,

@@ -91,6 +91,9 @@ pub struct Begin {
     pub resumable: bool,
     /// With [`OnConflict::Fail`], refuse at once if the name is taken (saves the body).
     pub on_conflict: OnConflict,
+    /// The modification time to give the published file (seconds since the epoch), as the
+    /// sender had it; `None` for the time of publishing.
+    pub mtime: Option<i64>,
 }
 
 impl Begin {
@@ -105,6 +108,7 @@ impl Begin {
             owner: String::new(),
             resumable: true,
             on_conflict: OnConflict::Rename,
+            mtime: None,
         }
     }
 }
@@ -174,6 +178,7 @@ pub trait Store: Send + Sync + Debug {
         data: Bytes,
         digest: Cv,
         on_conflict: OnConflict,
+        mtime: Option<i64>,
     ) -> BoxFuture<'_, Result<Stored, StoreError>>;
 
     /// The facts of the file at `path`; `None` if there is none (or it is a folder).

@@ -201,6 +201,8 @@ pub struct Put<'a> {
     /// With `replaces`: one flag per chunk, set for the chunks taken from the version replaced
     /// instead of received (the sender checked that theirs are the same).
     pub reuse: Option<Vec<bool>>,
+    /// The sender's modification time, for the stored file.
+    pub mtime: Option<i64>,
 }
 
 impl<'a> Put<'a> {
@@ -214,6 +216,7 @@ impl<'a> Put<'a> {
             resumable: true,
             replaces: None,
             reuse: None,
+            mtime: None,
         }
     }
 }
@@ -358,6 +361,7 @@ impl Session {
             owner: self.peer.ip().to_string(),
             resumable: put.resumable,
             on_conflict,
+            mtime: put.mtime,
             ..Begin::new(put.path, put.size)
         };
         let policy = Policy {
@@ -421,6 +425,7 @@ impl Session {
         cv: Option<Cv>,
         digest: Cv,
         replaces: Option<Cv>,
+        mtime: Option<i64>,
     ) -> Result<Stored, StoreError> {
         let size = data.len() as u64;
         admit(&self.core.policy, path, size, 0)?;
@@ -446,7 +451,9 @@ impl Session {
             ));
         }
         let on_conflict = self.replacing(path, replaces).await?;
-        self.store.put_small(path, data, digest, on_conflict).await
+        self.store
+            .put_small(path, data, digest, on_conflict, mtime)
+            .await
     }
 
     /// Creates a folder.

@@ -229,6 +229,7 @@ async fn admission_refuses_before_the_store_is_asked() {
         Some(chunk_cv(0, b"x")),
         digest(b"x"),
         None,
+        None,
     )
     .await
     .unwrap();
@@ -251,6 +252,7 @@ async fn small_files_are_checked_before_they_are_stored() {
             Some(chunk_cv(0, b"abd")),
             digest(b"abc"),
             None,
+            None,
         )
         .await;
     assert!(matches!(e, Err(StoreError::Integrity(_))));
@@ -261,11 +263,12 @@ async fn small_files_are_checked_before_they_are_stored() {
             Some(chunk_cv(0, b"abc")),
             digest(b"abd"),
             None,
+            None,
         )
         .await;
     assert!(matches!(e, Err(StoreError::Integrity(_))));
     assert_eq!(store.contents("s"), None);
-    s.store_small("empty", Bytes::new(), None, digest(b""), None)
+    s.store_small("empty", Bytes::new(), None, digest(b""), None, None)
         .await
         .unwrap();
     assert_eq!(store.contents("empty").unwrap().len(), 0);
@@ -294,6 +297,7 @@ async fn rights_and_roots_follow_the_token() {
         Bytes::from_static(b"a"),
         Some(chunk_cv(0, b"a")),
         digest(b"a"),
+        None,
         None,
     )
     .await
@@ -374,6 +378,7 @@ async fn an_update_replaces_only_the_version_it_names() {
             cv,
             digest(data),
             replaces,
+            None,
         )
         .await
     };
@@ -425,6 +430,7 @@ async fn an_update_replaces_only_the_version_it_names() {
         Some(chunk_cv(0, b"1")),
         digest(b"1"),
         None,
+        None,
     )
     .await
     .unwrap();
@@ -435,6 +441,7 @@ async fn an_update_replaces_only_the_version_it_names() {
             Some(chunk_cv(0, b"2")),
             digest(b"2"),
             Some(digest(b"1")),
+            None,
         )
         .await;
     assert!(matches!(e, Err(StoreError::Conflict(_))));

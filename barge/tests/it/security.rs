@@ -42,6 +42,7 @@ fn opts(token: Option<&str>) -> Options {
         writers: Default::default(),
         follow_links: false,
         on_existing: Default::default(),
+        checksum: false,
     }
 }
 

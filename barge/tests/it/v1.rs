@@ -28,6 +28,7 @@ fn opts() -> Options {
         writers: Default::default(),
         follow_links: false,
         on_existing: Default::default(),
+        checksum: false,
     }
 }
 
@@ -1257,6 +1258,7 @@ async fn names_starting_with_barges_prefix_are_reserved() {
                 from: 0,
                 replaces: None,
                 reuse: None,
+                mtime: None,
             },
             &mut out,
         );
@@ -1588,9 +1590,11 @@ async fn sending_a_folder_again_sends_only_what_changed_and_replaces_it_in_place
     let before = names_below(&server_dir.path().join("share"));
     assert_eq!(before.len(), 21);
 
-    // Two files changed (one in place, one in size): they replace the old versions.
+    // Two files changed (one in place, one in size): they replace the old versions. (Edited
+    // later than they were sent: the quick check compares size and modification time.)
     std::fs::write(tree.join("sub/f3.txt"), content(200, 3003)).unwrap();
     std::fs::write(tree.join("big.bin"), content(98, (3 << 20) + 7)).unwrap();
+    later(&tree.join("sub/f3.txt"));
     let update = v1::send(&dial, std::slice::from_ref(&tree), &opts(), &mut |_| {})
         .await
         .unwrap();
@@ -1615,6 +1619,7 @@ async fn sending_a_folder_again_sends_only_what_changed_and_replaces_it_in_place
 
     // --on-conflict rename keeps both; skip and fail leave the server's version.
     std::fs::write(tree.join("sub/f4.txt"), content(201, 10)).unwrap();
+    later(&tree.join("sub/f4.txt"));
     let with = |on_existing| v1::Options {
         on_existing,
         ..opts()
@@ -1710,6 +1715,7 @@ async fn a_file_changed_in_three_places_sends_only_those_chunks() {
         data[at] ^= 0x5a;
     }
     std::fs::write(&file, &data).unwrap();
+    later(&file);
     let update = v1::send(&dial, std::slice::from_ref(&file), &opts(), &mut |_| {})
         .await
         .unwrap();
@@ -1724,4 +1730,60 @@ async fn a_file_changed_in_three_places_sends_only_those_chunks() {
         data
     );
     assert_eq!(names_below(server_dir.path()), ["disk.img"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quick_check_trusts_size_and_time_and_checksum_reads_the_bytes() {
+    use std::os::unix::fs::MetadataExt;
+    let src = tempfile::tempdir().unwrap();
+    let server_dir = tempfile::tempdir().unwrap();
+    let file = src.path().join("notes.txt");
+    std::fs::write(&file, b"version one").unwrap();
+    let old_time = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(old_time)
+        .unwrap();
+    let dial = Memory(memory_service(server_dir.path()));
+    v1::send(&dial, std::slice::from_ref(&file), &opts(), &mut |_| {})
+        .await
+        .unwrap();
+    // The stored file has the sender's modification time.
+    let stored = server_dir.path().join("notes.txt");
+    assert_eq!(std::fs::metadata(&stored).unwrap().mtime(), 1_600_000_000);
+    // Same size, same time, other bytes: the quick check takes it as unchanged...
+    std::fs::write(&file, b"version two").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(old_time)
+        .unwrap();
+    let quick = v1::send(&dial, std::slice::from_ref(&file), &opts(), &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!((quick.files, quick.unchanged), (0, 1));
+    // ...and --checksum reads it and sends the change.
+    let checked = v1::Options {
+        checksum: true,
+        ..opts()
+    };
+    let report = v1::send(&dial, std::slice::from_ref(&file), &checked, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!((report.files, report.updated), (1, 1));
+    assert_eq!(std::fs::read(&stored).unwrap(), b"version two");
+}
+
+/// Moves a file's modification time a minute ahead, as an edit made later would.
+fn later(path: &Path) {
+    let now = std::fs::metadata(path).unwrap().modified().unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(now + Duration::from_secs(60))
+        .unwrap();
 }

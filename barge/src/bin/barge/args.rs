@@ -275,6 +275,10 @@ pub struct TransferArgs {
     /// (fail); overwrite sends everything again.
     #[arg(long, value_enum, default_value_t = Existing::Update, value_name = "POLICY")]
     pub on_conflict: Existing,
+    /// Compare digests even when size and modification time match (reads every file; by
+    /// default a file of the same size and time is taken as the same, like rsync).
+    #[arg(long)]
+    pub checksum: bool,
 }
 
 /// `--on-conflict` of `send` and `get` (see `barge::client::v1::OnExisting`).

@@ -185,6 +185,7 @@ impl ClientConfig {
             connect_timeout: self.connect_timeout,
             io_timeout: self.io_timeout,
             retries: t.map_or(defaults.retries, |t| t.retries),
+            checksum: t.is_some_and(|t| t.checksum),
             on_existing: match t.map(|t| t.on_conflict) {
                 None | Some(Existing::Update) => OnExisting::Update,
                 Some(Existing::Skip) => OnExisting::Skip,

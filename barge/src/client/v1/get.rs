@@ -18,6 +18,8 @@ pub(super) struct RemoteFile {
     local: String,
     size: u64,
     digest: String,
+    /// The server's modification time, given to the local copy.
+    mtime: i64,
 }
 
 /// Downloads files or folders into `out`, verified and resumable. A local file with the same
@@ -101,6 +103,7 @@ pub(super) async fn plan_get(
                         local: base,
                         size: e.size,
                         digest: e.digest.clone().unwrap_or_default(),
+                        mtime: e.mtime,
                     }));
                     continue;
                 }
@@ -117,6 +120,7 @@ pub(super) async fn plan_get(
                             local,
                             size: e.size,
                             digest: e.digest.unwrap_or_default(),
+                            mtime: e.mtime,
                         }));
                     }
                 }
@@ -262,6 +266,8 @@ impl Getter {
             version,
             from,
             on_conflict,
+            // The listed time belongs to the listed version only.
+            mtime: (digest == file.digest).then_some(file.mtime),
             ..Begin::new(local, size)
         };
         let policy = Policy {

@@ -71,6 +71,8 @@ pub struct Options {
     pub follow_links: bool,
     /// What happens to a file the destination already has.
     pub on_existing: OnExisting,
+    /// Compare digests even when size and modification time match (rsync's `--checksum`).
+    pub checksum: bool,
 }
 
 /// Default of [`Options::max_listed`]: ten million entries (a listing kept in memory for `get`
@@ -89,6 +91,7 @@ impl Default for Options {
             writers: Writers::default(),
             follow_links: false,
             on_existing: OnExisting::default(),
+            checksum: false,
         }
     }
 }

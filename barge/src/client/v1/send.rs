@@ -15,7 +15,13 @@ pub(super) enum Job {
         local: PathBuf,
         remote: String,
         size: u64,
+        /// Modification time, seconds since the epoch (the quick check, and the stored file's).
+        mtime: i64,
     },
+}
+
+fn mtime_of(meta: &std::fs::Metadata) -> i64 {
+    std::os::unix::fs::MetadataExt::mtime(meta)
 }
 
 /// What the walk could not send, with why (reported as [`Event::Skipped`], counted in
@@ -61,6 +67,7 @@ pub(super) fn plan(roots: &[PathBuf], follow_links: bool) -> (Vec<Job>, Skipped)
                 local: root.clone(),
                 remote: name,
                 size: meta.len(),
+                mtime: mtime_of(&meta),
             });
             continue;
         }
@@ -134,6 +141,7 @@ pub(super) fn plan(roots: &[PathBuf], follow_links: bool) -> (Vec<Job>, Skipped)
                         local: path,
                         remote: child,
                         size: meta.len(),
+                        mtime: mtime_of(&meta),
                     });
                 } else {
                     skipped.push((path, "not a regular file or folder".into()));
@@ -227,7 +235,15 @@ pub(super) struct Owed {
 
 /// What the server already holds under the paths being sent: path -> (size, digest hex), from one
 /// listing of each root (empty where listing is refused: then everything is sent).
-pub(super) type Theirs = std::collections::HashMap<String, (u64, String)>;
+pub(super) type Theirs = std::collections::HashMap<String, Listed>;
+
+/// A file as the server listed it.
+#[derive(Debug, Clone)]
+pub(super) struct Listed {
+    size: u64,
+    digest: String,
+    mtime: i64,
+}
 
 /// Lists what the server has under each root being sent.
 async fn their_files(
@@ -253,7 +269,12 @@ async fn their_files(
             } else {
                 continue;
             };
-            theirs.insert(path, (e.size, e.digest.unwrap_or_default()));
+            let listed = Listed {
+                size: e.size,
+                digest: e.digest.unwrap_or_default(),
+                mtime: e.mtime,
+            };
+            theirs.insert(path, listed);
         }
     }
     Ok(theirs)
@@ -360,22 +381,30 @@ enum Decision {
 }
 
 async fn decide(
-    policy: OnExisting,
-    theirs: Option<&(u64, String)>,
-    size: u64,
+    opts: &Options,
+    theirs: Option<&Listed>,
+    (size, mtime): (u64, i64),
     file: &File,
 ) -> Result<Decision, TransferError> {
-    let Some((their_size, their_digest)) = theirs else {
+    let Some(theirs) = theirs else {
         return Ok(Decision::Send { replaces: None });
     };
     let replace = || Decision::Send {
-        replaces: Some(their_digest.clone()),
+        replaces: Some(theirs.digest.clone()),
     };
+    let policy = opts.on_existing;
     if policy == OnExisting::Overwrite {
         return Ok(replace());
     }
-    // Size first: a file of another size is different without reading it.
-    let same = *their_size == size && parse_hex(their_digest) == Some(whole_digest(file).await?);
+    // rsync's quick check: the same size and modification time (barge gives a stored file the
+    // sender's) is the same file, unless --checksum asks for digests. Then size, then digest.
+    let same = if theirs.size != size {
+        false
+    } else if theirs.mtime == mtime && !opts.checksum {
+        true
+    } else {
+        parse_hex(&theirs.digest) == Some(whole_digest(file).await?)
+    };
     Ok(match (policy, same) {
         (_, true) => Decision::Unchanged,
         (OnExisting::Skip, false) => {
@@ -442,6 +471,7 @@ pub(super) async fn send_round(
                 local,
                 remote,
                 size,
+                mtime,
             } => {
                 let file = match File::open(local) {
                     Ok(f) => f,
@@ -455,7 +485,7 @@ pub(super) async fn send_round(
                 let replaces = if progress[index].unanswered {
                     progress[index].replaces.clone() // decided on an earlier connection
                 } else {
-                    match decide(opts.on_existing, theirs.get(remote), *size, &file).await? {
+                    match decide(opts, theirs.get(remote), (*size, *mtime), &file).await? {
                         Decision::Send { replaces } => replaces,
                         Decision::Unchanged => {
                             progress[index].finished = true;
@@ -482,11 +512,11 @@ pub(super) async fn send_round(
                 progress[index].replaces = replaces.clone();
                 // An update of a large file sends only the chunks that differ from the server's.
                 let reuse = match (&replaces, theirs.get(remote)) {
-                    (Some(_), Some((their_size, _)))
-                        if *size > CHUNK && *their_size > CHUNK && !progress[index].unanswered =>
+                    (Some(_), Some(listed))
+                        if *size > CHUNK && listed.size > CHUNK && !progress[index].unanswered =>
                     {
                         settle_all(link, &mut owed, jobs, progress, report, opts, on_event).await?;
-                        same_chunks(link, remote, *their_size, *size, &file).await?
+                        same_chunks(link, remote, listed.size, *size, &file).await?
                     }
                     _ => None,
                 };
@@ -520,6 +550,7 @@ pub(super) async fn send_round(
                     from,
                     replaces,
                     reuse,
+                    mtime: *mtime,
                 };
                 let owed_entry =
                     upload_file(link, index, remote, *size, file, at, on_event).await?;
@@ -613,6 +644,7 @@ pub(super) struct PutAt {
     from: u64,
     replaces: Option<String>,
     reuse: Option<Vec<bool>>,
+    mtime: i64,
 }
 
 /// Sends one file from `from`: put, data, end. Returns what the server owes for it.
@@ -629,6 +661,7 @@ pub(super) async fn upload_file(
         from,
         replaces,
         reuse,
+        mtime,
     } = at;
     let replacing = replaces.is_some();
     let reused = |index: u64| reuse.as_ref().is_some_and(|r| r[index as usize]);
@@ -646,6 +679,7 @@ pub(super) async fn upload_file(
         from,
         replaces,
         reuse: reuse.as_deref().map(barge_proto::wire::format_chunk_set),
+        mtime: Some(mtime),
     })
     .await?;
     let cloned = file.try_clone().map_err(TransferError::Lost)?;

@@ -308,6 +308,7 @@ impl LocalStore {
         data: Bytes,
         digest: Cv,
         on_conflict: OnConflict,
+        mtime: Option<i64>,
     ) -> Result<Stored, StoreError> {
         let size = data.len() as u64;
         if size > CHUNK {
@@ -336,6 +337,7 @@ impl LocalStore {
             // Locked like every partial, so a sweep by another process leaves it alone.
             lock_partial(&file, &temp)?;
             file.write_all(&data)?;
+            set_mtime(&file, mtime)?;
             if config.fsync {
                 file.sync_all()?;
             }
@@ -495,6 +497,7 @@ impl LocalStore {
             durable: kept.len(),
             verified: kept.clone(),
             since_checkpoint: 0,
+            mtime: begin.mtime,
             shared: shared.clone(),
         };
         let live = LiveWriter::start(&self.inner.config.writers);
@@ -1098,6 +1101,8 @@ struct Writer {
     /// How many of `verified` are on disk in the CV file.
     durable: usize,
     since_checkpoint: u64,
+    /// The modification time to publish with.
+    mtime: Option<i64>,
     shared: Arc<Shared>,
     /// Declared last, so dropped last: the key is free only once the data file (and its OS lock)
     /// is closed, or a writer let in by the key would find the file still locked.
@@ -1296,6 +1301,7 @@ impl Writer {
             )));
         }
         let config = self.storage.inner.config.clone();
+        set_mtime(&self.file, self.mtime)?;
         if config.fsync {
             self.file.sync_all()?;
         }
@@ -1318,6 +1324,18 @@ impl Writer {
             r.keep();
         }
         Ok(stored) // the file closes, then the key is freed (field order)
+    }
+}
+
+/// Gives a file the sender's modification time (before its digest is cached: the cache is
+/// stamped with it). Times before the epoch or absurdly far ahead are left alone.
+fn set_mtime(file: &File, mtime: Option<i64>) -> io::Result<()> {
+    let Some(secs) = mtime.and_then(|s| u64::try_from(s).ok()) else {
+        return Ok(());
+    };
+    match SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs)) {
+        Some(t) => file.set_modified(t),
+        None => Ok(()),
     }
 }
 
@@ -1359,9 +1377,13 @@ impl Store for LocalStore {
         data: Bytes,
         digest: Cv,
         on_conflict: OnConflict,
+        mtime: Option<i64>,
     ) -> BoxFuture<'_, Result<Stored, StoreError>> {
         let path = path.to_owned();
-        Box::pin(async move { self.put_whole(&path, data, digest, on_conflict).await })
+        Box::pin(async move {
+            self.put_whole(&path, data, digest, on_conflict, mtime)
+                .await
+        })
     }
 
     fn stat(&self, path: &str) -> BoxFuture<'_, Result<Option<Meta>, StoreError>> {
@@ -1448,7 +1470,9 @@ mod tests {
     ) -> Result<Stored, StoreError> {
         let core = Core::new(Arc::new(s.clone()), Policy::default());
         let session = core.unauthenticated("127.0.0.1:1".parse().unwrap());
-        session.store_small(path, data, cv, digest, None).await
+        session
+            .store_small(path, data, cv, digest, None, None)
+            .await
     }
 
     const MIB: u64 = 1 << 20;
