@@ -285,18 +285,17 @@ async fn their_files(
 async fn same_chunks(
     link: &mut Link,
     remote: &str,
-    their_size: u64,
-    size: u64,
+    (their_size, size): (u64, u64),
     file: &File,
+    ours: Option<Vec<Cv>>,
 ) -> Result<Option<Vec<bool>>, TransferError> {
     let Some(theirs) = their_cvs(link, remote, their_size).await? else {
         return Ok(None);
     };
-    let cloned = file.try_clone().map_err(TransferError::Lost)?;
-    let ours = tokio::task::spawn_blocking(move || prefix_cvs(&cloned, size))
-        .await
-        .map_err(|e| TransferError::Lost(io::Error::other(e)))?
-        .map_err(TransferError::Lost)?;
+    let ours = match ours {
+        Some(cvs) => cvs,
+        None => local_cvs(file, size).await?,
+    };
     let flags: Vec<bool> = ours
         .iter()
         .enumerate()
@@ -308,6 +307,15 @@ async fn same_chunks(
         })
         .collect();
     Ok(flags.iter().any(|&f| f).then_some(flags))
+}
+
+/// The chunk CVs of our whole file (read on a blocking thread).
+async fn local_cvs(file: &File, size: u64) -> Result<Vec<Cv>, TransferError> {
+    let cloned = file.try_clone().map_err(TransferError::Lost)?;
+    tokio::task::spawn_blocking(move || prefix_cvs(&cloned, size))
+        .await
+        .map_err(|e| TransferError::Lost(io::Error::other(e)))?
+        .map_err(TransferError::Lost)
 }
 
 /// The server's chunk CVs of `remote`, page by page; `None` if it will not say (the rest of the
@@ -374,7 +382,11 @@ pub enum OnExisting {
 /// What to do with a file the server has as `theirs` (size, digest): `None` to send it as planned
 /// (with `replaces` set for an update), or the outcome that replaces sending.
 enum Decision {
-    Send { replaces: Option<String> },
+    /// With our chunk CVs when deciding needed them.
+    Send {
+        replaces: Option<String>,
+        ours: Option<Vec<Cv>>,
+    },
     Unchanged,
     Skip(String),
     Conflict(String),
@@ -387,10 +399,14 @@ async fn decide(
     file: &File,
 ) -> Result<Decision, TransferError> {
     let Some(theirs) = theirs else {
-        return Ok(Decision::Send { replaces: None });
+        return Ok(Decision::Send {
+            replaces: None,
+            ours: None,
+        });
     };
     let replace = || Decision::Send {
         replaces: Some(theirs.digest.clone()),
+        ours: None,
     };
     let policy = opts.on_existing;
     if policy == OnExisting::Overwrite {
@@ -401,6 +417,18 @@ async fn decide(
     let same = if theirs.size != size {
         false
     } else if theirs.mtime == mtime && !opts.checksum {
+        true
+    } else if size > CHUNK && policy == OnExisting::Update {
+        // Likely an update: it needs the chunk CVs anyway, and they give the digest too, so the
+        // file is read once (32 bytes of CVs per MiB are kept for the update).
+        let cvs = local_cvs(file, size).await?;
+        let same = parse_hex(&theirs.digest) == barge_proto::tree::file_digest(&cvs, size, None);
+        if !same {
+            return Ok(Decision::Send {
+                replaces: Some(theirs.digest.clone()),
+                ours: Some(cvs),
+            });
+        }
         true
     } else {
         parse_hex(&theirs.digest) == Some(whole_digest(file).await?)
@@ -413,7 +441,10 @@ async fn decide(
         (OnExisting::Fail, false) => Decision::Conflict(
             "exists on the server with other content (--on-conflict fail)".into(),
         ),
-        (OnExisting::Rename, false) => Decision::Send { replaces: None },
+        (OnExisting::Rename, false) => Decision::Send {
+            replaces: None,
+            ours: None,
+        },
         (OnExisting::Update | OnExisting::Overwrite, false) => replace(),
     })
 }
@@ -482,11 +513,11 @@ pub(super) async fn send_round(
                         continue;
                     }
                 };
-                let replaces = if progress[index].unanswered {
-                    progress[index].replaces.clone() // decided on an earlier connection
+                let (replaces, ours) = if progress[index].unanswered {
+                    (progress[index].replaces.clone(), None) // decided on an earlier connection
                 } else {
                     match decide(opts, theirs.get(remote), (*size, *mtime), &file).await? {
-                        Decision::Send { replaces } => replaces,
+                        Decision::Send { replaces, ours } => (replaces, ours),
                         Decision::Unchanged => {
                             progress[index].finished = true;
                             report.unchanged += 1;
@@ -516,7 +547,7 @@ pub(super) async fn send_round(
                         if *size > CHUNK && listed.size > CHUNK && !progress[index].unanswered =>
                     {
                         settle_all(link, &mut owed, jobs, progress, report, opts, on_event).await?;
-                        same_chunks(link, remote, listed.size, *size, &file).await?
+                        same_chunks(link, remote, (listed.size, *size), &file, ours).await?
                     }
                     _ => None,
                 };
