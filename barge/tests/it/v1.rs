@@ -1787,3 +1787,61 @@ fn later(path: &Path) {
         .set_modified(now + Duration::from_secs(60))
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_json_line_has_an_event_and_failures_carry_their_exit_code() {
+    let server = TestServer::start().await;
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("a.txt");
+    std::fs::write(&file, b"json").unwrap();
+    let addr = server.addr.to_string();
+    let sent = run_blocking(
+        barge()
+            .arg("send")
+            .arg(&file)
+            .args(["--to", &addr, "--json"]),
+    )
+    .await;
+    assert!(sent.status.success());
+    let listed = run_blocking(barge().args(["ls", &addr, "--json"])).await;
+    let missing = run_blocking(barge().args(["ls", &addr, "nope", "--json"])).await;
+    let unreachable = format!("127.0.0.1:{}", free_port());
+    let lost = run_blocking(
+        barge()
+            .arg("send")
+            .arg(&file)
+            .args(["--to", &unreachable, "--json"]),
+    )
+    .await;
+    for out in [&sent, &listed, &missing, &lost] {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert!(v["event"].is_string(), "{line}");
+            if let Some(secs) = v["secs"].as_f64() {
+                assert_eq!(secs, (secs * 1000.0).round() / 1000.0, "{line}");
+            }
+        }
+    }
+    let entry: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&listed.stdout)
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (entry["event"].as_str(), entry["path"].as_str()),
+        (Some("entry"), Some("a.txt"))
+    );
+    for (out, code) in [(&missing, 4i64), (&lost, 3)] {
+        assert_eq!(out.status.code().map(i64::from), Some(code));
+        let last: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap())
+                .unwrap();
+        assert_eq!(
+            (last["event"].as_str(), last["code"].as_i64()),
+            (Some("error"), Some(code)),
+            "{last}"
+        );
+    }
+}

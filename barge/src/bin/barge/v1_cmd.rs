@@ -63,6 +63,19 @@ pub async fn get(a: GetArgs) -> Result<u8> {
 }
 
 pub async fn ls(a: LsArgs) -> Result<u8> {
+    let json = a.json;
+    let result = ls_entries(a).await;
+    if json && let Err(e) = &result {
+        // Scripts read stdout: a failure is an event there too.
+        println!(
+            "{}",
+            json!({"event": "error", "code": exit::code_for(e), "message": format!("{e:#}")})
+        );
+    }
+    result
+}
+
+async fn ls_entries(a: LsArgs) -> Result<u8> {
     let (addr, rest) = match split_target(&a.args, &a.client.to)? {
         (addr, rest) if rest.len() <= 1 => (addr, rest),
         _ => bail!("ls takes at most a server and one path"),
@@ -76,7 +89,9 @@ pub async fn ls(a: LsArgs) -> Result<u8> {
     let json = a.json;
     let mut print = |e: barge_proto::wire::Entry| -> std::io::Result<()> {
         if json {
-            writeln!(out, "{}", serde_json::to_string(&e)?)
+            let mut v = serde_json::to_value(&e)?;
+            v["event"] = json!("entry");
+            writeln!(out, "{v}")
         } else {
             let name = if e.dir {
                 format!("{}/", e.path)
@@ -104,8 +119,13 @@ pub async fn ls(a: LsArgs) -> Result<u8> {
             "barge: {addr} refused to list {path:?}: {}",
             printable(&message)
         );
+        if json {
+            println!(
+                "{}",
+                json!({"event": "error", "code": exit::REFUSED, "status": status, "message": message})
+            );
+        }
         // Not found, forbidden, not a folder: the server refused (README: 4).
-        let _ = status;
         return Ok(exit::REFUSED);
     }
     out.flush()?;
@@ -277,7 +297,7 @@ impl View {
         if let Some(bar) = self.bar.take() {
             bar.abandon();
         }
-        let secs = started.elapsed().as_secs_f64();
+        let secs = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
         match result {
             Ok(report) => {
                 if self.json {
@@ -310,10 +330,14 @@ impl View {
                 Ok(exit::for_report(&report))
             }
             Err(e) => {
+                let e = anyhow::Error::from(e);
                 if self.json {
-                    println!("{}", json!({"event": "error", "message": e.to_string()}));
+                    println!(
+                        "{}",
+                        json!({"event": "error", "code": exit::code_for(&e), "message": format!("{e:#}")})
+                    );
                 }
-                Err(e.into())
+                Err(e)
             }
         }
     }

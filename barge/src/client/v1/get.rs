@@ -337,7 +337,7 @@ impl Getter {
             size,
             transferred: size - from,
             digest: digest.to_owned(),
-            secs: started.elapsed().as_secs_f64(),
+            secs: millis(started.elapsed()),
         });
         Ok(Fetched::Stored)
     }

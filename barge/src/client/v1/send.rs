@@ -875,7 +875,7 @@ pub(super) fn settle(
                         size,
                         transferred: o.transferred,
                         digest: reply.digest.unwrap_or_default(),
-                        secs: o.started.elapsed().as_secs_f64(),
+                        secs: millis(o.started.elapsed()),
                     });
                 }
             }
