@@ -98,8 +98,10 @@ def uploader(sources, port, seed):
     while not stop.is_set():
         src = rng.choice(sources)
         killed = rng.random() < 0.3
+        # --on-conflict overwrite: every send moves every byte again (sending an unchanged file
+        # is otherwise a no-op, and the soak is about load).
         cmd = [BARGE, "send", src, "--to", f"127.0.0.1:{port}", "-q", "--retries", "2",
-               "--timeout", "20"]
+               "--timeout", "20", "--on-conflict", "overwrite"]
         if killed:
             cmd += ["--bwlimit", "5M"]
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
