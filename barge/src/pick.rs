@@ -54,9 +54,9 @@ pub enum ChoiceError {
     /// Not digits.
     #[error("must be a number")]
     NotANumber,
-    /// A number outside 1..=count.
-    #[error("not in range")]
-    NotInRange,
+    /// A number outside 1..=count (the lesson's words, then the range).
+    #[error("not in range (1 to {0})")]
+    NotInRange(usize),
 }
 
 /// Parses one answer for a menu of `count` entries numbered from 1.
@@ -71,7 +71,7 @@ pub fn parse_choice(answer: &str, count: usize) -> Result<Choice, ChoiceError> {
     }
     match answer.parse::<usize>() {
         Ok(n) if (1..=count).contains(&n) => Ok(Choice::Index(n - 1)),
-        _ => Err(ChoiceError::NotInRange),
+        _ => Err(ChoiceError::NotInRange(count)),
     }
 }
 
@@ -95,12 +95,15 @@ mod tests {
         for out in ["0", "4", "99999999999999999999999"] {
             assert_eq!(
                 parse_choice(out, 3),
-                Err(ChoiceError::NotInRange),
+                Err(ChoiceError::NotInRange(3)),
                 "{out:?}"
             );
         }
         assert_eq!(ChoiceError::NotANumber.to_string(), "must be a number");
-        assert_eq!(ChoiceError::NotInRange.to_string(), "not in range");
+        assert_eq!(
+            ChoiceError::NotInRange(7).to_string(),
+            "not in range (1 to 7)"
+        );
     }
 
     #[test]

@@ -290,3 +290,37 @@ fn accept_errors_back_off_and_the_server_recovers() {
     );
     assert!(terminate(&mut server).success());
 }
+
+#[test]
+fn serve_checks_its_folder_and_port_before_creating_anything() {
+    let d = tempfile::tempdir().unwrap();
+    let file = d.path().join("f.txt");
+    std::fs::write(&file, b"x").unwrap();
+    let out = run(barge()
+        .args(["serve", "--addr", "127.0.0.1:0", "--dir"])
+        .arg(&file));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("is not a folder"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A busy port: a hint, and the inbox is not created.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let inbox = d.path().join("inbox");
+    let out = run(barge()
+        .args(["serve", "--addr", &addr, "--dir"])
+        .arg(&inbox));
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("cannot listen on") && err.contains("another program"),
+        "{err}"
+    );
+    assert!(
+        !inbox.exists(),
+        "the inbox was created although the port was busy"
+    );
+}

@@ -236,7 +236,7 @@ fn barge_udp_send_works_against_seed_server() {
             "--count",
             "3",
             "--timeout",
-            "300",
+            "0.3",
             "--retries",
             "10",
             "--json",
@@ -292,7 +292,7 @@ fn cli_exit_codes_tell_success_partial_unreachable_and_too_large() {
     });
     let out = barge()
         .args(["udp", "send", &half_addr.to_string(), "x", "--count", "4"])
-        .args(["--retries", "0", "--timeout", "200"])
+        .args(["--retries", "0", "--timeout", "0.2"])
         .output()
         .unwrap();
     answerer.join().unwrap();
@@ -306,7 +306,7 @@ fn cli_exit_codes_tell_success_partial_unreachable_and_too_large() {
     let port = free_udp_port();
     let out = barge()
         .args(["udp", "send", &format!("127.0.0.1:{port}"), "x"])
-        .args(["--retries", "1", "--timeout", "100"])
+        .args(["--retries", "1", "--timeout", "0.1"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(3));

@@ -76,11 +76,12 @@ pub struct FrameworkArgs {
     /// Connections served at once from one IP address; more are closed at once.
     #[arg(long)]
     pub max_connections_per_ip: Option<usize>,
-    /// Bandwidth for all connections together, bytes per second (e.g. 10M).
-    #[arg(long, value_parser = parse_size)]
+    /// Bandwidth for all connections together: bytes per second (10M = 10 MiB/s) or bits
+    /// (100Mbit).
+    #[arg(long, value_parser = parse_rate, value_name = "RATE")]
     pub bwlimit: Option<u64>,
-    /// Bandwidth per connection, bytes per second (e.g. 1M).
-    #[arg(long, value_parser = parse_size)]
+    /// Bandwidth per connection: bytes per second (1M = 1 MiB/s) or bits (8Mbit).
+    #[arg(long, value_parser = parse_rate, value_name = "RATE")]
     pub bwlimit_per_connection: Option<u64>,
 }
 
@@ -113,9 +114,9 @@ pub struct UdpSendArgs {
     /// Milliseconds to pause between requests.
     #[arg(long, default_value_t = 0)]
     pub interval: u64,
-    /// Milliseconds to wait for each reply.
-    #[arg(long, default_value_t = 1000)]
-    pub timeout: u64,
+    /// Seconds to wait for each reply (like every other --timeout).
+    #[arg(long, default_value_t = 1.0)]
+    pub timeout: f64,
     /// Extra transmissions of a request that got no reply.
     #[arg(long, default_value_t = 2)]
     pub retries: u32,
@@ -256,8 +257,8 @@ pub struct ClientArgs {
     /// File whose first line is the token to present (else the BARGE_TOKEN environment variable).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
-    /// Bandwidth limit, bytes per second (e.g. 10M).
-    #[arg(long, value_parser = parse_size)]
+    /// Bandwidth limit: bytes per second (10M = 10 MiB/s) or bits (100Mbit = 12.5 MB/s).
+    #[arg(long, value_parser = parse_rate, value_name = "RATE")]
     pub bwlimit: Option<u64>,
 }
 
@@ -438,7 +439,8 @@ fn bad_address(s: &str) -> crate::config::UsageError {
     ))
 }
 
-/// Parses `123`, `64K`, `500M`, `4G`, `1T` (binary multiples; an optional `B`/`iB` is allowed).
+/// Parses a size: `123`, `64K`, `500M`, `1.5G`, `4GiB`, `1T`. K, M, G and T are binary multiples
+/// (1K = 1024 bytes, as `ls -h` and `df -h` count); an optional `B` or `iB` is allowed.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let upper = s.trim().to_ascii_uppercase();
     let t = upper
@@ -458,11 +460,49 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         }
         _ => (t, 0),
     };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size like 500M or 4G"))?;
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("{s:?} is too large"))
+    scaled(digits, (1u64 << shift) as f64).ok_or_else(|| {
+        format!("{s:?} is not a size like 500M, 1.5G or 4GiB (K, M, G, T are powers of 1024)")
+    })
+}
+
+/// Parses a rate in bytes per second: a size (`10M` = 10 MiB/s), or bits per second with a
+/// decimal prefix as networks count them: `100Mbit` = 100,000,000 bits/s = 12.5 MB/s.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let lower = s.trim().to_ascii_lowercase();
+    let Some(t) = lower
+        .strip_suffix("bit/s")
+        .or_else(|| lower.strip_suffix("bit"))
+        .or_else(|| lower.strip_suffix("bps"))
+    else {
+        return parse_size(s);
+    };
+    let (digits, scale) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1e3),
+        Some('m') => (&t[..t.len() - 1], 1e6),
+        Some('g') => (&t[..t.len() - 1], 1e9),
+        _ => (t, 1.0),
+    };
+    scaled(digits, scale / 8.0)
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{s:?} is not a rate like 10M (bytes/s) or 100Mbit (bits/s)"))
+}
+
+/// `digits` (an integer or a decimal number) times `unit`, as whole bytes.
+fn scaled(digits: &str, unit: f64) -> Option<u64> {
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return None;
+    }
+    if let Ok(n) = digits.parse::<u64>() {
+        return n
+            .checked_mul(unit as u64)
+            .filter(|_| unit.fract() == 0.0)
+            .or_else(|| {
+                let v = n as f64 * unit;
+                (v < u64::MAX as f64).then_some(v as u64)
+            });
+    }
+    let v = digits.parse::<f64>().ok()? * unit;
+    (v.is_finite() && v >= 0.0 && v < u64::MAX as f64).then_some(v.round() as u64)
 }
 
 #[cfg(test)]
@@ -508,6 +548,19 @@ mod tests {
         // The flag's value must be an address too.
         assert!(split(&["x"], "127.0.0.1").is_err());
         assert!(split(&["x"], "127.0.0.1:99999").is_err());
+    }
+
+    #[test]
+    fn sizes_take_decimals_and_rates_take_bits() {
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size("500MiB"), Ok(500 << 20));
+        assert_eq!(parse_size("0.5K"), Ok(512));
+        assert!(parse_size("1.2.3M").is_err() && parse_size("-1").is_err());
+        assert_eq!(parse_rate("10M"), Ok(10 << 20));
+        assert_eq!(parse_rate("100Mbit"), Ok(12_500_000));
+        assert_eq!(parse_rate("1gbit/s"), Ok(125_000_000));
+        assert_eq!(parse_rate("8kbps"), Ok(1000));
+        assert!(parse_rate("0bit").is_err() && parse_rate("fastbit").is_err());
     }
 
     #[test]

@@ -68,7 +68,9 @@ fn main() -> ExitCode {
     match outcome {
         Ok(code) => {
             if code == exit::INTERRUPTED {
-                eprintln!("barge: interrupted");
+                eprintln!(
+                    "barge: interrupted — run the same command again to resume (verified data is kept)"
+                );
             }
             ExitCode::from(code)
         }
@@ -176,10 +178,25 @@ fn server_config(f: &FrameworkArgs) -> Result<ServerConfig> {
 /// Binds a TCP listener and prints the one stdout line that says where a server listens (tests
 /// and scripts read it; logs go to stderr).
 fn listen(addr: SocketAddr, what: &str) -> Result<tokio::net::TcpListener> {
-    let listener =
-        barge::net::bind_tcp(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    let listener = bind(addr)?;
     announce(&format!("listening on {}{what}", listener.local_addr()?))?;
     Ok(listener)
+}
+
+/// Binds `addr`, with a hint when the port is taken.
+fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    barge::net::bind_tcp(addr).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            format!(
+                " (another program already listens there: stop it, or pick another port with \
+                 --addr {}:PORT; port 0 picks a free one)",
+                addr.ip()
+            )
+        } else {
+            String::new()
+        };
+        anyhow::Error::new(e).context(format!("cannot listen on {addr}{hint}"))
+    })
 }
 
 fn announce(line: &str) -> Result<()> {

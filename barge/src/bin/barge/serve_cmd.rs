@@ -17,6 +17,13 @@ pub async fn serve(a: ServeArgs) -> Result<u8> {
     let c = ServeConfig::try_from(a)?;
     crate::check_open_files(&c.server);
     let dir = c.storage.dir.clone();
+    // Checked before anything is created: a file in the way, or a busy port, leaves no folder.
+    if let Ok(meta) = std::fs::metadata(&dir)
+        && !meta.is_dir()
+    {
+        anyhow::bail!("--dir {}: exists and is not a folder", dir.display());
+    }
+    let listener = crate::bind(c.addr)?;
     let mut storage_config = c.storage;
     if let Some(limit) = c.quota {
         std::fs::create_dir_all(&dir)
@@ -55,7 +62,7 @@ pub async fn serve(a: ServeArgs) -> Result<u8> {
             "the lesson's upload format is off here (no authentication); --legacy turns it on"
         );
     }
-    let listener = crate::listen(c.addr, &what)?;
+    crate::announce(&format!("listening on {}{what}", listener.local_addr()?))?;
     // Abandoned partial uploads are swept at start (by `LocalStore::open`) and then regularly.
     let _sweeper = storage.sweep_regularly();
     let mut service = FileService::local(storage, c.policy)

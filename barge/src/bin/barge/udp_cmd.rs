@@ -79,7 +79,7 @@ pub async fn send(a: UdpSendArgs) -> Result<u8> {
     let options = UdpOptions {
         count: a.count,
         interval: Duration::from_millis(a.interval),
-        timeout: Duration::from_millis(a.timeout.max(1)),
+        timeout: crate::config::seconds(a.timeout, "--timeout")?,
         retries: a.retries,
     };
     let json = a.json;
