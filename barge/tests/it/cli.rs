@@ -324,3 +324,37 @@ fn serve_checks_its_folder_and_port_before_creating_anything() {
         "the inbox was created although the port was busy"
     );
 }
+
+#[test]
+fn every_transfer_command_has_examples_and_there_are_completions_and_a_man_page() {
+    for cmd in [
+        "serve",
+        "send",
+        "get",
+        "ls",
+        "bench",
+        "pick",
+        "completions",
+        "man",
+    ] {
+        let out = run(barge().args([cmd, "--help"]));
+        assert!(out.status.success(), "{cmd}");
+        let help = text(&out.stdout);
+        assert!(
+            help.contains("Examples:\n  barge "),
+            "{cmd} --help has no examples:\n{help}"
+        );
+    }
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run(barge().args(["completions", shell]));
+        assert!(out.status.success(), "{shell}");
+        let script = text(&out.stdout);
+        assert!(
+            script.contains("barge") && script.contains("serve"),
+            "{shell}"
+        );
+    }
+    let man = run(barge().arg("man"));
+    assert!(man.status.success());
+    assert!(text(&man.stdout).contains(".TH barge 1"));
+}

@@ -22,16 +22,38 @@ pub struct Opts {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Receive uploads (barge's protocol and the lesson's) into a folder; serve listings and downloads.
+    #[command(after_help = "Examples:
+  barge serve --dir inbox                                   # 127.0.0.1:8080, files into ./inbox
+  barge serve --dir /srv/files --addr 0.0.0.0:8080 --tls --token-file tokens
+  barge serve --dir inbox --quota 500G --max-file-size 50G --bwlimit 100Mbit")]
     Serve(ServeArgs),
     /// Upload files and folders: verified, resumable, reconnecting (--legacy: the lesson's format).
+    #[command(after_help = "Examples:
+  barge send movie.mp4 photos/ --to 127.0.0.1:8080          # files and folders (trees kept)
+  barge send photos/ --to files.example.org:8080            # again: only what changed moves
+  barge send big.iso --to [::1]:8080 --tls --json           # TLS (trust on first use), JSON lines")]
     Send(SendArgs),
     /// Download files or folders from a server: verified and resumable.
+    #[command(after_help = "Examples:
+  barge get localhost:8080 movie.mp4 -o downloads           # the server first, then what to fetch
+  barge get localhost:8080 photos -o backup                 # a folder; again: only what changed
+  barge get localhost:8080 photos --on-conflict rename      # keep both when a file differs")]
     Get(GetArgs),
     /// List what a server stores: name, size, modification time, BLAKE3 digest.
+    #[command(after_help = "Examples:
+  barge ls localhost:8080                                   # the top folder
+  barge ls localhost:8080 photos -r                         # everything below photos
+  barge ls files.example.org:8080 --json                    # one entry event per line")]
     Ls(LsArgs),
     /// Measure what the link to a server carries, memory to memory (like iperf3; no disk).
+    #[command(after_help = "Examples:
+  barge bench 127.0.0.1:8080 --size 4G
+  barge bench files.example.org:8080 --tls --json")]
     Bench(BenchArgs),
     /// The lesson's menu: list a folder, choose files by number, upload each.
+    #[command(after_help = "Examples:
+  barge pick ~/Videos --to 127.0.0.1:8080                   # numbers choose, q quits
+  barge pick ~/Videos --to 127.0.0.1:8080 --legacy          # the lesson's own format")]
     Pick(PickArgs),
     /// UDP request/reply: a server that answers every datagram, and a ping-like client.
     #[command(subcommand)]
@@ -39,6 +61,18 @@ pub enum Command {
     /// The upper-case echo service (the lesson's socketserver example) and its client.
     #[command(subcommand)]
     Echo(EchoCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    #[command(after_help = "Examples:
+  barge completions bash > ~/.local/share/bash-completion/completions/barge
+  barge completions zsh > ~/.zfunc/_barge")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print barge's manual page (roff) to stdout.
+    #[command(after_help = "Examples:
+  barge man > barge.1 && man ./barge.1")]
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
