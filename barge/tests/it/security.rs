@@ -43,6 +43,7 @@ fn opts(token: Option<&str>) -> Options {
         follow_links: false,
         on_existing: Default::default(),
         checksum: false,
+        filter: Default::default(),
     }
 }
 

@@ -29,6 +29,7 @@ fn opts() -> Options {
         follow_links: false,
         on_existing: Default::default(),
         checksum: false,
+        filter: Default::default(),
     }
 }
 
@@ -1844,4 +1845,61 @@ async fn every_json_line_has_an_event_and_failures_carry_their_exit_code() {
             "{last}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn include_and_exclude_choose_what_goes_both_ways() {
+    let src = tempfile::tempdir().unwrap();
+    let server_dir = tempfile::tempdir().unwrap();
+    let tree = src.path().join("proj");
+    for (p, body) in [
+        ("src/main.rs", "fn main() {}"),
+        ("src/lib.rs", "pub fn f() {}"),
+        ("notes.tmp", "scratch"),
+        ("build/out.o", "object"),
+        ("README.md", "hello"),
+    ] {
+        std::fs::create_dir_all(tree.join(p).parent().unwrap()).unwrap();
+        std::fs::write(tree.join(p), body).unwrap();
+    }
+    let dial = Memory(memory_service(server_dir.path()));
+    let filtered = |include: &[&str], exclude: &[&str]| v1::Options {
+        filter: v1::Filter::new(
+            &include.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            &exclude.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        )
+        .unwrap(),
+        ..opts()
+    };
+    v1::send(
+        &dial,
+        std::slice::from_ref(&tree),
+        &filtered(&[], &["*.tmp", "build"]),
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        names_below(&server_dir.path().join("proj")),
+        ["README.md", "src/lib.rs", "src/main.rs"]
+    );
+    // Fetching back only the Rust files.
+    let out = tempfile::tempdir().unwrap();
+    v1::get(
+        &dial,
+        &["proj".into()],
+        out.path(),
+        &filtered(&["*.rs"], &[]),
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        names_below(&out.path().join("proj")),
+        ["src/lib.rs", "src/main.rs"]
+    );
+    assert!(
+        v1::Filter::new(&["a[".into()], &[]).is_err(),
+        "a bad glob is refused"
+    );
 }

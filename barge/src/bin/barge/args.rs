@@ -314,6 +314,13 @@ pub struct TransferArgs {
     /// default a file of the same size and time is taken as the same, like rsync).
     #[arg(long)]
     pub checksum: bool,
+    /// Leave out files and folders matching GLOB (repeatable): `*.tmp` matches a name at any
+    /// depth, `build/**` a path below what was named.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Only files matching GLOB (repeatable; folders are still walked to find them).
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
 }
 
 /// `--on-conflict` of `send` and `get` (see `barge::client::v1::OnExisting`).

@@ -13,7 +13,7 @@ use barge::service::files::lesson_format_by_default;
 use barge::store::{LocalConfig, OnConflict};
 use barge::transfer::Policy;
 
-use barge::client::v1::{OnExisting, Options, Tcp};
+use barge::client::v1::{Filter, OnExisting, Options, Tcp};
 use barge::throttle::Bucket;
 use barge::tls::{Fingerprint, Trust};
 
@@ -179,9 +179,15 @@ impl TryFrom<&ClientArgs> for ClientConfig {
 
 impl ClientConfig {
     /// The v1 client's options; `t` (retries) only for the commands that resume.
-    pub fn options(&self, t: Option<&TransferArgs>) -> Options {
+    pub fn options(&self, t: Option<&TransferArgs>) -> Result<Options, UsageError> {
         let defaults = Options::default();
-        Options {
+        let filter = match t {
+            Some(t) => Filter::new(&t.include, &t.exclude)
+                .map_err(|e| UsageError(format!("--include/--exclude: {e}")))?,
+            None => Filter::default(),
+        };
+        Ok(Options {
+            filter,
             connect_timeout: self.connect_timeout,
             io_timeout: self.io_timeout,
             retries: t.map_or(defaults.retries, |t| t.retries),
@@ -196,7 +202,7 @@ impl ClientConfig {
             token: self.token.clone(),
             writers: crate::writers().clone(),
             ..defaults
-        }
+        })
     }
 
     /// A dialer for `addr`: TLS when asked for, paced by `--bwlimit`.

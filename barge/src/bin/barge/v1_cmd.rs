@@ -36,7 +36,7 @@ pub async fn send_paths(
     let c = ClientConfig::try_from(client)?;
     let opts = Options {
         follow_links,
-        ..c.options(Some(t))
+        ..c.options(Some(t))?
     };
     let mut view = View::new(client.progress, t.json, "sent");
     let started = Instant::now();
@@ -51,7 +51,7 @@ pub async fn get(a: GetArgs) -> Result<u8> {
         bail!("name at least one file or folder to get");
     }
     let c = ClientConfig::try_from(&a.client)?;
-    let mut opts = c.options(Some(&a.transfer));
+    let mut opts = c.options(Some(&a.transfer))?;
     if a.overwrite {
         opts.on_existing = v1::OnExisting::Overwrite;
     }
@@ -82,7 +82,7 @@ async fn ls_entries(a: LsArgs) -> Result<u8> {
     };
     let path = rest.first().map_or("", String::as_str).trim_matches('/');
     let c = ClientConfig::try_from(&a.client)?;
-    let opts = c.options(None);
+    let opts = c.options(None)?;
     let dial = c.dial(&addr)?;
     // Entries are printed as their pages arrive: a listing of any size needs no memory.
     let mut out = std::io::BufWriter::new(std::io::stdout());
@@ -135,7 +135,7 @@ async fn ls_entries(a: LsArgs) -> Result<u8> {
 pub async fn bench(a: BenchArgs) -> Result<u8> {
     let (addr, _) = split_target(&a.args, &a.client.to)?;
     let c = ClientConfig::try_from(&a.client)?;
-    let opts = c.options(None);
+    let opts = c.options(None)?;
     let dial = c.dial(&addr)?;
     let elapsed = v1::bench(&dial, a.size, &opts).await?;
     let secs = elapsed.as_secs_f64().max(1e-9);

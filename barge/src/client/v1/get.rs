@@ -37,6 +37,14 @@ pub async fn get(
         sweep_tree: false,
         writers: opts.writers.clone(),
         ..LocalConfig::new(out)
+    })
+    .map_err(|e| match e {
+        // Name the folder: "permission denied" alone does not say where.
+        StoreError::Io(source) => TransferError::Local {
+            path: out.to_owned(),
+            source,
+        },
+        other => TransferError::Storage(other),
     })?;
     let getter = Getter {
         store,
@@ -49,7 +57,7 @@ pub async fn get(
         let mut link = Link::open(dial, opts).await?;
         report.connections += 1;
         if jobs.is_none() {
-            let planned = plan_get(&mut link, names, opts.max_listed, report, on_event).await?;
+            let planned = plan_get(&mut link, names, opts, report, on_event).await?;
             finished = vec![false; planned.len()];
             jobs = Some(planned);
         }
@@ -82,7 +90,7 @@ pub async fn get(
 pub(super) async fn plan_get(
     link: &mut Link,
     names: &[String],
-    max_listed: u64,
+    opts: &Options,
     report: &mut Report,
     on_event: &mut (dyn FnMut(Event) + Send),
 ) -> Result<Vec<GetJob>, TransferError> {
@@ -90,7 +98,7 @@ pub(super) async fn plan_get(
     for name in names {
         let name = name.trim_matches('/');
         let base = name.rsplit('/').next().unwrap_or(name).to_owned();
-        match list_on(link, name, true, max_listed).await? {
+        match list_on(link, name, true, opts.max_listed).await? {
             Err((status, message)) => {
                 report.fail(name, status, message, on_event);
             }
@@ -111,6 +119,13 @@ pub(super) async fn plan_get(
                     local: base.clone(),
                 });
                 for e in entries {
+                    if !opts.filter.admits(&e.path, e.dir)
+                        || e.path
+                            .rsplit_once('/')
+                            .is_some_and(|(dir, _)| !admits_folders(&opts.filter, dir))
+                    {
+                        continue;
+                    }
                     let local = format!("{base}/{}", e.path);
                     if e.dir {
                         jobs.push(GetJob::Folder { local });
@@ -128,6 +143,21 @@ pub(super) async fn plan_get(
         }
     }
     Ok(jobs)
+}
+
+/// Whether every folder on the way to `dir` is admitted (an excluded folder excludes its tree).
+fn admits_folders(filter: &Filter, dir: &str) -> bool {
+    let mut at = 0;
+    loop {
+        let end = dir[at..].find('/').map_or(dir.len(), |i| at + i);
+        if !filter.admits(&dir[..end], true) {
+            return false;
+        }
+        if end == dir.len() {
+            return true;
+        }
+        at = end + 1;
+    }
 }
 
 /// Where downloads go: the output folder's store (resume state, verified publish) and the

@@ -73,6 +73,55 @@ pub struct Options {
     pub on_existing: OnExisting,
     /// Compare digests even when size and modification time match (rsync's `--checksum`).
     pub checksum: bool,
+    /// Which files take part (`--include`/`--exclude`).
+    pub filter: Filter,
+}
+
+/// `--include`/`--exclude` globs over paths relative to what was named (a folder's contents):
+/// a pattern without `/` matches a name at any depth (`*.tmp`), one with `/` the relative path
+/// (`build/**`). Excluded folders are not walked; with includes, only matching files go (folders
+/// are walked to find them). Exclusion wins.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    include: Option<Arc<globset::GlobSet>>,
+    exclude: Option<Arc<globset::GlobSet>>,
+}
+
+impl Filter {
+    /// A filter from the patterns given.
+    pub fn new(include: &[String], exclude: &[String]) -> Result<Self, globset::Error> {
+        let set = |patterns: &[String]| -> Result<Option<Arc<globset::GlobSet>>, globset::Error> {
+            if patterns.is_empty() {
+                return Ok(None);
+            }
+            let mut b = globset::GlobSetBuilder::new();
+            for p in patterns {
+                let p = if p.contains('/') {
+                    p.clone()
+                } else {
+                    format!("**/{p}")
+                };
+                b.add(
+                    globset::GlobBuilder::new(&p)
+                        .literal_separator(true)
+                        .build()?,
+                );
+            }
+            Ok(Some(Arc::new(b.build()?)))
+        };
+        Ok(Self {
+            include: set(include)?,
+            exclude: set(exclude)?,
+        })
+    }
+
+    /// Whether `rel` (relative, `/`-separated) takes part.
+    pub fn admits(&self, rel: &str, is_dir: bool) -> bool {
+        if self.exclude.as_ref().is_some_and(|x| x.is_match(rel)) {
+            return false;
+        }
+        is_dir || self.include.as_ref().is_none_or(|i| i.is_match(rel))
+    }
 }
 
 /// Default of [`Options::max_listed`]: ten million entries (a listing kept in memory for `get`
@@ -92,6 +141,7 @@ impl Default for Options {
             follow_links: false,
             on_existing: OnExisting::default(),
             checksum: false,
+            filter: Filter::default(),
         }
     }
 }

@@ -33,7 +33,7 @@ pub(super) type Skipped = Vec<(PathBuf, String)>;
 /// refuse, special files, links unless followed), listing each; barge's own state (`.barge/`,
 /// `.barge-*` temporaries) is left out silently. With `follow_links`, links to files and folders
 /// are followed, each real folder once (no loops); without, each link is skipped and reported.
-pub(super) fn plan(roots: &[PathBuf], follow_links: bool) -> (Vec<Job>, Skipped) {
+pub(super) fn plan(roots: &[PathBuf], follow_links: bool, filter: &Filter) -> (Vec<Job>, Skipped) {
     let mut jobs = Vec::new();
     let mut skipped = Vec::new();
     let mut seen_dirs = std::collections::HashSet::new();
@@ -104,6 +104,8 @@ pub(super) fn plan(roots: &[PathBuf], follow_links: bool) -> (Vec<Job>, Skipped)
                     continue;
                 };
                 let child = format!("{remote}/{name}");
+                // Relative to what was named: the root folder's own name is not part of it.
+                let rel = child.split_once('/').map_or("", |(_, r)| r);
                 let lmeta = match std::fs::symlink_metadata(&path) {
                     Ok(m) => m,
                     Err(e) => {
@@ -126,6 +128,9 @@ pub(super) fn plan(roots: &[PathBuf], follow_links: bool) -> (Vec<Job>, Skipped)
                 } else {
                     lmeta
                 };
+                if !filter.admits(rel, meta.is_dir()) {
+                    continue; // the user's choice: not reported
+                }
                 if meta.is_dir() {
                     let real = path.canonicalize().unwrap_or_else(|_| path.clone());
                     if !seen_dirs.insert(real) {
@@ -185,7 +190,7 @@ pub async fn send(
     opts: &Options,
     on_event: &mut (dyn FnMut(Event) + Send),
 ) -> Result<Report, TransferError> {
-    let (jobs, skipped) = plan(roots, opts.follow_links);
+    let (jobs, skipped) = plan(roots, opts.follow_links, &opts.filter);
     let mut progress = vec![Progress::default(); jobs.len()];
     let mut report = Report::default();
     for (path, reason) in skipped {
@@ -929,7 +934,7 @@ mod tests {
         std::fs::create_dir_all(root.join(".barge/partial")).unwrap();
         std::fs::write(root.join(".barge-0123.part"), b"x").unwrap();
         std::fs::write(root.join("back\\slash.txt"), b"x").unwrap();
-        let (jobs, skipped) = plan(std::slice::from_ref(&root), false);
+        let (jobs, skipped) = plan(std::slice::from_ref(&root), false, &Filter::default());
         let jobs = shown(&jobs);
         let mut sorted = jobs.clone();
         sorted.sort();
@@ -956,14 +961,14 @@ mod tests {
         why.sort();
         assert_eq!(why, ["2024/link.jpg", "2024/loop", "back\\slash.txt"]);
         // One file is sent under its own name.
-        let (one, none) = plan(&[root.join("a.jpg")], false);
+        let (one, none) = plan(&[root.join("a.jpg")], false, &Filter::default());
         assert_eq!((shown(&one), none.len()), (vec!["a.jpg=1".to_owned()], 0));
     }
 
     #[test]
     fn followed_links_are_sent_and_a_loop_is_cut() {
         let (_d, root) = tree();
-        let (jobs, skipped) = plan(std::slice::from_ref(&root), true);
+        let (jobs, skipped) = plan(std::slice::from_ref(&root), true, &Filter::default());
         let jobs = shown(&jobs);
         assert!(
             jobs.contains(&"photos/2024/link.jpg=1".to_owned()),
@@ -979,7 +984,7 @@ mod tests {
         let missing = d.path().join("nope");
         let fine = d.path().join("fine.txt");
         std::fs::write(&fine, b"ok").unwrap();
-        let (jobs, skipped) = plan(&[missing.clone(), fine], false);
+        let (jobs, skipped) = plan(&[missing.clone(), fine], false, &Filter::default());
         assert_eq!(shown(&jobs), ["fine.txt=2"]);
         assert_eq!(skipped[0].0, missing);
     }

@@ -1175,14 +1175,17 @@ impl Writer {
                 window,
             ) {
                 Err(rustix::io::Errno::NOSPC) => {
-                    return Err(Failure::Io("no space left on the device".into()));
+                    return Err(Failure::Io(format!(
+                        "{}: no space left on the device",
+                        self.name
+                    )));
                 }
                 _ => self.allocated += window,
             }
         }
         self.file
             .write_all_at(data, at)
-            .map_err(|e| Failure::Io(e.to_string()))?;
+            .map_err(|e| Failure::Io(format!("{}: {e}", self.name)))?;
         self.space.spent(end - at);
         self.written_to = end;
         Ok(())
@@ -1201,7 +1204,8 @@ impl Writer {
         self.since_checkpoint += chunk_len(self.size, index);
         self.shared.verified.store(end, Ordering::Release);
         if self.since_checkpoint >= self.storage.inner.config.checkpoint_bytes {
-            self.checkpoint().map_err(|e| Failure::Io(e.to_string()))?;
+            self.checkpoint()
+                .map_err(|e| Failure::Io(format!("{} (resume point): {e}", self.name)))?;
         }
         Ok(())
     }
