@@ -44,6 +44,7 @@ fn opts(token: Option<&str>) -> Options {
         on_existing: Default::default(),
         checksum: false,
         filter: Default::default(),
+        dry_run: false,
     }
 }
 

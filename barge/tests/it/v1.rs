@@ -30,6 +30,7 @@ fn opts() -> Options {
         on_existing: Default::default(),
         checksum: false,
         filter: Default::default(),
+        dry_run: false,
     }
 }
 
@@ -1901,5 +1902,50 @@ async fn include_and_exclude_choose_what_goes_both_ways() {
     assert!(
         v1::Filter::new(&["a[".into()], &[]).is_err(),
         "a bad glob is refused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_says_what_would_move_and_moves_nothing() {
+    let server = TestServer::start().await;
+    let src = tempfile::tempdir().unwrap();
+    let tree = src.path().join("d");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("same.txt"), b"same").unwrap();
+    let addr = server.addr.to_string();
+    let first = run_blocking(barge().arg("send").arg(&tree).args(["--to", &addr])).await;
+    assert!(first.status.success());
+    std::fs::write(tree.join("new.txt"), b"new").unwrap();
+    let dry =
+        run_blocking(
+            barge()
+                .arg("send")
+                .arg(&tree)
+                .args(["--to", &addr, "--dry-run", "--json"]),
+        )
+        .await;
+    assert!(
+        dry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&dry.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let would: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "would_transfer" && e["action"] == "send")
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(would, ["d/new.txt"]);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "unchanged" && e["path"] == "d/same.txt")
+    );
+    assert!(
+        !server.dir.path().join("d/new.txt").exists(),
+        "a dry run sent a file"
     );
 }

@@ -321,6 +321,9 @@ pub struct TransferArgs {
     /// Only files matching GLOB (repeatable; folders are still walked to find them).
     #[arg(long, value_name = "GLOB")]
     pub include: Vec<String>,
+    /// Say what would be sent or fetched (new, updated, unchanged) and move nothing.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
 }
 
 /// `--on-conflict` of `send` and `get` (see `barge::client::v1::OnExisting`).

@@ -188,6 +188,7 @@ impl ClientConfig {
         };
         Ok(Options {
             filter,
+            dry_run: t.is_some_and(|t| t.dry_run),
             connect_timeout: self.connect_timeout,
             io_timeout: self.io_timeout,
             retries: t.map_or(defaults.retries, |t| t.retries),

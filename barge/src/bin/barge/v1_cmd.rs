@@ -265,6 +265,15 @@ impl View {
             }
             // Counted in the summary; `--json` lists each.
             Event::Unchanged { .. } => {}
+            Event::WouldTransfer { path, size, action } => {
+                let what = match action.as_str() {
+                    "folder" => "would create folder".to_owned(),
+                    "update" => format!("would update ({size} bytes)"),
+                    _ if self.verb == "sent" => format!("would send ({size} bytes)"),
+                    _ => format!("would fetch ({size} bytes)"),
+                };
+                println!("{what}: {}", printable(&path));
+            }
             Event::Skipped { path, reason } => {
                 if let Some(bar) = self.bar.take() {
                     bar.abandon();
@@ -306,6 +315,8 @@ impl View {
                         json!({"event": "summary", "files": report.files, "folders": report.folders,
                                "bytes": report.bytes, "transferred": report.transferred,
                                "unchanged": report.unchanged, "updated": report.updated,
+                               "would_transfer": report.would_transfer.0,
+                               "would_transfer_bytes": report.would_transfer.1,
                                "failed": report.failed.len(), "skipped": report.skipped.len(),
                                "retries": report.retries, "secs": secs})
                     );

@@ -49,6 +49,7 @@ pub async fn get(
     let getter = Getter {
         store,
         on_existing: opts.on_existing,
+        dry_run: opts.dry_run,
     };
     let mut jobs: Option<Vec<GetJob>> = None;
     let mut finished: Vec<bool> = Vec::new();
@@ -69,6 +70,13 @@ pub async fn get(
                 continue;
             }
             match job {
+                GetJob::Folder { local } if opts.dry_run => {
+                    on_event(Event::WouldTransfer {
+                        path: local.clone(),
+                        size: 0,
+                        action: "folder".into(),
+                    });
+                }
                 GetJob::Folder { local } => {
                     getter.store.mkdir(local).await?;
                     report.folders += 1;
@@ -165,6 +173,7 @@ fn admits_folders(filter: &Filter, dir: &str) -> bool {
 pub(super) struct Getter {
     store: LocalStore,
     on_existing: OnExisting,
+    dry_run: bool,
 }
 
 /// What one `get` of a file found on the server.
@@ -213,6 +222,7 @@ impl Getter {
                         return Ok(());
                     }
                     (OnExisting::Rename, false) => OnConflict::Rename,
+                    (OnExisting::Update, false) if self.dry_run => OnConflict::Overwrite,
                     (OnExisting::Update, false) => {
                         report.updated += 1;
                         OnConflict::Overwrite
@@ -222,6 +232,21 @@ impl Getter {
             // Nothing there: if something appears meanwhile, keep both.
             _ => OnConflict::Rename,
         };
+        if self.dry_run {
+            report.would_transfer.0 += 1;
+            report.would_transfer.1 += file.size;
+            let action = if on_conflict == OnConflict::Overwrite {
+                "update"
+            } else {
+                "send"
+            };
+            on_event(Event::WouldTransfer {
+                path: file.remote.clone(),
+                size: file.size,
+                action: action.into(),
+            });
+            return Ok(());
+        }
         let mut want = (file.size, file.digest.clone());
         for _ in 0..2 {
             match self

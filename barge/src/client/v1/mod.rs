@@ -75,6 +75,8 @@ pub struct Options {
     pub checksum: bool,
     /// Which files take part (`--include`/`--exclude`).
     pub filter: Filter,
+    /// Say what would be sent or fetched, and change nothing (`--dry-run`).
+    pub dry_run: bool,
 }
 
 /// `--include`/`--exclude` globs over paths relative to what was named (a folder's contents):
@@ -142,6 +144,7 @@ impl Default for Options {
             on_existing: OnExisting::default(),
             checksum: false,
             filter: Filter::default(),
+            dry_run: false,
         }
     }
 }
@@ -206,6 +209,15 @@ pub enum Event {
         path: String,
         /// Why.
         reason: String,
+    },
+    /// `--dry-run`: what would happen to this file or folder (`send`, `update`, `folder`).
+    WouldTransfer {
+        /// Relative path.
+        path: String,
+        /// Its size (0 for a folder).
+        size: u64,
+        /// `send` (new at the destination), `update` (replaces another version), `folder`.
+        action: String,
     },
     /// A file the destination already has with the same content: not sent again.
     Unchanged {
@@ -344,6 +356,8 @@ pub struct Report {
     pub unchanged: u64,
     /// Of `files`, those that replaced another version at the destination.
     pub updated: u64,
+    /// `--dry-run`: files that would move, and their bytes.
+    pub would_transfer: (u64, u64),
     /// Reconnections made.
     pub retries: u32,
     /// Connections opened (a server never reached is not retried: it is reported at once).

@@ -487,6 +487,14 @@ pub(super) async fn send_round(
             continue;
         }
         match &jobs[index] {
+            Job::Folder { remote } if opts.dry_run => {
+                progress[index].finished = true;
+                on_event(Event::WouldTransfer {
+                    path: remote.clone(),
+                    size: 0,
+                    action: "folder".into(),
+                });
+            }
             Job::Folder { remote } => {
                 let id = link.id();
                 link.request(&Request::Mkdir {
@@ -545,6 +553,18 @@ pub(super) async fn send_round(
                         }
                     }
                 };
+                if opts.dry_run {
+                    progress[index].finished = true;
+                    report.would_transfer.0 += 1;
+                    report.would_transfer.1 += size;
+                    let action = if replaces.is_some() { "update" } else { "send" };
+                    on_event(Event::WouldTransfer {
+                        path: remote.clone(),
+                        size: *size,
+                        action: action.into(),
+                    });
+                    continue;
+                }
                 progress[index].replaces = replaces.clone();
                 // An update of a large file sends only the chunks that differ from the server's.
                 let reuse = match (&replaces, theirs.get(remote)) {
