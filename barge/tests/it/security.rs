@@ -45,6 +45,7 @@ fn opts(token: Option<&str>) -> Options {
         checksum: false,
         filter: Default::default(),
         dry_run: false,
+        delete: false,
     }
 }
 

@@ -31,6 +31,7 @@ fn opts() -> Options {
         checksum: false,
         filter: Default::default(),
         dry_run: false,
+        delete: false,
     }
 }
 
@@ -1947,5 +1948,52 @@ async fn a_dry_run_says_what_would_move_and_moves_nothing() {
     assert!(
         !server.dir.path().join("d/new.txt").exists(),
         "a dry run sent a file"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_delete_removes_what_the_server_no_longer_has_and_only_that() {
+    let server_dir = tempfile::tempdir().unwrap();
+    let tree = server_dir.path().join("share");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("keep.txt"), b"keep").unwrap();
+    std::fs::write(tree.join("sub/also.txt"), b"also").unwrap();
+    let dial = Memory(memory_service(server_dir.path()));
+    let out = tempfile::tempdir().unwrap();
+    v1::get(&dial, &["share".into()], out.path(), &opts(), &mut |_| {})
+        .await
+        .unwrap();
+    let mine = out.path().join("share");
+    std::fs::write(mine.join("extra.txt"), b"gone on the server").unwrap();
+    std::fs::create_dir_all(mine.join("old/empty")).unwrap();
+    std::fs::write(mine.join("local.tmp"), b"left out by the filter").unwrap();
+    let by_default = v1::get(&dial, &["share".into()], out.path(), &opts(), &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(by_default.deleted, 0);
+    assert!(
+        mine.join("extra.txt").exists(),
+        "never deleted unless asked"
+    );
+    let delete = v1::Options {
+        delete: true,
+        filter: v1::Filter::new(&[], &["*.tmp".into()]).unwrap(),
+        ..opts()
+    };
+    let dry = v1::Options {
+        dry_run: true,
+        ..delete.clone()
+    };
+    v1::get(&dial, &["share".into()], out.path(), &dry, &mut |_| {})
+        .await
+        .unwrap();
+    assert!(mine.join("extra.txt").exists(), "a dry run deleted a file");
+    let report = v1::get(&dial, &["share".into()], out.path(), &delete, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.deleted, 3, "extra.txt, old/empty, old");
+    assert_eq!(
+        names_below(&mine),
+        ["keep.txt", "local.tmp", "sub/also.txt"]
     );
 }

@@ -371,6 +371,10 @@ pub struct GetArgs {
     /// Same as --on-conflict overwrite (fetch everything again and replace).
     #[arg(long)]
     pub overwrite: bool,
+    /// Remove local files below the folders fetched that the server does not have (never files
+    /// the filter leaves out, never by default).
+    #[arg(long)]
+    pub delete: bool,
     #[command(flatten)]
     pub client: ClientArgs,
     #[command(flatten)]

@@ -55,6 +55,7 @@ pub async fn get(a: GetArgs) -> Result<u8> {
     if a.overwrite {
         opts.on_existing = v1::OnExisting::Overwrite;
     }
+    opts.delete = a.delete;
     let mut view = View::new(a.client.progress, a.transfer.json, "got");
     let started = Instant::now();
     let dial = c.dial(&addr)?;
@@ -265,9 +266,11 @@ impl View {
             }
             // Counted in the summary; `--json` lists each.
             Event::Unchanged { .. } => {}
+            Event::Deleted { path } => eprintln!("barge: deleted {}", printable(&path)),
             Event::WouldTransfer { path, size, action } => {
                 let what = match action.as_str() {
                     "folder" => "would create folder".to_owned(),
+                    "delete" => "would delete".to_owned(),
                     "update" => format!("would update ({size} bytes)"),
                     _ if self.verb == "sent" => format!("would send ({size} bytes)"),
                     _ => format!("would fetch ({size} bytes)"),
@@ -315,6 +318,7 @@ impl View {
                         json!({"event": "summary", "files": report.files, "folders": report.folders,
                                "bytes": report.bytes, "transferred": report.transferred,
                                "unchanged": report.unchanged, "updated": report.updated,
+                               "deleted": report.deleted,
                                "would_transfer": report.would_transfer.0,
                                "would_transfer_bytes": report.would_transfer.1,
                                "failed": report.failed.len(), "skipped": report.skipped.len(),

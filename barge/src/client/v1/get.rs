@@ -92,7 +92,83 @@ pub async fn get(
         Ok(())
     })
     .await?;
+    if opts.delete
+        && let Some(jobs) = &jobs
+    {
+        prune(out, jobs, opts, &mut report, on_event);
+    }
     Ok(report)
+}
+
+/// `--delete`: removes what the folders fetched hold locally and the server does not (files the
+/// filter leaves out are kept, and barge's own state; folders only once empty). Only below the
+/// folders named, never a file named by itself.
+fn prune(
+    out: &Path,
+    jobs: &[GetJob],
+    opts: &Options,
+    report: &mut Report,
+    on_event: &mut (dyn FnMut(Event) + Send),
+) {
+    let keep: std::collections::HashSet<&str> = jobs
+        .iter()
+        .map(|j| match j {
+            GetJob::Folder { local } => local.as_str(),
+            GetJob::File(f) => f.local.as_str(),
+        })
+        .collect();
+    let bases = jobs.iter().filter_map(|j| match j {
+        GetJob::Folder { local } if !local.contains('/') => Some(local.clone()),
+        _ => None,
+    });
+    for base in bases {
+        // Depth first, children before their folder, so emptied folders can go too.
+        let mut stack = vec![(base.clone(), false)];
+        while let Some((rel, visited)) = stack.pop() {
+            let path = out.join(&rel);
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            let inner = rel.split_once('/').map_or("", |(_, r)| r);
+            let ours = rel == base || keep.contains(rel.as_str());
+            if meta.is_dir() && !visited {
+                stack.push((rel.clone(), true));
+                let Ok(items) = std::fs::read_dir(&path) else {
+                    continue;
+                };
+                for item in items.flatten() {
+                    let Ok(name) = item.file_name().into_string() else {
+                        continue;
+                    };
+                    if name == ".barge" || name.starts_with(barge_proto::name::RESERVED_PREFIX) {
+                        continue;
+                    }
+                    stack.push((format!("{rel}/{name}"), false));
+                }
+                continue;
+            }
+            if ours || !opts.filter.admits(inner, meta.is_dir()) {
+                continue;
+            }
+            if opts.dry_run {
+                on_event(Event::WouldTransfer {
+                    path: rel,
+                    size: meta.len(),
+                    action: "delete".into(),
+                });
+                continue;
+            }
+            let removed = if meta.is_dir() {
+                std::fs::remove_dir(&path) // only when empty: what is kept inside stays
+            } else {
+                std::fs::remove_file(&path)
+            };
+            if removed.is_ok() {
+                report.deleted += 1;
+                on_event(Event::Deleted { path: rel });
+            }
+        }
+    }
 }
 
 pub(super) async fn plan_get(

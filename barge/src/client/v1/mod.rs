@@ -77,6 +77,8 @@ pub struct Options {
     pub filter: Filter,
     /// Say what would be sent or fetched, and change nothing (`--dry-run`).
     pub dry_run: bool,
+    /// `get`: remove local files below the folders fetched that the server does not have.
+    pub delete: bool,
 }
 
 /// `--include`/`--exclude` globs over paths relative to what was named (a folder's contents):
@@ -145,6 +147,7 @@ impl Default for Options {
             checksum: false,
             filter: Filter::default(),
             dry_run: false,
+            delete: false,
         }
     }
 }
@@ -210,7 +213,13 @@ pub enum Event {
         /// Why.
         reason: String,
     },
-    /// `--dry-run`: what would happen to this file or folder (`send`, `update`, `folder`).
+    /// `get --delete`: a local file or empty folder the server does not have was removed.
+    Deleted {
+        /// Local path, relative to the output folder.
+        path: String,
+    },
+    /// `--dry-run`: what would happen to this file or folder (`send`, `update`, `folder`,
+    /// `delete`).
     WouldTransfer {
         /// Relative path.
         path: String,
@@ -356,6 +365,8 @@ pub struct Report {
     pub unchanged: u64,
     /// Of `files`, those that replaced another version at the destination.
     pub updated: u64,
+    /// `get --delete`: local files and folders removed.
+    pub deleted: u64,
     /// `--dry-run`: files that would move, and their bytes.
     pub would_transfer: (u64, u64),
     /// Reconnections made.
