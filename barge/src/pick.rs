@@ -59,6 +59,37 @@ pub enum ChoiceError {
     NotInRange(usize),
 }
 
+/// Parses an answer that may choose several entries: numbers and ranges separated by spaces or
+/// commas (`1 3-5`), each checked like [`parse_choice`]; `q` quits. Indices are 0-based, in the
+/// order given, without repeats.
+pub fn parse_choices(answer: &str, count: usize) -> Result<Option<Vec<usize>>, ChoiceError> {
+    let answer = answer.trim();
+    if answer.eq_ignore_ascii_case("q") {
+        return Ok(None);
+    }
+    let mut chosen = Vec::new();
+    for token in answer.split([' ', ',']).filter(|t| !t.is_empty()) {
+        let (a, b) = token.split_once('-').unwrap_or((token, token));
+        let pick = |t: &str| match parse_choice(t, count)? {
+            Choice::Index(i) => Ok(i),
+            Choice::Quit => Err(ChoiceError::NotANumber),
+        };
+        let (a, b) = (pick(a)?, pick(b)?);
+        if b < a {
+            return Err(ChoiceError::NotInRange(count));
+        }
+        for i in a..=b {
+            if !chosen.contains(&i) {
+                chosen.push(i);
+            }
+        }
+    }
+    if chosen.is_empty() {
+        return Err(ChoiceError::NotANumber);
+    }
+    Ok(Some(chosen))
+}
+
 /// Parses one answer for a menu of `count` entries numbered from 1.
 pub fn parse_choice(answer: &str, count: usize) -> Result<Choice, ChoiceError> {
     let answer = answer.trim();
@@ -100,6 +131,13 @@ mod tests {
             );
         }
         assert_eq!(ChoiceError::NotANumber.to_string(), "must be a number");
+        assert_eq!(parse_choices("1 3-4", 5), Ok(Some(vec![0, 2, 3])));
+        assert_eq!(parse_choices("2,2 1", 5), Ok(Some(vec![1, 0])));
+        assert_eq!(parse_choices(" q ", 5), Ok(None));
+        assert_eq!(parse_choices("1 x", 5), Err(ChoiceError::NotANumber));
+        assert_eq!(parse_choices("4-2", 5), Err(ChoiceError::NotInRange(5)));
+        assert_eq!(parse_choices("1-9", 5), Err(ChoiceError::NotInRange(5)));
+        assert_eq!(parse_choices("", 5), Err(ChoiceError::NotANumber));
         assert_eq!(
             ChoiceError::NotInRange(7).to_string(),
             "not in range (1 to 7)"

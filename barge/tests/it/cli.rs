@@ -185,7 +185,7 @@ fn pick_answers_like_the_lesson_and_uploads_the_choice() {
         .stdin
         .take()
         .unwrap()
-        .write_all(b"abc\n7\n2\n1\nq\n")
+        .write_all(b"abc\n7\n2 1\nq\n")
         .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -215,7 +215,9 @@ fn pick_ends_at_end_of_input() {
         .arg("pick")
         .arg(src.path())
         .args(["--to", &addr.to_string()]));
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    // No `q`: the end of input is said, and exits 130 like an interruption.
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("end of input"));
     assert!(published(inbox.path()).is_empty());
 }
 

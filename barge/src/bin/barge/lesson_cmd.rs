@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use barge::client::lesson::{self, ClientError, LegacySender, Outgoing};
-use barge::pick::{self, Choice};
+use barge::pick;
 use std::io::Write;
 
 use tokio::io::AsyncBufReadExt;
@@ -56,47 +56,69 @@ pub async fn pick(a: PickArgs) -> Result<u8> {
     let mut sender = None;
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut out = std::io::stdout();
+    // The menu once, and again on an empty answer: not after every choice.
+    let mut show_menu = true;
+    let mut ended = false;
     loop {
-        for (i, e) in entries.iter().enumerate() {
-            writeln!(
-                out,
-                "{} {} ({})",
-                i + 1,
-                progress::printable(&e.name),
-                indicatif::HumanBytes(e.size)
-            )?;
+        if show_menu {
+            for (i, e) in entries.iter().enumerate() {
+                writeln!(
+                    out,
+                    "{} {} ({})",
+                    i + 1,
+                    progress::printable(&e.name),
+                    indicatif::HumanBytes(e.size)
+                )?;
+            }
+            show_menu = false;
         }
-        write!(out, "please choose a file to upload (q to quit)>>>: ")?;
+        write!(
+            out,
+            "please choose a file to upload (q to quit; several: 1 3-5; empty: the list)>>>: "
+        )?;
         out.flush()?;
         let Some(line) = lines.next_line().await? else {
             writeln!(out)?;
+            ended = true;
             break;
         };
-        let index = match pick::parse_choice(&line, entries.len()) {
-            Ok(Choice::Quit) => break,
-            Ok(Choice::Index(i)) => i,
+        if line.trim().is_empty() {
+            show_menu = true;
+            continue;
+        }
+        let chosen = match pick::parse_choices(&line, entries.len()) {
+            Ok(None) => break,
+            Ok(Some(chosen)) => chosen,
             Err(e) => {
                 writeln!(out, "{e}")?;
                 continue;
             }
         };
-        let path = &entries[index].path;
-        if !a.legacy {
-            if let Err(e) =
-                crate::v1_cmd::send_paths(&a.client, &a.transfer, vec![path.clone()], false).await
-            {
+        for index in chosen {
+            let path = &entries[index].path;
+            if !a.legacy {
+                let paths = vec![path.clone()];
+                if let Err(e) =
+                    crate::v1_cmd::send_paths(&a.client, &a.transfer, paths, false).await
+                {
+                    eprintln!("barge: error: {}", crate::describe(&e));
+                }
+                continue;
+            }
+            if let Err(e) = upload_one(&a.client, &mut sender, path, &mut renderer).await {
+                // The connection is gone; the next choice opens a new one.
+                sender = None;
                 eprintln!("barge: error: {}", crate::describe(&e));
             }
-            continue;
-        }
-        if let Err(e) = upload_one(&a.client, &mut sender, path, &mut renderer).await {
-            // The connection is gone; the next choice opens a new one.
-            sender = None;
-            eprintln!("barge: error: {}", crate::describe(&e));
         }
     }
     if let Some(sender) = sender {
         sender.finish().await?;
+    }
+    if ended {
+        // Input ran out before `q`: said, and told apart from a chosen end (as Ctrl-C is).
+        eprintln!("barge: end of input before q: stopping");
+        return Ok(exit::INTERRUPTED);
     }
     Ok(exit::SUCCESS)
 }
