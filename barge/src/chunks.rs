@@ -1,6 +1,7 @@
-//! Reading a file as verified chunks: a blocking thread reads each 1 MiB chunk and computes its
-//! BLAKE3 chaining value while the async side sends the previous one, so hashing and disk reads
-//! overlap the network and nothing makes a pass over the file before the first byte goes out.
+//! Reading a file as verified chunks (the sending client): a blocking thread reads each 1 MiB chunk
+//! and computes its BLAKE3 chaining value while the async side sends the previous one, so hashing
+//! and disk reads overlap the network and nothing makes a pass over the file before the first byte
+//! goes out. [`read_next`] is also the local store's read of a chunk it serves.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};

@@ -309,7 +309,7 @@ impl View {
         if let Some(bar) = self.bar.take() {
             bar.abandon();
         }
-        let secs = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+        let secs = v1::millis(started.elapsed());
         match result {
             Ok(report) => {
                 if self.json {

@@ -247,7 +247,7 @@ pub enum Event {
 }
 
 /// Seconds to the millisecond: what events report (`0.111`, not `0.11050700000000001`).
-pub(crate) fn millis(d: Duration) -> f64 {
+pub fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0).round() / 1000.0
 }
 

@@ -650,17 +650,8 @@ impl LocalStore {
                 return;
             }
             for index in first..chunk_count(size) {
-                let len = chunk_len(size, index);
-                let mut buf = Vec::with_capacity(len as usize);
-                // Into spare capacity: no zero-filling of a buffer the read overwrites anyway.
-                let item = match (&file).take(len).read_to_end(&mut buf) {
-                    Ok(n) if n as u64 == len => Ok(Bytes::from(buf)),
-                    Ok(_) => Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "file shrank while being sent",
-                    )),
-                    Err(e) => Err(e),
-                };
+                // The same read as a sending client's: into spare capacity, a short file an error.
+                let item = crate::chunks::read_next(&file, chunk_len(size, index)).map(Bytes::from);
                 let failed = item.is_err();
                 if tx.blocking_send(item).is_err() || failed {
                     return;
