@@ -136,6 +136,26 @@ pub enum Request {
         /// Relative path.
         path: String,
     },
+    /// Remove a file or an empty folder; with `recursive`, a folder and everything below it.
+    Delete {
+        /// Request id.
+        id: u64,
+        /// Relative path (never the top).
+        path: String,
+        /// Remove a folder's contents too.
+        #[serde(default)]
+        recursive: bool,
+    },
+    /// Rename a file or folder; `to`'s missing parents are created, and an existing `to` is never
+    /// replaced (`conflict`).
+    Move {
+        /// Request id.
+        id: u64,
+        /// The current path.
+        from: String,
+        /// The new path.
+        to: String,
+    },
     /// List a folder (or one file).
     List {
         /// Request id.
@@ -181,6 +201,8 @@ impl Request {
             Request::Bench { .. } => "bench",
             Request::Get { .. } => "get",
             Request::Cvs { .. } => "cvs",
+            Request::Delete { .. } => "delete",
+            Request::Move { .. } => "move",
         }
     }
 
@@ -195,7 +217,9 @@ impl Request {
             | Request::List { id, .. }
             | Request::Bench { id, .. }
             | Request::Get { id, .. }
-            | Request::Cvs { id, .. } => *id,
+            | Request::Cvs { id, .. }
+            | Request::Delete { id, .. }
+            | Request::Move { id, .. } => *id,
         }
     }
 }
@@ -270,7 +294,7 @@ pub struct Reply {
     /// put: the final stored path (may differ after a conflict rename).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
-    /// put, get: size in bytes.
+    /// put, get: size in bytes; delete: bytes of the files removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
     /// put, get: BLAKE3 hex digest of the whole file.

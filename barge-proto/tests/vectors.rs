@@ -172,6 +172,22 @@ fn vectors() -> Vec<(&'static str, Vec<u8>, Option<Frame>)> {
             }),
         ),
         (
+            "delete",
+            Frame::Request(Request::Delete {
+                id: 13,
+                path: "old/2019".into(),
+                recursive: true,
+            }),
+        ),
+        (
+            "move",
+            Frame::Request(Request::Move {
+                id: 14,
+                from: "draft.txt".into(),
+                to: "done/final.txt".into(),
+            }),
+        ),
+        (
             "put-reusing",
             Frame::Request(Request::Put {
                 id: 12,

@@ -7,8 +7,8 @@
 //! 9f2c7e1d4b8a6f3e0c5d  all
 //! 4e1a9c7b2d6f8e0a3b5c  upload,list  alice
 //! ```
-//! `rights` is `all` or a comma-separated subset of `upload`, `download`, `list`; `root` is a folder
-//! below the served folder that the token is confined to (created if missing).
+//! `rights` is `all` or a comma-separated subset of `upload`, `download`, `list`, `delete`; `root`
+//! is a folder below the served folder that the token is confined to (created if missing).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -54,6 +54,8 @@ pub struct Rights {
     pub download: bool,
     /// List folders.
     pub list: bool,
+    /// Remove and rename files and folders.
+    pub delete: bool,
 }
 
 impl Rights {
@@ -62,9 +64,10 @@ impl Rights {
         upload: true,
         download: true,
         list: true,
+        delete: true,
     };
 
-    /// Parses `all` or `upload,download,list` (any subset, any order).
+    /// Parses `all` or `upload,download,list,delete` (any subset, any order).
     pub fn parse(s: &str) -> Result<Self, String> {
         if s == "all" {
             return Ok(Self::ALL);
@@ -75,9 +78,10 @@ impl Rights {
                 "upload" => r.upload = true,
                 "download" => r.download = true,
                 "list" => r.list = true,
+                "delete" => r.delete = true,
                 other => {
                     return Err(format!(
-                        "unknown right {other:?} (expected all, upload, download, list)"
+                        "unknown right {other:?} (expected all, upload, download, list, delete)"
                     ));
                 }
             }
@@ -271,7 +275,8 @@ mod tests {
             Rights {
                 upload: true,
                 download: false,
-                list: true
+                list: true,
+                delete: false,
             }
         );
         assert_eq!(b.root.as_deref(), Some("alice/in"));

@@ -96,8 +96,12 @@ pub fn status_of(e: &StoreError) -> Status {
         StoreError::Name(_) => Status::NameRejected,
         StoreError::TooLarge { .. } => Status::TooLarge,
         StoreError::NoSpace { .. } => Status::NoSpace,
-        StoreError::Conflict(_) | StoreError::NotAFolder(_) => Status::Conflict,
-        StoreError::SizeMismatch { .. } | StoreError::BadRequest(_) => Status::BadRequest,
+        StoreError::Conflict(_) | StoreError::NotAFolder(_) | StoreError::NotEmpty(_) => {
+            Status::Conflict
+        }
+        StoreError::SizeMismatch { .. } | StoreError::BadRequest(_) | StoreError::IntoItself(_) => {
+            Status::BadRequest
+        }
         StoreError::Integrity(_) => Status::Integrity,
         StoreError::Busy(_) => Status::Busy,
         StoreError::NotFound(_) => Status::NotFound,
@@ -767,6 +771,27 @@ where
                 };
                 send(conn, &reply).await?;
             }
+            Frame::Request(Request::Delete {
+                id,
+                path,
+                recursive,
+            }) => {
+                let reply = match session.remove(&path, recursive).await {
+                    Ok(freed) => Reply {
+                        size: Some(freed),
+                        ..Reply::ok(id)
+                    },
+                    Err(e) => refusal(id, &e),
+                };
+                send(conn, &reply).await?;
+            }
+            Frame::Request(Request::Move { id, from, to }) => {
+                let reply = match session.rename(&from, &to).await {
+                    Ok(()) => Reply::ok(id),
+                    Err(e) => refusal(id, &e),
+                };
+                send(conn, &reply).await?;
+            }
             Frame::Request(Request::List {
                 id,
                 path,
@@ -874,6 +899,7 @@ fn refused(req: &Request, session: &Session) -> Option<Reply> {
         | Request::Cvs { .. } => Action::Upload,
         Request::List { .. } => Action::List,
         Request::Get { .. } => Action::Download,
+        Request::Delete { .. } | Request::Move { .. } => Action::Delete,
         Request::Auth { .. } | Request::End { .. } | Request::Bench { .. } => return None,
     };
     let denied = session.check(action).err()?;

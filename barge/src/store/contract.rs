@@ -368,3 +368,99 @@ async fn names_are_checked_and_views_are_confined() {
         );
     }
 }
+
+#[tokio::test]
+async fn remove_and_rename_never_replace_and_keep_to_the_view() {
+    for (name, store, _dir) in backends() {
+        let put = |path: &'static str, data: &'static [u8]| {
+            let store = store.clone();
+            async move {
+                store
+                    .put_small(
+                        path,
+                        Bytes::from_static(data),
+                        digest(data),
+                        OnConflict::Fail,
+                        None,
+                    )
+                    .await
+                    .unwrap();
+            }
+        };
+        put("a/one.txt", b"one").await;
+        put("a/b/two.txt", b"two!").await;
+        put("other.txt", b"x").await;
+        // Rename: parents made, nothing replaced, never below itself.
+        store.rename("a/one.txt", "c/d/uno.txt").await.unwrap();
+        assert_eq!(
+            read_all(store.as_ref(), "c/d/uno.txt", 0).await,
+            b"one",
+            "{name}"
+        );
+        assert!(!store.exists("a/one.txt").await.unwrap(), "{name}");
+        assert!(
+            matches!(
+                store.rename("other.txt", "c/d/uno.txt").await,
+                Err(StoreError::Conflict(_))
+            ),
+            "{name}: rename replaced a file"
+        );
+        assert!(
+            matches!(
+                store.rename("a", "a/b/inner").await,
+                Err(StoreError::IntoItself(_))
+            ),
+            "{name}"
+        );
+        assert!(
+            matches!(
+                store.rename("missing", "x").await,
+                Err(StoreError::NotFound(_))
+            ),
+            "{name}"
+        );
+        store.rename("a", "z").await.unwrap();
+        assert_eq!(
+            read_all(store.as_ref(), "z/b/two.txt", 0).await,
+            b"two!",
+            "{name}"
+        );
+        // Remove: a file, a folder only when empty or asked to be recursive; never the top or
+        // barge's own state.
+        assert!(
+            matches!(store.remove("z", false).await, Err(StoreError::NotEmpty(_))),
+            "{name}"
+        );
+        assert_eq!(store.remove("z", true).await.unwrap(), 4, "{name}");
+        assert!(!store.exists("z/b/two.txt").await.unwrap(), "{name}");
+        assert_eq!(store.remove("other.txt", false).await.unwrap(), 1, "{name}");
+        assert!(
+            matches!(
+                store.remove("other.txt", false).await,
+                Err(StoreError::NotFound(_))
+            ),
+            "{name}"
+        );
+        for hostile in ["", "..", "../x", ".barge", "c/../../x"] {
+            assert!(
+                store.remove(hostile, true).await.is_err(),
+                "{name}: {hostile:?}"
+            );
+            assert!(
+                store.rename("c", hostile).await.is_err(),
+                "{name}: {hostile:?}"
+            );
+        }
+        // A scoped view cannot reach out of its folder, and its names are its own.
+        store.mkdir("c/e").await.unwrap();
+        let scoped = store.scoped("c").unwrap();
+        scoped.rename("d/uno.txt", "e/uno.txt").await.unwrap();
+        assert!(store.exists("c/e/uno.txt").await.unwrap(), "{name}");
+        assert!(
+            scoped.remove("../other.txt", false).await.is_err(),
+            "{name}"
+        );
+        store.remove("c", true).await.unwrap();
+        assert!(store.list("", true).await.unwrap().is_empty(), "{name}");
+    }
+}

@@ -518,6 +518,87 @@ impl Store for MemoryStore {
         })
     }
 
+    fn remove(&self, path: &str, recursive: bool) -> BoxFuture<'_, Result<u64, StoreError>> {
+        let full = self.full(path);
+        Box::pin(async move {
+            let full = full?;
+            let mut state = self.lock();
+            if let Some(f) = state.files.remove(&full) {
+                let size = f.data.len() as u64;
+                state.used = state.used.saturating_sub(size);
+                return Ok(size);
+            }
+            if !state.folders.contains(&full) {
+                return Err(StoreError::NotFound(path_of(&full)));
+            }
+            let below = format!("{full}/");
+            let inside = |k: &String| k.starts_with(&below);
+            let has_any = state.files.keys().any(inside) || state.folders.iter().any(&inside);
+            if has_any && !recursive {
+                return Err(StoreError::NotEmpty(path_of(&full)));
+            }
+            let doomed: Vec<String> = state.files.keys().filter(|k| inside(k)).cloned().collect();
+            let mut freed = 0;
+            for k in doomed {
+                if let Some(f) = state.files.remove(&k) {
+                    freed += f.data.len() as u64;
+                }
+            }
+            state.used = state.used.saturating_sub(freed);
+            state
+                .folders
+                .retain(|k| *k != full && !k.starts_with(&below));
+            Ok(freed)
+        })
+    }
+
+    fn rename(&self, from: &str, to: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        let (src, dst) = (self.full(from), self.full(to));
+        Box::pin(async move {
+            let (src, dst) = (src?, dst?);
+            let mut state = self.lock();
+            let is_file = state.files.contains_key(&src);
+            if !is_file && !state.folders.contains(&src) {
+                return Err(StoreError::NotFound(path_of(&src)));
+            }
+            let below = format!("{src}/");
+            if dst.starts_with(&below) {
+                return Err(StoreError::IntoItself(path_of(&src)));
+            }
+            if state.files.contains_key(&dst) || state.folders.contains(&dst) {
+                return Err(StoreError::Conflict(path_of(&dst)));
+            }
+            state.parents(&dst, true)?;
+            if let Some(f) = state.files.remove(&src) {
+                state.files.insert(dst, f);
+                return Ok(());
+            }
+            let moved = |k: &String| format!("{dst}{}", &k[src.len()..]);
+            let files: Vec<String> = state
+                .files
+                .keys()
+                .filter(|k| k.starts_with(&below))
+                .cloned()
+                .collect();
+            for k in files {
+                if let Some(f) = state.files.remove(&k) {
+                    state.files.insert(moved(&k), f);
+                }
+            }
+            let folders: Vec<String> = state
+                .folders
+                .iter()
+                .filter(|k| **k == src || k.starts_with(&below))
+                .cloned()
+                .collect();
+            for k in folders {
+                state.folders.remove(&k);
+                state.folders.insert(moved(&k));
+            }
+            Ok(())
+        })
+    }
+
     fn list(&self, path: &str, recursive: bool) -> BoxFuture<'_, Result<Listing, StoreError>> {
         let target = if path.is_empty() {
             Ok(self.prefix.trim_end_matches('/').to_owned())

@@ -190,6 +190,14 @@ pub trait Store: Send + Sync + Debug {
     /// Creates a folder (and missing parents).
     fn mkdir(&self, path: &str) -> BoxFuture<'_, Result<(), StoreError>>;
 
+    /// Removes the file or empty folder at `path`; a folder with everything below it when
+    /// `recursive`. Returns the bytes of the files removed.
+    fn remove(&self, path: &str, recursive: bool) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// Renames a file or folder; `to`'s missing parents are created and nothing is ever replaced
+    /// ([`StoreError::Conflict`] if `to` exists).
+    fn rename(&self, from: &str, to: &str) -> BoxFuture<'_, Result<(), StoreError>>;
+
     /// Lists a folder (or one file), optionally everything below it; never the store's own state.
     fn list(&self, path: &str, recursive: bool) -> BoxFuture<'_, Result<Listing, StoreError>>;
 
@@ -293,6 +301,12 @@ pub enum StoreError {
         /// The quota.
         limit: u64,
     },
+    /// A folder to remove is not empty and removal was not recursive.
+    #[error("{0:?} is a folder that is not empty (remove it recursively)")]
+    NotEmpty(String),
+    /// A folder cannot be moved below itself.
+    #[error("{0:?} cannot be moved into itself")]
+    IntoItself(String),
     /// Any other failure of the medium.
     #[error("storage I/O error: {0}")]
     Io(#[from] io::Error),

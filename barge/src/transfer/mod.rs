@@ -41,6 +41,9 @@ pub struct Policy {
     pub max_file_size: Option<u64>,
     /// Whether files may be listed and downloaded at all.
     pub no_downloads: bool,
+    /// Whether anyone may remove and rename on a server without tokens (with tokens, the
+    /// `delete` right decides).
+    pub allow_delete: bool,
 }
 
 /// The tokens a server requires, the store of each token's root, and the brake on guessing.
@@ -72,6 +75,8 @@ pub enum Action {
     /// List something: a folder needs the list right, one file the download right (checked
     /// again by [`Session::list`] once the path is known).
     List,
+    /// Remove or rename stored files and folders.
+    Delete,
 }
 
 /// Why a session may not do something.
@@ -300,6 +305,10 @@ impl Session {
             // A token that may download may list a single file (what `get` asks first).
             Action::List => (rights.list || rights.download, "listing"),
             Action::Download => (rights.download, "downloading"),
+            Action::Delete if self.core.access.is_none() && !self.core.policy.allow_delete => {
+                return Err(Denied::Disabled("removing and renaming are"));
+            }
+            Action::Delete => (rights.delete, "removing and renaming"),
         };
         if allowed {
             Ok(())
@@ -459,6 +468,20 @@ impl Session {
     /// Creates a folder.
     pub async fn mkdir(&self, path: &str) -> Result<(), StoreError> {
         self.store.mkdir(path).await
+    }
+
+    /// Removes a file or folder (see [`Store::remove`]); returns the bytes freed.
+    pub async fn remove(&self, path: &str, recursive: bool) -> Result<u64, StoreError> {
+        let freed = self.store.remove(path, recursive).await?;
+        info!(path, recursive, freed, "removed");
+        Ok(freed)
+    }
+
+    /// Renames a file or folder, never replacing anything (see [`Store::rename`]).
+    pub async fn rename(&self, from: &str, to: &str) -> Result<(), StoreError> {
+        self.store.rename(from, to).await?;
+        info!(from, to, "renamed");
+        Ok(())
     }
 
     /// Lists `path`. A session with the download right but not the list right may list one file

@@ -45,18 +45,16 @@ fn serve_and_send_round_trip_then_sigterm_exits_cleanly() {
     std::fs::write(&b, content(2, 10)).unwrap();
     let (mut server, addr) = spawn_serve(inbox.path(), &[]);
     let out = run(barge()
+        .arg("-v")
         .arg("send")
         .arg(&a)
         .arg(&b)
         .args(["--to", &addr.to_string()]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
+    assert!(stdout.contains("sent movie.mp4 (2.38 MiB)"), "{stdout}");
     assert!(
-        stdout.contains("sent movie.mp4 (2500000 bytes)"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("sent 性感荷官在线发牌.,mp4 (10 bytes)"),
+        stdout.contains("sent 性感荷官在线发牌.,mp4 (10 B)"),
         "{stdout}"
     );
     assert!(
@@ -329,11 +327,19 @@ fn serve_checks_its_folder_and_port_before_creating_anything() {
 
 #[test]
 fn every_transfer_command_has_examples_and_there_are_completions_and_a_man_page() {
+    let top = text(&run(barge().arg("--help")).stdout);
+    assert!(
+        top.contains("powers of 1024") && top.contains("100Mbit"),
+        "{top}"
+    );
     for cmd in [
         "serve",
         "send",
         "get",
         "ls",
+        "rm",
+        "mv",
+        "mkdir",
         "bench",
         "pick",
         "completions",
@@ -346,6 +352,21 @@ fn every_transfer_command_has_examples_and_there_are_completions_and_a_man_page(
             help.contains("Examples:\n  barge "),
             "{cmd} --help has no examples:\n{help}"
         );
+        // Placeholders are short words a person reads (SECS, SIZE, HOST:PORT), not field names.
+        for placeholder in help.split('<').skip(1).filter_map(|p| p.split_once('>')) {
+            let word = placeholder.0;
+            assert!(
+                word.len() <= 10 && !word.contains('_'),
+                "{cmd} --help has the placeholder <{word}>"
+            );
+        }
+    }
+    for cmd in ["udp send", "udp serve", "echo send", "echo serve"] {
+        let out = run(barge().args(cmd.split(' ')).arg("--help"));
+        let help = text(&out.stdout);
+        for placeholder in help.split('<').skip(1).filter_map(|p| p.split_once('>')) {
+            assert!(!placeholder.0.contains('_'), "{cmd}: <{}>", placeholder.0);
+        }
     }
     for shell in ["bash", "zsh", "fish"] {
         let out = run(barge().args(["completions", shell]));
@@ -359,4 +380,246 @@ fn every_transfer_command_has_examples_and_there_are_completions_and_a_man_page(
     let man = run(barge().arg("man"));
     assert!(man.status.success());
     assert!(text(&man.stdout).contains(".TH barge 1"));
+}
+
+/// `send` uses `--to`; `get`, `ls`, `bench` name the server first (or `--from`); options that do
+/// nothing for a command are not accepted by it.
+#[test]
+fn options_are_accepted_only_where_they_act() {
+    for args in [
+        vec!["ls", "127.0.0.1:9", "--progress", "always"],
+        vec!["ls", "127.0.0.1:9", "--bwlimit", "1M"],
+        vec!["bench", "127.0.0.1:9", "--bwlimit", "1M"],
+        vec!["bench", "127.0.0.1:9", "--progress", "never"],
+        vec!["get", "a.txt", "--to", "127.0.0.1:9"],
+        vec!["send", "a.txt", "--from", "127.0.0.1:9"],
+        vec!["rm", "127.0.0.1:9", "a", "--on-conflict", "skip"],
+    ] {
+        let out = run(barge().args(&args));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+/// `rm`, `mv` and `mkdir` need the `delete` right (mkdir: upload), stay in the token's root, and
+/// a server without tokens refuses rm/mv unless started with --allow-delete.
+#[test]
+fn remote_management_follows_rights_and_roots() {
+    let src = tempfile::tempdir().unwrap();
+    let inbox = tempfile::tempdir().unwrap();
+    let tokens = src.path().join("tokens");
+    let (all, no_delete, alice) = (
+        "aaaaaaaaaaaaaaaaaaaaaaaa",
+        "bbbbbbbbbbbbbbbbbbbbbbbb",
+        "cccccccccccccccccccccccc",
+    );
+    std::fs::write(
+        &tokens,
+        format!("{all} all\n{no_delete} upload,download,list\n{alice} all alice\n"),
+    )
+    .unwrap();
+    let tree = src.path().join("t");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("a.txt"), b"alpha").unwrap();
+    std::fs::write(tree.join("sub/b.txt"), b"beta").unwrap();
+    let (_server, addr) = spawn_serve(inbox.path(), &["--token-file", tokens.to_str().unwrap()]);
+    let addr = addr.to_string();
+    let as_token = |token: &str, args: &[&str]| run(barge().env("BARGE_TOKEN", token).args(args));
+    let sent = as_token(all, &["send", tree.to_str().unwrap(), "--to", &addr]);
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+
+    let refused = as_token(no_delete, &["rm", &addr, "t/a.txt"]);
+    assert_eq!(refused.status.code(), Some(4), "{}", text(&refused.stderr));
+    assert!(
+        text(&refused.stderr).contains("removing and renaming"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert!(inbox.path().join("t/a.txt").exists());
+
+    let made = as_token(no_delete, &["mkdir", &addr, "new/deeper"]);
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    assert!(inbox.path().join("new/deeper").is_dir());
+
+    let moved = as_token(all, &["mv", &addr, "t/a.txt", "new/a.txt", "--json"]);
+    assert!(moved.status.success(), "{}", text(&moved.stderr));
+    assert!(
+        text(&moved.stdout).contains(r#""event":"moved""#),
+        "{}",
+        text(&moved.stdout)
+    );
+    assert_eq!(
+        std::fs::read(inbox.path().join("new/a.txt")).unwrap(),
+        b"alpha"
+    );
+    // Never replaces: a second move onto the same name is a conflict.
+    std::fs::write(inbox.path().join("t/c.txt"), b"c").unwrap();
+    let clash = as_token(all, &["mv", &addr, "t/c.txt", "new/a.txt"]);
+    assert_eq!(clash.status.code(), Some(4));
+    assert_eq!(
+        std::fs::read(inbox.path().join("new/a.txt")).unwrap(),
+        b"alpha"
+    );
+
+    let not_empty = as_token(all, &["rm", &addr, "t"]);
+    assert_eq!(not_empty.status.code(), Some(4));
+    assert!(
+        text(&not_empty.stderr).contains("not empty"),
+        "{}",
+        text(&not_empty.stderr)
+    );
+    // One refused, one done: partial.
+    let partly = as_token(all, &["rm", &addr, "t", "-r", "missing"]);
+    assert_eq!(partly.status.code(), Some(6), "{}", text(&partly.stderr));
+    assert!(!inbox.path().join("t").exists());
+
+    // Confined to alice/: paths outside are not names, and the root itself cannot go.
+    std::fs::write(inbox.path().join("keep.txt"), b"keep").unwrap();
+    for outside in ["../keep.txt", "/keep.txt/..", ""] {
+        let out = as_token(alice, &["rm", &addr, outside, "-r"]);
+        assert_ne!(out.status.code(), Some(0), "{outside:?}");
+    }
+    assert!(inbox.path().join("keep.txt").exists() && inbox.path().join("alice").is_dir());
+
+    // Without tokens: refused unless --allow-delete.
+    let open_inbox = tempfile::tempdir().unwrap();
+    std::fs::write(open_inbox.path().join("x.txt"), b"x").unwrap();
+    let (_open, open_addr) = spawn_serve(open_inbox.path(), &[]);
+    let out = run(barge().args(["rm", &open_addr.to_string(), "x.txt"]));
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert!(open_inbox.path().join("x.txt").exists());
+    let (_allowing, allowing_addr) = spawn_serve(open_inbox.path(), &["--allow-delete"]);
+    let out = run(barge().args(["rm", &allowing_addr.to_string(), "x.txt"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!open_inbox.path().join("x.txt").exists());
+}
+
+/// `send - --name N` reads stdin, `get NAME -o -` writes stdout, `--dest` uploads into a folder
+/// (and a second send there is incremental).
+#[test]
+fn pipes_and_dest_folders() {
+    let src = tempfile::tempdir().unwrap();
+    let inbox = tempfile::tempdir().unwrap();
+    let (_server, addr) = spawn_serve(inbox.path(), &[]);
+    let addr = addr.to_string();
+    let data = content(7, 3 << 20);
+    let mut child = barge()
+        .args(["send", "-", "--name", "piped.bin", "--to", &addr])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read(inbox.path().join("piped.bin")).unwrap(), data);
+
+    let got = run(barge().args(["get", &addr, "piped.bin", "-o", "-"]));
+    assert!(got.status.success(), "{}", text(&got.stderr));
+    assert!(got.stdout == data, "stdout is not the file");
+    assert!(text(&got.stderr).is_empty(), "{}", text(&got.stderr));
+    let folder = run(barge().args(["get", &addr, "", "-o", "-"]));
+    assert_ne!(folder.status.code(), Some(0));
+
+    let no_name = run(barge().args(["send", "-", "--to", &addr]));
+    assert_eq!(no_name.status.code(), Some(2), "{}", text(&no_name.stderr));
+
+    let tree = src.path().join("photos");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("a.jpg"), b"aaa").unwrap();
+    for round in 0..2 {
+        let out = run(barge().args([
+            "send",
+            tree.to_str().unwrap(),
+            "--to",
+            &addr,
+            "--dest",
+            "2026/dec",
+            "--json",
+        ]));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let summary = text(&out.stdout);
+        let want = if round == 0 {
+            r#""files":1"#
+        } else {
+            r#""unchanged":1"#
+        };
+        assert!(summary.contains(want), "round {round}: {summary}");
+    }
+    assert_eq!(
+        std::fs::read(inbox.path().join("2026/dec/photos/a.jpg")).unwrap(),
+        b"aaa"
+    );
+}
+
+/// Default output is a summary line; `-q` prints nothing on success; `-v` adds a line per file;
+/// with progress on, one overall line counts files.
+#[test]
+fn output_is_quiet_by_default_and_says_more_when_asked() {
+    let src = tempfile::tempdir().unwrap();
+    let inbox = tempfile::tempdir().unwrap();
+    let tree = src.path().join("t");
+    std::fs::create_dir_all(&tree).unwrap();
+    for i in 0..3 {
+        std::fs::write(tree.join(format!("{i}.txt")), vec![b'x'; 1000 * (i + 1)]).unwrap();
+    }
+    let (_server, addr) = spawn_serve(inbox.path(), &[]);
+    let addr = addr.to_string();
+    let send = |extra: &[&str], dest: &str| {
+        let mut cmd = barge();
+        cmd.args(extra).args([
+            "send",
+            tree.to_str().unwrap(),
+            "--to",
+            &addr,
+            "--dest",
+            dest,
+        ]);
+        run(&mut cmd)
+    };
+    let normal = send(&[], "normal");
+    assert!(normal.status.success());
+    assert!(text(&normal.stdout).is_empty(), "{}", text(&normal.stdout));
+    let stderr = text(&normal.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("3 files sent") && stderr.contains("5.86 KiB moved"),
+        "{stderr}"
+    );
+
+    let quiet = send(&["-q"], "quiet");
+    assert!(quiet.status.success());
+    assert!(
+        quiet.stdout.is_empty() && quiet.stderr.is_empty(),
+        "{}",
+        text(&quiet.stderr)
+    );
+
+    let verbose = send(&["-v"], "verbose");
+    let stdout = text(&verbose.stdout);
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("sent ")).count(),
+        3,
+        "{stdout}"
+    );
+
+    let mut cmd = barge();
+    cmd.args([
+        "send",
+        tree.to_str().unwrap(),
+        "--to",
+        &addr,
+        "--dest",
+        "bars",
+        "--progress",
+        "always",
+    ]);
+    let bars = run(&mut cmd);
+    let stderr = text(&bars.stderr);
+    assert!(stderr.contains("3/3 files"), "{stderr}");
 }

@@ -46,6 +46,7 @@ fn opts(token: Option<&str>) -> Options {
         filter: Default::default(),
         dry_run: false,
         delete: false,
+        dest: None,
     }
 }
 

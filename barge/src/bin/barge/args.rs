@@ -7,7 +7,19 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 /// Move big files over the network, fast and without losing a byte.
 #[derive(Debug, Parser)]
-#[command(name = "barge", version, about)]
+#[command(
+    name = "barge",
+    version,
+    about,
+    after_help = "Units: sizes count in powers of 1024 (500M = 500 MiB, 1.5G, 4GiB, 1T); rates are \
+bytes per second the same way (10M = 10 MiB/s) or bits per second in powers of 1000 as networks \
+count them (100Mbit = 12.5 MB/s). Times are in seconds (0.5 allowed).
+
+Start here:
+  barge serve --dir inbox                                   # receive into ./inbox on 127.0.0.1:8080
+  barge send movie.mp4 photos/ --to 127.0.0.1:8080          # send; again: only changes move
+  barge get 127.0.0.1:8080 photos -o backup                 # fetch back, verified"
+)]
 pub struct Opts {
     /// More log output (-v debug, -vv trace). RUST_LOG, when set, takes precedence.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -31,13 +43,15 @@ pub enum Command {
     #[command(after_help = "Examples:
   barge send movie.mp4 photos/ --to 127.0.0.1:8080          # files and folders (trees kept)
   barge send photos/ --to files.example.org:8080            # again: only what changed moves
-  barge send big.iso --to [::1]:8080 --tls --json           # TLS (trust on first use), JSON lines")]
+  barge send big.iso --to [::1]:8080 --tls --json           # TLS (trust on first use), JSON lines
+  tar c src | barge send - --name src.tar --to host:8080    # stdin (kept in a temp file first)")]
     Send(SendArgs),
     /// Download files or folders from a server: verified and resumable.
     #[command(after_help = "Examples:
   barge get localhost:8080 movie.mp4 -o downloads           # the server first, then what to fetch
   barge get localhost:8080 photos -o backup                 # a folder; again: only what changed
-  barge get localhost:8080 photos --on-conflict rename      # keep both when a file differs")]
+  barge get localhost:8080 photos --on-conflict rename      # keep both when a file differs
+  barge get localhost:8080 src.tar -o - | tar x             # one file to stdout")]
     Get(GetArgs),
     /// List what a server stores: name, size, modification time, BLAKE3 digest.
     #[command(after_help = "Examples:
@@ -45,6 +59,21 @@ pub enum Command {
   barge ls localhost:8080 photos -r                         # everything below photos
   barge ls files.example.org:8080 --json                    # one entry event per line")]
     Ls(LsArgs),
+    /// Remove files (and, with -r, folders) on a server (needs the `delete` right).
+    #[command(after_help = "Examples:
+  barge rm localhost:8080 old.iso                           # a file
+  barge rm localhost:8080 photos/2019 -r                    # a folder and all below it")]
+    Rm(RmArgs),
+    /// Rename or move a file or folder on a server (needs the `delete` right; never replaces).
+    #[command(after_help = "Examples:
+  barge mv localhost:8080 draft.txt final.txt
+  barge mv localhost:8080 photos/a.jpg archive/a.jpg        # into another folder (created)")]
+    Mv(ManageArgs),
+    /// Create folders on a server, with their parents (needs the `upload` right).
+    #[command(after_help = "Examples:
+  barge mkdir localhost:8080 photos/2026/december
+  barge send a.jpg --to localhost:8080 --dest photos/2026   # or let send create it")]
+    Mkdir(ManageArgs),
     /// Measure what the link to a server carries, memory to memory (like iperf3; no disk).
     #[command(after_help = "Examples:
   barge bench 127.0.0.1:8080 --size 4G
@@ -95,20 +124,20 @@ pub enum EchoCommand {
 #[derive(Debug, clap::Args)]
 pub struct FrameworkArgs {
     /// Connections served at once; more clients wait their turn.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_name = "N")]
     pub max_connections: usize,
     /// Seconds a client may stay silent before its connection is closed.
-    #[arg(long, default_value_t = 300.0)]
+    #[arg(long, default_value_t = 300.0, value_name = "SECS")]
     pub idle_timeout: f64,
     /// On Ctrl-C/SIGTERM, seconds to let connections finish before cancelling them.
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
     pub shutdown_grace: f64,
     /// Seconds a client has to finish a request header (or TLS handshake) once it has begun: cuts
     /// off slow-loris clients.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub header_timeout: f64,
     /// Connections served at once from one IP address; more are closed at once.
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub max_connections_per_ip: Option<usize>,
     /// Bandwidth for all connections together: bytes per second (10M = 10 MiB/s) or bits
     /// (100Mbit).
@@ -123,7 +152,7 @@ pub struct FrameworkArgs {
 #[command(group = clap::ArgGroup::new("mode").multiple(false))]
 pub struct UdpServeArgs {
     /// Address to listen on (port 0 picks a free port).
-    #[arg(long, default_value = "127.0.0.1:9000")]
+    #[arg(long, default_value = "127.0.0.1:9000", value_name = "HOST:PORT")]
     pub addr: SocketAddr,
     /// Reply with the datagram itself.
     #[arg(long, group = "mode")]
@@ -143,19 +172,19 @@ pub struct UdpSendArgs {
     #[arg(num_args = 0..=2, value_name = "ARGS")]
     pub args: Vec<String>,
     /// Requests to make, one after another.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_name = "N")]
     pub count: u64,
-    /// Milliseconds to pause between requests.
-    #[arg(long, default_value_t = 0)]
-    pub interval: u64,
+    /// Seconds to pause between requests (like ping's -i; 0.01 = 10 ms).
+    #[arg(long, default_value_t = 0.0, value_name = "SECS")]
+    pub interval: f64,
     /// Seconds to wait for each reply (like every other --timeout).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_name = "SECS")]
     pub timeout: f64,
     /// Extra transmissions of a request that got no reply.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_name = "N")]
     pub retries: u32,
     /// Payload size in bytes: the message repeated (or cut) to this length.
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     pub size: Option<u64>,
     /// One JSON object per line on stdout instead of text.
     #[arg(long)]
@@ -165,10 +194,10 @@ pub struct UdpSendArgs {
 #[derive(Debug, clap::Args)]
 pub struct EchoServeArgs {
     /// Address to listen on (port 0 picks a free port).
-    #[arg(long, default_value = "127.0.0.1:9999")]
+    #[arg(long, default_value = "127.0.0.1:9999", value_name = "HOST:PORT")]
     pub addr: SocketAddr,
     /// Longest accepted line (e.g. 4M); a longer one gets an ERROR line and the connection closes.
-    #[arg(long, value_parser = parse_size, default_value = "4M")]
+    #[arg(long, value_parser = parse_size, default_value = "4M", value_name = "SIZE")]
     pub max_line: u64,
     /// Behave exactly like the lesson: one message per connection, reply without newline.
     #[arg(long)]
@@ -184,13 +213,13 @@ pub struct EchoSendArgs {
     #[arg(value_name = "ARGS")]
     pub args: Vec<String>,
     /// Longest accepted reply line.
-    #[arg(long, value_parser = parse_size, default_value = "4M")]
+    #[arg(long, value_parser = parse_size, default_value = "4M", value_name = "SIZE")]
     pub max_line: u64,
     /// Seconds to wait for the connection to open.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub connect_timeout: f64,
     /// Seconds to wait for each reply.
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
     pub timeout: f64,
     /// One JSON object per line on stdout: {"event":"reply","message":...,"reply":...}.
     #[arg(long)]
@@ -200,16 +229,16 @@ pub struct EchoSendArgs {
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// Folder to store received files in (created if missing).
-    #[arg(long, default_value = "barge-inbox")]
+    #[arg(long, default_value = "barge-inbox", value_name = "DIR")]
     pub dir: PathBuf,
     /// Address to listen on, e.g. 0.0.0.0:8080 or [::1]:8080 (port 0 picks a free port).
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "HOST:PORT")]
     pub addr: SocketAddr,
     /// What to do when a received name already exists.
-    #[arg(long, value_enum, default_value_t = Conflict::Rename)]
+    #[arg(long, value_enum, default_value_t = Conflict::Rename, value_name = "POLICY")]
     pub on_conflict: Conflict,
     /// Refuse files larger than this (e.g. 500M, 4G); checked before any byte is written.
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     pub max_file_size: Option<u64>,
     #[command(flatten)]
     pub framework: FrameworkArgs,
@@ -219,29 +248,34 @@ pub struct ServeArgs {
     /// Refuse listing and downloading (uploads only).
     #[arg(long)]
     pub no_download: bool,
+    /// Let anyone remove and rename (`barge rm`, `barge mv`) on a server without --token-file;
+    /// with tokens, the `delete` right decides.
+    #[arg(long)]
+    pub allow_delete: bool,
     /// Seconds an interrupted upload is kept for its sender to resume.
-    #[arg(long, default_value_t = 86400.0)]
+    #[arg(long, default_value_t = 86400.0, value_name = "SECS")]
     pub partial_ttl: f64,
     /// Bytes between two resume checkpoints (data fsynced, then its chunk digests recorded): what
     /// a server crash can cost a resumed upload at most.
-    #[arg(long, value_parser = parse_size, default_value = "64M")]
+    #[arg(long, value_parser = parse_size, default_value = "64M", value_name = "SIZE")]
     pub checkpoint: u64,
     /// Most bytes stored in the folder (e.g. 100G); uploads that would exceed it are refused.
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     pub quota: Option<u64>,
     /// Encrypt barge's protocol with TLS 1.3 (plain-text barge connections are then refused). Without
     /// --cert/--key a self-signed certificate is made in <dir>/.barge/tls on first start.
     #[arg(long)]
     pub tls: bool,
     /// Certificate chain (PEM) to serve instead of the self-signed one; implies --tls.
-    #[arg(long, requires = "key")]
+    #[arg(long, requires = "key", value_name = "PEM")]
     pub cert: Option<PathBuf>,
     /// Private key (PEM) of --cert.
-    #[arg(long, requires = "cert")]
+    #[arg(long, requires = "cert", value_name = "PEM")]
     pub key: Option<PathBuf>,
     /// Require a token on every barge connection: lines of `<token> <rights> [root]`, rights
-    /// `all` or some of `upload,download,list`, root a folder below --dir the token is confined to.
-    #[arg(long)]
+    /// `all` or some of `upload,download,list,delete`, root a folder below --dir the token is
+    /// confined to.
+    #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
     /// Accept the lesson's upload format (no authentication, no encryption) even when listening
     /// on a non-loopback address or requiring tokens, where it is off by default.
@@ -259,48 +293,60 @@ pub enum Conflict {
     Fail,
 }
 
+/// How to reach a server and whom to trust: shared by every command that speaks barge's protocol.
 #[derive(Debug, clap::Args)]
-pub struct ClientArgs {
-    /// Server address (host:port).
-    #[arg(long, visible_alias = "from", default_value = "127.0.0.1:8080")]
-    pub to: String,
-    /// Progress bars on stderr: auto shows them only when stderr is a terminal.
-    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
-    pub progress: ProgressMode,
+pub struct ConnArgs {
     /// Seconds to wait for the connection to open.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub connect_timeout: f64,
     /// Seconds the server may leave a send or receive waiting before giving up.
-    #[arg(long, default_value_t = 300.0)]
+    #[arg(long, default_value_t = 300.0, value_name = "SECS")]
     pub timeout: f64,
     /// Connect with TLS, trusting the server's certificate on first use (recorded in the
     /// known-hosts file, refused loudly if it ever changes) unless --fingerprint or --ca is given.
     #[arg(long)]
     pub tls: bool,
-    /// Trust exactly the certificate with this fingerprint (SHA256:..., printed by `serve --tls`);
-    /// implies --tls.
-    #[arg(long, conflicts_with = "ca")]
+    /// Trust exactly the certificate with this fingerprint (printed by `serve --tls`); implies
+    /// --tls.
+    #[arg(long, conflicts_with = "ca", value_name = "SHA256:HEX")]
     pub fingerprint: Option<String>,
     /// Trust certificates issued by the CAs in this PEM file, for the host name dialled; implies --tls.
-    #[arg(long)]
+    #[arg(long, value_name = "PEM")]
     pub ca: Option<PathBuf>,
     /// Known-hosts file for trust on first use [default: $BARGE_KNOWN_HOSTS, else
     /// ~/.config/barge/known_hosts].
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub known_hosts: Option<PathBuf>,
     /// File whose first line is the token to present (else the BARGE_TOKEN environment variable).
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+}
+
+/// The server of a command that names it first (`barge get HOST:PORT ...`), or by flag.
+#[derive(Debug, clap::Args)]
+pub struct FromArgs {
+    /// The server, when it is not the first argument.
+    #[arg(
+        long,
+        visible_alias = "server",
+        default_value = "127.0.0.1:8080",
+        value_name = "HOST:PORT"
+    )]
+    pub from: String,
+}
+
+/// Options of the commands that move files (`send`, `get`, `pick`).
+#[derive(Debug, clap::Args)]
+pub struct TransferArgs {
+    /// Progress on stderr: one overall line, plus a bar for each big file; auto shows it only
+    /// when stderr is a terminal.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto, value_name = "WHEN")]
+    pub progress: ProgressMode,
     /// Bandwidth limit: bytes per second (10M = 10 MiB/s) or bits (100Mbit = 12.5 MB/s).
     #[arg(long, value_parser = parse_rate, value_name = "RATE")]
     pub bwlimit: Option<u64>,
-}
-
-/// Options of the commands that speak barge's protocol.
-#[derive(Debug, clap::Args)]
-pub struct TransferArgs {
     /// Reconnections after a lost connection (with back-off), and retries of a corrupted file.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_name = "N")]
     pub retries: u32,
     /// One JSON object per line on stdout (events, then a summary) instead of text.
     #[arg(long)]
@@ -343,9 +389,18 @@ pub enum Existing {
 
 #[derive(Debug, clap::Args)]
 pub struct SendArgs {
-    /// Files and folders to upload (a folder keeps its tree).
-    #[arg(required = true)]
+    /// Files and folders to upload (a folder keeps its tree); `-` reads stdin (with --name).
+    #[arg(required = true, value_name = "PATH")]
     pub files: Vec<PathBuf>,
+    /// The server.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "HOST:PORT")]
+    pub to: String,
+    /// Upload into this folder on the server (created if missing) instead of its top.
+    #[arg(long, value_name = "FOLDER")]
+    pub dest: Option<String>,
+    /// The name to store stdin under (`barge send - --name NAME`).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
     /// Use the lesson's format: files only, no reply, no verification, no resume.
     #[arg(long)]
     pub legacy: bool,
@@ -354,19 +409,19 @@ pub struct SendArgs {
     #[arg(long)]
     pub follow_links: bool,
     #[command(flatten)]
-    pub client: ClientArgs,
+    pub conn: ConnArgs,
     #[command(flatten)]
     pub transfer: TransferArgs,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
-    /// [HOST:PORT] NAME...: the server (default 127.0.0.1:8080; recognised when it is an IP:port)
-    /// and the files or folders to download.
+    /// [HOST:PORT] NAME...: the server (else --from) and the files or folders to download.
     #[arg(required = true, value_name = "ARGS")]
     pub args: Vec<String>,
-    /// Folder to download into.
-    #[arg(short = 'o', long = "out", default_value = ".")]
+    /// Folder to download into; `-` writes a single file to stdout (verified before its first
+    /// byte is written).
+    #[arg(short = 'o', long = "out", default_value = ".", value_name = "DIR")]
     pub out: PathBuf,
     /// Same as --on-conflict overwrite (fetch everything again and replace).
     #[arg(long)]
@@ -376,30 +431,34 @@ pub struct GetArgs {
     #[arg(long)]
     pub delete: bool,
     #[command(flatten)]
-    pub client: ClientArgs,
+    pub from: FromArgs,
+    #[command(flatten)]
+    pub conn: ConnArgs,
     #[command(flatten)]
     pub transfer: TransferArgs,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// [HOST:PORT]: the server (default 127.0.0.1:8080).
-    #[arg(num_args = 0..=1, value_name = "ADDR")]
+    /// [HOST:PORT]: the server (else --from).
+    #[arg(num_args = 0..=1, value_name = "HOST:PORT")]
     pub args: Vec<String>,
     /// Bytes to send (e.g. 1G).
-    #[arg(long, value_parser = parse_size, default_value = "1G")]
+    #[arg(long, value_parser = parse_size, default_value = "1G", value_name = "SIZE")]
     pub size: u64,
     /// One JSON object on stdout.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub client: ClientArgs,
+    pub from: FromArgs,
+    #[command(flatten)]
+    pub conn: ConnArgs,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct LsArgs {
-    /// [HOST:PORT] [PATH]: the server (default 127.0.0.1:8080; recognised when it is an IP:port)
-    /// and the folder or file to list (default: everything at the top).
+    /// [HOST:PORT] [PATH]: the server (else --from) and the folder or file to list (default:
+    /// everything at the top).
     #[arg(num_args = 0..=2, value_name = "ARGS")]
     pub args: Vec<String>,
     /// Everything below the folder, with relative paths.
@@ -409,18 +468,48 @@ pub struct LsArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub client: ClientArgs,
+    pub from: FromArgs,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+/// `rm`, `mv` and `mkdir` on a server.
+#[derive(Debug, clap::Args)]
+pub struct ManageArgs {
+    /// [HOST:PORT] PATH...: the server (else --from) and the paths (mv: FROM TO).
+    #[arg(required = true, value_name = "ARGS")]
+    pub args: Vec<String>,
+    /// One JSON object per path on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub from: FromArgs,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RmArgs {
+    /// Remove folders with everything in them (without it, only files and empty folders).
+    #[arg(short, long)]
+    pub recursive: bool,
+    #[command(flatten)]
+    pub manage: ManageArgs,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct PickArgs {
-    /// Folder whose files are offered.
+    /// Folder whose files are offered (its subfolders can be entered).
+    #[arg(value_name = "DIR")]
     pub dir: PathBuf,
+    /// The server.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "HOST:PORT")]
+    pub to: String,
     /// Use the lesson's format (one connection, no reply, no verification).
     #[arg(long)]
     pub legacy: bool,
     #[command(flatten)]
-    pub client: ClientArgs,
+    pub conn: ConnArgs,
     #[command(flatten)]
     pub transfer: TransferArgs,
 }

@@ -17,7 +17,7 @@ use barge::client::v1::{Filter, OnExisting, Options, Tcp};
 use barge::throttle::Bucket;
 use barge::tls::{Fingerprint, Trust};
 
-use crate::args::{ClientArgs, Conflict, Existing, FrameworkArgs, ServeArgs, TransferArgs};
+use crate::args::{Conflict, ConnArgs, Existing, FrameworkArgs, ServeArgs, TransferArgs};
 
 /// An argument value that cannot be used (after clap's own parsing).
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +104,7 @@ impl TryFrom<ServeArgs> for ServeConfig {
             },
             max_file_size: a.max_file_size,
             no_downloads: a.no_download,
+            allow_delete: a.allow_delete,
         };
         let storage = LocalConfig {
             writers: crate::writers().clone(),
@@ -143,10 +144,9 @@ pub struct ClientConfig {
     pub bwlimit: Option<u64>,
 }
 
-impl TryFrom<&ClientArgs> for ClientConfig {
-    type Error = anyhow::Error;
-
-    fn try_from(c: &ClientArgs) -> Result<Self> {
+impl ClientConfig {
+    /// The connection flags checked, with the transfer commands' `--bwlimit`.
+    pub fn new(c: &ConnArgs, bwlimit: Option<u64>) -> Result<Self> {
         let trust = if let Some(fp) = &c.fingerprint {
             let fp =
                 Fingerprint::parse(fp).map_err(|e| UsageError(format!("--fingerprint: {e}")))?;
@@ -172,12 +172,10 @@ impl TryFrom<&ClientArgs> for ClientConfig {
             io_timeout: seconds(c.timeout, "--timeout")?,
             token: token(c)?,
             trust,
-            bwlimit: c.bwlimit,
+            bwlimit,
         })
     }
-}
 
-impl ClientConfig {
     /// The v1 client's options; `t` (retries) only for the commands that resume.
     pub fn options(&self, t: Option<&TransferArgs>) -> Result<Options, UsageError> {
         let defaults = Options::default();
@@ -234,7 +232,7 @@ impl ClientConfig {
 }
 
 /// The token: the first line of --token-file, else $BARGE_TOKEN.
-fn token(c: &ClientArgs) -> Result<Option<String>> {
+fn token(c: &ConnArgs) -> Result<Option<String>> {
     if let Some(path) = &c.token_file {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read token file {}", path.display()))?;

@@ -11,19 +11,23 @@ use std::io::Write;
 use tokio::io::AsyncBufReadExt;
 use tokio::net::TcpStream;
 
-use crate::args::{ClientArgs, PickArgs, SendArgs};
+use crate::args::{ConnArgs, PickArgs, SendArgs, TransferArgs};
 use crate::config::ClientConfig;
 use crate::exit;
 use crate::progress::{self, Renderer};
 
-async fn connect(c: &ClientArgs) -> Result<barge::net::IdleTimeout<TcpStream>> {
-    crate::args::split_target(&[], &c.to)?;
-    let config = ClientConfig::try_from(c)?;
+async fn connect(
+    to: &str,
+    c: &ConnArgs,
+    t: &TransferArgs,
+) -> Result<barge::net::IdleTimeout<TcpStream>> {
+    crate::args::split_target(&[], to)?;
+    let config = ClientConfig::new(c, t.bwlimit)?;
     config.lesson_only()?;
-    let stream = barge::net::connect(&c.to, config.connect_timeout)
+    let stream = barge::net::connect(to, config.connect_timeout)
         .await
         .map_err(|source| ClientError::Connect {
-            addr: c.to.clone(),
+            addr: to.to_owned(),
             source,
         })?;
     Ok(barge::net::IdleTimeout::new(stream, config.io_timeout))
@@ -36,23 +40,31 @@ pub async fn send(a: SendArgs) -> Result<u8> {
         .iter()
         .map(|p| Outgoing::open(p))
         .collect::<Result<Vec<_>, _>>()?;
-    let stream = connect(&a.client).await?;
-    let mut renderer = Renderer::new(a.client.progress);
+    if a.dest.is_some() || a.name.is_some() {
+        return Err(crate::config::UsageError(
+            "the lesson's format (--legacy) has no folders and no stdin: drop --legacy to use \
+             --dest or --name"
+                .into(),
+        )
+        .into());
+    }
+    let stream = connect(&a.to, &a.conn, &a.transfer).await?;
+    let mut renderer = Renderer::new(a.transfer.progress);
     lesson::send_files(stream, files, |e| renderer.on_event(e)).await?;
     Ok(exit::SUCCESS)
 }
 
-pub async fn pick(a: PickArgs) -> Result<u8> {
+pub async fn pick(a: PickArgs, verbosity: crate::v1_cmd::Verbosity) -> Result<u8> {
     let entries =
         pick::list_files(&a.dir).with_context(|| format!("cannot list {}", a.dir.display()))?;
     if entries.is_empty() {
         bail!("{} has no files to upload", a.dir.display());
     }
-    let mut renderer = Renderer::new(a.client.progress);
+    let mut renderer = Renderer::new(a.transfer.progress);
     // Connect first, as the lesson does, so an unreachable server is reported before any question;
     // but send on a connection opened at the first choice: a server closes a connection whose
     // first request does not come within its header timeout, and a person may take longer.
-    drop(connect(&a.client).await?);
+    drop(connect(&a.to, &a.conn, &a.transfer).await?);
     let mut sender = None;
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut out = std::io::stdout();
@@ -98,14 +110,21 @@ pub async fn pick(a: PickArgs) -> Result<u8> {
             let path = &entries[index].path;
             if !a.legacy {
                 let paths = vec![path.clone()];
-                if let Err(e) =
-                    crate::v1_cmd::send_paths(&a.client, &a.transfer, paths, false).await
-                {
+                let sent = crate::v1_cmd::send_paths(
+                    &a.to,
+                    &a.conn,
+                    &a.transfer,
+                    paths,
+                    false,
+                    None,
+                    verbosity,
+                );
+                if let Err(e) = sent.await {
                     eprintln!("barge: error: {}", crate::describe(&e));
                 }
                 continue;
             }
-            if let Err(e) = upload_one(&a.client, &mut sender, path, &mut renderer).await {
+            if let Err(e) = upload_one(&a, &mut sender, path, &mut renderer).await {
                 // The connection is gone; the next choice opens a new one.
                 sender = None;
                 eprintln!("barge: error: {}", crate::describe(&e));
@@ -124,14 +143,16 @@ pub async fn pick(a: PickArgs) -> Result<u8> {
 }
 
 async fn upload_one(
-    c: &ClientArgs,
+    a: &PickArgs,
     sender: &mut Option<LegacySender<barge::net::IdleTimeout<TcpStream>>>,
     path: &Path,
     renderer: &mut Renderer,
 ) -> Result<()> {
     let file = Outgoing::open(path)?;
     if sender.is_none() {
-        *sender = Some(LegacySender::new(connect(c).await?));
+        *sender = Some(LegacySender::new(
+            connect(&a.to, &a.conn, &a.transfer).await?,
+        ));
     }
     if let Some(s) = sender.as_mut() {
         s.send(file, &mut |e| renderer.on_event(e)).await?;

@@ -24,6 +24,7 @@ use tracing_subscriber::EnvFilter;
 
 use args::{Command, EchoCommand, FrameworkArgs, Opts, UdpCommand};
 use config::seconds;
+use v1_cmd::Manage;
 
 /// The writer threads of every store this process opens (a server's folder, a download's output
 /// folder): the process waits for them before it exits, so an interrupted transfer's resume point
@@ -64,13 +65,21 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::FAILURE);
         }
     };
+    let verbosity = match (opts.quiet, opts.verbose) {
+        (true, _) => v1_cmd::Verbosity::Quiet,
+        (false, 0) => v1_cmd::Verbosity::Normal,
+        (false, _) => v1_cmd::Verbosity::Verbose,
+    };
     let outcome = runtime.block_on(async {
         match opts.command {
             Command::Serve(a) => serve_cmd::serve(a).await,
             Command::Send(a) if a.legacy => interruptible(lesson_cmd::send(a)).await,
-            Command::Send(a) => interruptible(v1_cmd::send(a)).await,
-            Command::Pick(a) => interruptible(lesson_cmd::pick(a)).await,
-            Command::Get(a) => interruptible(v1_cmd::get(a)).await,
+            Command::Send(a) => interruptible(v1_cmd::send(a, verbosity)).await,
+            Command::Pick(a) => interruptible(lesson_cmd::pick(a, verbosity)).await,
+            Command::Get(a) => interruptible(v1_cmd::get(a, verbosity)).await,
+            Command::Rm(a) => interruptible(v1_cmd::manage(Manage::Rm(a), verbosity)).await,
+            Command::Mv(a) => interruptible(v1_cmd::manage(Manage::Mv(a), verbosity)).await,
+            Command::Mkdir(a) => interruptible(v1_cmd::manage(Manage::Mkdir(a), verbosity)).await,
             Command::Ls(a) => interruptible(v1_cmd::ls(a)).await,
             Command::Bench(a) => interruptible(v1_cmd::bench(a)).await,
             Command::Udp(UdpCommand::Serve(a)) => udp_cmd::serve(a).await,

@@ -78,7 +78,9 @@ pub async fn send(a: UdpSendArgs) -> Result<u8> {
     }
     let options = UdpOptions {
         count: a.count,
-        interval: Duration::from_millis(a.interval),
+        interval: Duration::try_from_secs_f64(a.interval).map_err(|_| {
+            crate::config::UsageError("--interval must be a number of seconds, 0 or more".into())
+        })?,
         timeout: crate::config::seconds(a.timeout, "--timeout")?,
         retries: a.retries,
     };

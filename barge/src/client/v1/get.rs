@@ -59,6 +59,11 @@ pub async fn get(
         report.connections += 1;
         if jobs.is_none() {
             let planned = plan_get(&mut link, names, opts, report, on_event).await?;
+            let (files, bytes) = planned.iter().fold((0, 0), |(n, b), job| match job {
+                GetJob::File(f) => (n + 1, b + f.size),
+                GetJob::Folder { .. } => (n, b),
+            });
+            on_event(Event::Plan { files, bytes });
             finished = vec![false; planned.len()];
             jobs = Some(planned);
         }

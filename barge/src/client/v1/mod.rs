@@ -8,18 +8,21 @@
 //!
 //! Who owns what: [`link`] the connection (dial, TLS, the reader task, batching, the reply
 //! screen); [`send`] the send plan (tree walk, pipelining, resume, settling replies); [`get`] the
-//! getter (plan, conditional resume, verified publish); [`list`] listings and `bench`. This file
+//! getter (plan, conditional resume, verified publish); [`list`] listings and `bench`; [`manage`]
+//! remove, rename and mkdir. This file
 //! holds the shared types: options, events, the report and the one error type with its
 //! `retryable()`.
 
 mod get;
 mod link;
 mod list;
+mod manage;
 mod send;
 
 pub use get::get;
 pub use link::{Dial, Dialing, Stream, Tcp};
 pub use list::{bench, list, list_each};
+pub use manage::{Change, Outcome, manage};
 pub use send::{OnExisting, send};
 
 use link::{Incoming, Link};
@@ -79,6 +82,8 @@ pub struct Options {
     pub dry_run: bool,
     /// `get`: remove local files below the folders fetched that the server does not have.
     pub delete: bool,
+    /// `send`: the folder on the server to upload into (created if missing) instead of its top.
+    pub dest: Option<String>,
 }
 
 /// `--include`/`--exclude` globs over paths relative to what was named (a folder's contents):
@@ -148,6 +153,7 @@ impl Default for Options {
             filter: Filter::default(),
             dry_run: false,
             delete: false,
+            dest: None,
         }
     }
 }
@@ -156,6 +162,14 @@ impl Default for Options {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
+    /// What the transfer covers, once it is known (before the first file): the files and their
+    /// bytes, unchanged ones included. An overall progress line is sized from it.
+    Plan {
+        /// Files named or found in the folders named.
+        files: u64,
+        /// Their bytes.
+        bytes: u64,
+    },
     /// A file transfer begins; `offset` > 0 when it resumes.
     Start {
         /// Relative path.

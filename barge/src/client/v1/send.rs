@@ -183,6 +183,36 @@ pub(super) struct Progress {
     replaces: Option<String>,
 }
 
+/// The jobs moved below the folder `dest` on the server, which is created first (with its
+/// parents) when there is anything to send.
+fn below(dest: Option<&str>, jobs: Vec<Job>) -> Vec<Job> {
+    let dest = dest.map_or("", |d| d.trim_matches('/'));
+    if dest.is_empty() || jobs.is_empty() {
+        return jobs;
+    }
+    let under = |remote: String| format!("{dest}/{remote}");
+    let mut moved = vec![Job::Folder {
+        remote: dest.to_owned(),
+    }];
+    moved.extend(jobs.into_iter().map(|job| match job {
+        Job::Folder { remote } => Job::Folder {
+            remote: under(remote),
+        },
+        Job::File {
+            local,
+            remote,
+            size,
+            mtime,
+        } => Job::File {
+            local,
+            remote: under(remote),
+            size,
+            mtime,
+        },
+    }));
+    moved
+}
+
 /// Uploads files and folders (each named root keeps its name on the server, folders their tree).
 pub async fn send(
     dial: &dyn Dial,
@@ -191,6 +221,7 @@ pub async fn send(
     on_event: &mut (dyn FnMut(Event) + Send),
 ) -> Result<Report, TransferError> {
     let (jobs, skipped) = plan(roots, opts.follow_links, &opts.filter);
+    let jobs = below(opts.dest.as_deref(), jobs);
     let mut progress = vec![Progress::default(); jobs.len()];
     let mut report = Report::default();
     for (path, reason) in skipped {
@@ -199,12 +230,17 @@ pub async fn send(
     if jobs.is_empty() {
         return Ok(report); // nothing to send: no need to reach the server
     }
+    let (files, bytes) = jobs.iter().fold((0, 0), |(n, b), job| match job {
+        Job::File { size, .. } => (n + 1, b + size),
+        Job::Folder { .. } => (n, b),
+    });
+    on_event(Event::Plan { files, bytes });
     let mut theirs: Option<Theirs> = None;
     with_retries(opts, &mut report, on_event, async |report, on_event| {
         let mut link = Link::open(dial, opts).await?;
         report.connections += 1;
         if theirs.is_none() {
-            theirs = Some(their_files(&mut link, &jobs, opts.max_listed).await?);
+            theirs = Some(their_files(&mut link, &jobs, opts).await?);
         }
         let theirs = theirs
             .as_ref()
@@ -254,16 +290,26 @@ pub(super) struct Listed {
 async fn their_files(
     link: &mut Link,
     jobs: &[Job],
-    max_listed: u64,
+    opts: &Options,
 ) -> Result<Theirs, TransferError> {
     let mut theirs = Theirs::new();
+    // The roots are what was named, directly in `--dest` (or the top).
+    let prefix = match opts.dest.as_deref().map(|d| d.trim_matches('/')) {
+        Some(d) if !d.is_empty() => format!("{d}/"),
+        _ => String::new(),
+    };
+    let is_root = |remote: &str| {
+        remote
+            .strip_prefix(prefix.as_str())
+            .is_some_and(|r| !r.contains('/'))
+    };
     for job in jobs {
         let (root, folder) = match job {
-            Job::Folder { remote } if !remote.contains('/') => (remote, true),
-            Job::File { remote, .. } if !remote.contains('/') => (remote, false),
+            Job::Folder { remote } if is_root(remote) => (remote, true),
+            Job::File { remote, .. } if is_root(remote) => (remote, false),
             _ => continue,
         };
-        let Ok(entries) = list_on(link, root, true, max_listed).await? else {
+        let Ok(entries) = list_on(link, root, true, opts.max_listed).await? else {
             continue; // not there yet, or not ours to list: send everything
         };
         for e in entries.into_iter().filter(|e| !e.dir) {

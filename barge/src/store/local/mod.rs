@@ -14,8 +14,10 @@
 //! ```
 //! A token root is a view of the same store ([`LocalStore::subfolder`]): it publishes below its
 //! folder but shares the state folder, the quota and the sweep. The partials, their lock, the
-//! quota's book and the read side are in `partial.rs`; the quota counter in `quota.rs`.
+//! quota's book and the read side are in `partial.rs`; the quota counter in `quota.rs`; removing
+//! and renaming in `manage.rs`.
 
+mod manage;
 mod partial;
 mod quota;
 

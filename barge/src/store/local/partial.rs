@@ -243,7 +243,11 @@ impl LocalStore {
 
     /// Walks `path`'s folders under the storage directory without following symlinks, creating
     /// missing ones if `create`. Returns the parent folder and the final component.
-    fn resolve(&self, path: &str, create: bool) -> Result<(PathBuf, String), StoreError> {
+    pub(super) fn resolve(
+        &self,
+        path: &str,
+        create: bool,
+    ) -> Result<(PathBuf, String), StoreError> {
         let parts = split_path(path)?;
         let Some((name, folders)) = parts.split_last() else {
             return Err(NameError::Empty.into());
@@ -1402,6 +1406,16 @@ impl Store for LocalStore {
     fn mkdir(&self, path: &str) -> BoxFuture<'_, Result<(), StoreError>> {
         let path = path.to_owned();
         Box::pin(async move { self.make_dir(&path).await })
+    }
+
+    fn remove(&self, path: &str, recursive: bool) -> BoxFuture<'_, Result<u64, StoreError>> {
+        let path = path.to_owned();
+        Box::pin(async move { self.remove_path(&path, recursive).await })
+    }
+
+    fn rename(&self, from: &str, to: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        let (from, to) = (from.to_owned(), to.to_owned());
+        Box::pin(async move { self.rename_path(&from, &to).await })
     }
 
     fn list(&self, path: &str, recursive: bool) -> BoxFuture<'_, Result<Listing, StoreError>> {
