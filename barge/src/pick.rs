@@ -1,23 +1,26 @@
-//! The lesson's menu: list a folder's files numbered from 1 and turn the user's answer into a
+//! The lesson's menu: list a folder's entries numbered from 1 and turn the user's answer into a
 //! choice, with the lesson's own answers to bad input ("must be a number", "not in range").
 
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// One file offered in the menu.
+/// One file or folder offered in the menu.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     /// Full path of the file.
     pub path: PathBuf,
     /// Its name as shown.
     pub name: String,
-    /// Its size in bytes.
+    /// Its size in bytes (0 for a folder).
     pub size: u64,
+    /// A folder: choosing it alone enters it.
+    pub dir: bool,
 }
 
-/// The regular files directly in `dir`, sorted by name (the lesson used `os.listdir`, whose order
-/// is arbitrary; a stable order lets a user pick the same number twice). Hidden files are skipped.
-pub fn list_files(dir: &Path) -> io::Result<Vec<Entry>> {
+/// The folders, then the regular files, directly in `dir`, each sorted by name (the lesson used
+/// `os.listdir`, whose order is arbitrary; a stable order lets a user pick the same number
+/// twice). Hidden entries are skipped, and entries that cannot be read.
+pub fn list_entries(dir: &Path) -> io::Result<Vec<Entry>> {
     let mut entries = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -26,16 +29,19 @@ pub fn list_files(dir: &Path) -> io::Result<Vec<Entry>> {
             continue;
         }
         // Follow symlinks here: the user chose this folder, and sends what a link points to.
-        let meta = std::fs::metadata(entry.path())?;
-        if meta.is_file() {
+        let Ok(meta) = std::fs::metadata(entry.path()) else {
+            continue;
+        };
+        if meta.is_file() || meta.is_dir() {
             entries.push(Entry {
                 path: entry.path(),
                 name,
-                size: meta.len(),
+                size: if meta.is_file() { meta.len() } else { 0 },
+                dir: meta.is_dir(),
             });
         }
     }
-    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    entries.sort_by(|a, b| (!a.dir, &a.name).cmp(&(!b.dir, &b.name)));
     Ok(entries)
 }
 
@@ -145,17 +151,25 @@ mod tests {
     }
 
     #[test]
-    fn list_files_is_sorted_and_skips_dirs_and_hidden() {
+    fn list_entries_puts_folders_first_sorted_and_skips_hidden() {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("b.mp4"), b"bb").unwrap();
         std::fs::write(d.path().join("a.mp4"), b"a").unwrap();
         std::fs::write(d.path().join(".hidden"), b"").unwrap();
         std::fs::create_dir(d.path().join("sub")).unwrap();
-        let got: Vec<_> = list_files(d.path())
+        std::fs::create_dir(d.path().join(".git")).unwrap();
+        let got: Vec<_> = list_entries(d.path())
             .unwrap()
             .into_iter()
-            .map(|e| (e.name, e.size))
+            .map(|e| (e.name, e.size, e.dir))
             .collect();
-        assert_eq!(got, vec![("a.mp4".into(), 1), ("b.mp4".into(), 2)]);
+        assert_eq!(
+            got,
+            vec![
+                ("sub".into(), 0, true),
+                ("a.mp4".into(), 1, false),
+                ("b.mp4".into(), 2, false)
+            ]
+        );
     }
 }

@@ -204,6 +204,42 @@ fn pick_answers_like_the_lesson_and_uploads_the_choice() {
 }
 
 #[test]
+fn pick_enters_folders_and_comes_back() {
+    let src = tempfile::tempdir().unwrap();
+    let inbox = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(src.path().join("clips/old")).unwrap();
+    std::fs::write(src.path().join("top.mp4"), content(1, 10)).unwrap();
+    std::fs::write(src.path().join("clips/in.mp4"), content(2, 20)).unwrap();
+    std::fs::write(src.path().join("clips/old/x.mp4"), content(3, 30)).unwrap();
+    let (_server, addr) = spawn_serve(inbox.path(), &[]);
+    let mut child = barge()
+        .arg("pick")
+        .arg(src.path())
+        .args(["--to", &addr.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Enter clips (1), send in.mp4 (2: after the folder old/), go back (0), send top.mp4 (2).
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"1\n2\n0\n2\nq\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("1 clips/") && stdout.contains("1 old/"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("0 ../"), "{stdout}");
+    assert_eq!(published(inbox.path()), ["in.mp4", "top.mp4"]);
+}
+
+#[test]
 fn pick_ends_at_end_of_input() {
     let src = tempfile::tempdir().unwrap();
     let inbox = tempfile::tempdir().unwrap();

@@ -55,10 +55,11 @@ pub async fn send(a: SendArgs) -> Result<u8> {
 }
 
 pub async fn pick(a: PickArgs, verbosity: crate::v1_cmd::Verbosity) -> Result<u8> {
-    let entries =
-        pick::list_files(&a.dir).with_context(|| format!("cannot list {}", a.dir.display()))?;
+    let top = a.dir.clone();
+    let mut here = top.clone();
+    let mut entries = menu(&here)?;
     if entries.is_empty() {
-        bail!("{} has no files to upload", a.dir.display());
+        bail!("{} has nothing to upload", a.dir.display());
     }
     let mut renderer = Renderer::new(a.transfer.progress);
     // Connect first, as the lesson does, so an unreachable server is reported before any question;
@@ -68,25 +69,38 @@ pub async fn pick(a: PickArgs, verbosity: crate::v1_cmd::Verbosity) -> Result<u8
     let mut sender = None;
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut out = std::io::stdout();
-    // The menu once, and again on an empty answer: not after every choice.
+    // The menu once, and again on an empty answer or in another folder: not after every choice.
     let mut show_menu = true;
     let mut ended = false;
     loop {
+        let below_top = here != top;
         if show_menu {
-            for (i, e) in entries.iter().enumerate() {
+            if below_top {
                 writeln!(
                     out,
-                    "{} {} ({})",
-                    i + 1,
-                    progress::printable(&e.name),
-                    indicatif::HumanBytes(e.size)
+                    "0 ../ (back to {})",
+                    progress::printable(&parent_name(&here))
                 )?;
+            }
+            for (i, e) in entries.iter().enumerate() {
+                if e.dir {
+                    writeln!(out, "{} {}/", i + 1, progress::printable(&e.name))?;
+                } else {
+                    writeln!(
+                        out,
+                        "{} {} ({})",
+                        i + 1,
+                        progress::printable(&e.name),
+                        indicatif::HumanBytes(e.size)
+                    )?;
+                }
             }
             show_menu = false;
         }
         write!(
             out,
-            "please choose a file to upload (q to quit; several: 1 3-5; empty: the list)>>>: "
+            "please choose a file to upload (q to quit; several: 1 3-5; a folder alone enters it; \
+             empty: the list)>>>: "
         )?;
         out.flush()?;
         let Some(line) = lines.next_line().await? else {
@@ -94,11 +108,18 @@ pub async fn pick(a: PickArgs, verbosity: crate::v1_cmd::Verbosity) -> Result<u8
             ended = true;
             break;
         };
-        if line.trim().is_empty() {
+        let answer = line.trim();
+        if answer.is_empty() {
             show_menu = true;
             continue;
         }
-        let chosen = match pick::parse_choices(&line, entries.len()) {
+        if below_top && (answer == "0" || answer == "..") {
+            here.pop();
+            entries = menu(&here)?;
+            show_menu = true;
+            continue;
+        }
+        let chosen = match pick::parse_choices(answer, entries.len()) {
             Ok(None) => break,
             Ok(Some(chosen)) => chosen,
             Err(e) => {
@@ -106,10 +127,18 @@ pub async fn pick(a: PickArgs, verbosity: crate::v1_cmd::Verbosity) -> Result<u8
                 continue;
             }
         };
+        if let [only] = chosen[..]
+            && entries[only].dir
+        {
+            here = entries[only].path.clone();
+            entries = menu(&here)?;
+            show_menu = true;
+            continue;
+        }
         for index in chosen {
-            let path = &entries[index].path;
+            let entry = &entries[index];
             if !a.legacy {
-                let paths = vec![path.clone()];
+                let paths = vec![entry.path.clone()];
                 let sent = crate::v1_cmd::send_paths(
                     &a.to,
                     &a.conn,
@@ -124,7 +153,15 @@ pub async fn pick(a: PickArgs, verbosity: crate::v1_cmd::Verbosity) -> Result<u8
                 }
                 continue;
             }
-            if let Err(e) = upload_one(&a, &mut sender, path, &mut renderer).await {
+            if entry.dir {
+                writeln!(
+                    out,
+                    "{}/ is a folder: the lesson's format sends files only (choose it alone to enter it)",
+                    progress::printable(&entry.name)
+                )?;
+                continue;
+            }
+            if let Err(e) = upload_one(&a, &mut sender, &entry.path, &mut renderer).await {
                 // The connection is gone; the next choice opens a new one.
                 sender = None;
                 eprintln!("barge: error: {}", crate::describe(&e));
@@ -140,6 +177,17 @@ pub async fn pick(a: PickArgs, verbosity: crate::v1_cmd::Verbosity) -> Result<u8
         return Ok(exit::INTERRUPTED);
     }
     Ok(exit::SUCCESS)
+}
+
+/// The entries of `dir` for the menu.
+fn menu(dir: &Path) -> Result<Vec<pick::Entry>> {
+    pick::list_entries(dir).with_context(|| format!("cannot list {}", dir.display()))
+}
+
+fn parent_name(dir: &Path) -> String {
+    dir.parent()
+        .and_then(|p| p.file_name())
+        .map_or_else(|| "..".to_owned(), |n| n.to_string_lossy().into_owned())
 }
 
 async fn upload_one(
