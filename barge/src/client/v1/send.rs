@@ -443,6 +443,14 @@ enum Decision {
     Conflict(String),
 }
 
+/// rsync's quick check: the server lists a file of the same size and modification time (barge
+/// gives a stored file the sender's), and neither `--checksum` nor `overwrite` asks for more.
+fn quick_check(opts: &Options, theirs: Option<&Listed>, (size, mtime): (u64, i64)) -> bool {
+    theirs.is_some_and(|t| t.size == size && t.mtime == mtime)
+        && !opts.checksum
+        && opts.on_existing != OnExisting::Overwrite
+}
+
 async fn decide(
     opts: &Options,
     theirs: Option<&Listed>,
@@ -563,19 +571,32 @@ pub(super) async fn send_round(
                 size,
                 mtime,
             } => {
-                let file = match File::open(local) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        // Unreadable since the walk: reported, and the rest goes on.
-                        progress[index].finished = true;
-                        report.skip(local, e.to_string(), on_event);
-                        continue;
+                let quick = !progress[index].unanswered
+                    && quick_check(opts, theirs.get(remote), (*size, *mtime));
+                // The quick check needs no file: a tree of unchanged files is not even opened.
+                let file = if quick {
+                    None
+                } else {
+                    match File::open(local) {
+                        Ok(f) => Some(f),
+                        Err(e) => {
+                            // Unreadable since the walk: reported, and the rest goes on.
+                            progress[index].finished = true;
+                            report.skip(local, e.to_string(), on_event);
+                            continue;
+                        }
                     }
                 };
                 let (replaces, ours) = if progress[index].unanswered {
                     (progress[index].replaces.clone(), None) // decided on an earlier connection
                 } else {
-                    match decide(opts, theirs.get(remote), (*size, *mtime), &file).await? {
+                    let decision = match &file {
+                        None => Decision::Unchanged,
+                        Some(file) => {
+                            decide(opts, theirs.get(remote), (*size, *mtime), file).await?
+                        }
+                    };
+                    match decision {
                         Decision::Send { replaces, ours } => (replaces, ours),
                         Decision::Unchanged => {
                             progress[index].finished = true;
@@ -598,6 +619,9 @@ pub(super) async fn send_round(
                             continue;
                         }
                     }
+                };
+                let Some(file) = file else {
+                    continue; // unchanged by the quick check, reported above
                 };
                 if opts.dry_run {
                     progress[index].finished = true;

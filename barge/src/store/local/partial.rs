@@ -815,10 +815,12 @@ fn mtime_secs(meta: &std::fs::Metadata) -> i64 {
 }
 
 fn entry(path: &Path, rel: String, meta: &std::fs::Metadata) -> Result<Entry, StoreError> {
-    let digest = if meta.is_file() {
-        Some(hex(&digest_of(&File::open(path)?)?))
-    } else {
+    let digest = if !meta.is_file() {
         None
+    } else if let Some(cv) = cached_digest_at(path, meta) {
+        Some(hex(&cv))
+    } else {
+        Some(hex(&digest_of(&File::open(path)?)?))
     };
     Ok(Entry {
         path: rel,
@@ -829,18 +831,36 @@ fn entry(path: &Path, rel: String, meta: &std::fs::Metadata) -> Result<Entry, St
     })
 }
 
+/// The size-and-mtime stamp a cached digest is valid for.
+fn stamp_of(meta: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!("{} {}.{}", meta.len(), meta.mtime(), meta.mtime_nsec())
+}
+
+/// The digest in a cache attribute's text, if the text is for `stamp`.
+fn cached(attr: &[u8], stamp: &str) -> Option<Cv> {
+    let text = std::str::from_utf8(attr).ok()?;
+    let (digest, cached_stamp) = text.split_once(' ')?;
+    (cached_stamp == stamp).then(|| barge_proto::tree::parse_hex(digest))?
+}
+
+/// A listing's fast path: the cached digest of the file at `path` read by name (no open), valid
+/// for `meta` (its lstat). A file replaced in between carries its own stamp, which then does not
+/// match, and the caller opens and hashes it instead.
+fn cached_digest_at(path: &Path, meta: &std::fs::Metadata) -> Option<Cv> {
+    let mut buf = [0u8; 160];
+    let n = rustix::fs::lgetxattr(path, DIGEST_XATTR, &mut buf[..]).ok()?;
+    cached(&buf[..n], &stamp_of(meta))
+}
+
 /// A file's BLAKE3 digest: from the cache attribute when it still matches the file's size and
 /// mtime, else computed (and cached when the file system allows).
 pub fn digest_of(file: &File) -> io::Result<Cv> {
-    use std::os::unix::fs::MetadataExt;
     let meta = file.metadata()?;
-    let stamp = format!("{} {}.{}", meta.len(), meta.mtime(), meta.mtime_nsec());
+    let stamp = stamp_of(&meta);
     let mut buf = [0u8; 160];
     if let Ok(n) = rustix::fs::fgetxattr(file, DIGEST_XATTR, &mut buf[..])
-        && let Ok(text) = std::str::from_utf8(&buf[..n])
-        && let Some((digest, cached_stamp)) = text.split_once(' ')
-        && cached_stamp == stamp
-        && let Some(cv) = barge_proto::tree::parse_hex(digest)
+        && let Some(cv) = cached(&buf[..n], &stamp)
     {
         return Ok(cv);
     }
@@ -860,15 +880,8 @@ pub fn digest_of(file: &File) -> io::Result<Cv> {
 }
 
 fn cache_digest(file: &File, cv: &Cv) {
-    use std::os::unix::fs::MetadataExt;
     let Ok(meta) = file.metadata() else { return };
-    let value = format!(
-        "{} {} {}.{}",
-        hex(cv),
-        meta.len(),
-        meta.mtime(),
-        meta.mtime_nsec()
-    );
+    let value = format!("{} {}", hex(cv), stamp_of(&meta));
     if let Err(e) = rustix::fs::fsetxattr(
         file,
         DIGEST_XATTR,
@@ -1485,6 +1498,43 @@ mod tests {
     }
 
     const MIB: u64 = 1 << 20;
+
+    /// A listing reads cached digests by name; a file changed behind barge's back (another
+    /// size or time) is hashed again, never listed with its old digest.
+    #[tokio::test]
+    async fn a_listing_never_shows_a_stale_cached_digest() {
+        let d = tempfile::tempdir().unwrap();
+        let s = open(d.path(), |_| {});
+        let before = b"first version".to_vec();
+        let (cv, whole) = (chunk_cv(0, &before), *blake3::hash(&before).as_bytes());
+        store_whole(&s, "f.txt", Bytes::from(before.clone()), Some(cv), whole)
+            .await
+            .unwrap();
+        let listed =
+            |s: LocalStore| async move { s.list("f.txt", false).await.unwrap()[0].digest.clone() };
+        assert_eq!(
+            listed(s.clone()).await,
+            Some(blake3::hash(&before).to_hex().to_string())
+        );
+        let after = b"other version".to_vec(); // same size
+        let path = d.path().join("f.txt");
+        std::fs::write(&path, &after).unwrap();
+        let file = File::options().write(true).open(&path).unwrap();
+        file.set_modified(
+            std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_007),
+        )
+        .unwrap();
+        drop(file);
+        assert_eq!(
+            listed(s.clone()).await,
+            Some(blake3::hash(&after).to_hex().to_string())
+        );
+        // And the new digest is cached for the next listing.
+        assert_eq!(
+            listed(s).await,
+            Some(blake3::hash(&after).to_hex().to_string())
+        );
+    }
 
     fn data(seed: u8, len: u64) -> Vec<u8> {
         (0..len)
