@@ -4,7 +4,8 @@ alternating, medians.
 
 1. A 1 GiB file with 3 changed 1 MiB regions, sent again over a copy of the old version: bytes
    re-sent (barge's own count; rsync's --stats "Total bytes sent") and time, and a full send.
-2. A 10,000-file tree (4 KiB each) with 10 files changed, sent again: time of the second send.
+2. A 10,000-file tree (4 KiB each) with 10 files changed, sent again: time of the second send;
+   then the same tree sent again with nothing changed.
 
 Usage: bench_sync.py [--size 1G] [--files 10000] [--rounds 3]   (needs rsync; scripts/bench.sh installs it)"""
 import argparse
@@ -79,7 +80,7 @@ def main():
             return secs, sent
 
         rows = {"full": {"barge": [], "rsync": []}, "delta": {"barge": [], "rsync": []},
-                "tree": {"barge": [], "rsync": []}}
+                "tree": {"barge": [], "rsync": []}, "same": {"barge": [], "rsync": []}}
         sent = {"barge": 0, "rsync": 0}
         barge(big)
         rsync(big)
@@ -102,13 +103,17 @@ def main():
             for tool in order:
                 secs, _ = barge(tree) if tool == "barge" else rsync(tree)
                 rows["tree"][tool].append(secs)
+            for tool in order:
+                secs, _ = barge(tree) if tool == "barge" else rsync(tree)
+                rows["same"][tool].append(secs)
         med = {row: {t: statistics.median(v) for t, v in tools.items()} for row, tools in rows.items()}
         print("| run | barge s | rsync s | barge/rsync time |")
         print("|---|---|---|---|")
         labels = {"full": "%s, everything again" % a.size,
                   "delta": "%s, 3 changed 1 MiB regions" % a.size,
-                  "tree": "%d x 4 KiB, 10 changed" % a.files}
-        for row in ("full", "delta", "tree"):
+                  "tree": "%d x 4 KiB, 10 changed" % a.files,
+                  "same": "%d x 4 KiB, nothing changed" % a.files}
+        for row in ("full", "delta", "tree", "same"):
             print("| %s | %.3f | %.3f | %.2f |" % (labels[row], med[row]["barge"], med[row]["rsync"],
                                                   med[row]["barge"] / med[row]["rsync"]))
         print("bytes re-sent for the 3 changed regions: barge %d (%.2f MiB), rsync %d (%.2f MiB)"
