@@ -800,7 +800,7 @@ async fn ctrl_c_leaves_a_resumable_partial_and_exits_130() {
         .arg(&file)
         .args(["--to", &proxy.addr.to_string()])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut child = ChildGuard(child);
@@ -811,6 +811,12 @@ async fn ctrl_c_leaves_a_resumable_partial_and_exits_130() {
     kill(child.0.id(), "-INT");
     let status = child.0.wait().unwrap();
     assert_eq!(status.code(), Some(130));
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut said).unwrap();
+    assert!(
+        said.contains("run the same command again to resume"),
+        "{said}"
+    );
     assert!(
         server.published().is_empty(),
         "nothing published by an interrupted send"
