@@ -8,16 +8,66 @@ use bytes::Bytes;
 
 use super::{Begin, LocalConfig, LocalStore, MemoryStore, OnConflict, Store, StoreError, Version};
 
+/// A backend: its name, the store, the folder it lives in (if any), its resume unit in bytes.
+type Backend = (&'static str, Arc<dyn Store>, Option<tempfile::TempDir>, u64);
+
 /// Every backend, each in a fresh place (the temporary folder lives as long as the store).
 fn backends() -> Vec<(&'static str, Arc<dyn Store>, Option<tempfile::TempDir>)> {
+    backends_with_units()
+        .into_iter()
+        .map(|(n, s, d, _)| (n, s, d))
+        .collect()
+}
+
+/// Every backend with its resume unit: the local and memory stores keep every verified chunk;
+/// the S3 store keeps whole parts (a part cannot be appended to), each fully verified.
+fn backends_with_units() -> Vec<Backend> {
     let d = tempfile::tempdir().unwrap();
     let mut config = LocalConfig::new(d.path());
     config.fsync = false;
     let local = LocalStore::open(config).unwrap();
-    vec![
-        ("local", Arc::new(local), Some(d)),
-        ("memory", Arc::new(MemoryStore::default()), None),
-    ]
+    let mut all: Vec<Backend> = vec![
+        ("local", Arc::new(local), Some(d), CHUNK),
+        ("memory", Arc::new(MemoryStore::default()), None, CHUNK),
+    ];
+    if let Some(s3) = s3_backend() {
+        all.push(("s3", Arc::new(s3), None, S3_PART));
+    }
+    all
+}
+
+/// The S3 store's part size in these tests (S3's smallest).
+const S3_PART: u64 = 5 << 20;
+
+/// The S3 store on the bucket named by `BARGE_TEST_S3` (`http://HOST:PORT/BUCKET`, with the
+/// `AWS_*` keys in the environment): a real garage cluster (`scripts/garage.sh up`) in CI's
+/// cluster stage, each test in a fresh prefix.
+pub(crate) fn s3_backend() -> Option<super::S3Store> {
+    let url = std::env::var("BARGE_TEST_S3").ok()?;
+    let (endpoint, bucket) = url.rsplit_once('/')?;
+    let credential = super::Credential {
+        key_id: std::env::var("AWS_ACCESS_KEY_ID").ok()?,
+        secret_key: std::env::var("AWS_SECRET_ACCESS_KEY").ok()?,
+        token: None,
+    };
+    let mut config = super::S3Config::new(bucket, credential);
+    config.endpoint = Some(endpoint.to_owned());
+    config.region = std::env::var("AWS_REGION").unwrap_or_else(|_| "garage".into());
+    config.allow_http = true;
+    config.part_size = S3_PART;
+    config.memory_budget = 2 * S3_PART;
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let unique = blake3::hash(
+        format!(
+            "{:?} {} {}",
+            std::time::SystemTime::now(),
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        )
+        .as_bytes(),
+    );
+    config.prefix = format!("t-{}", &unique.to_hex()[..12]);
+    super::S3Store::open(config).ok()
 }
 
 fn body(seed: u8, len: u64) -> Vec<u8> {
@@ -192,17 +242,18 @@ async fn the_conflict_policy_is_applied_at_publish() {
 
 #[tokio::test]
 async fn only_confirmed_chunks_are_kept_and_a_resume_continues_from_them() {
-    for (name, store, _dir) in backends() {
-        let data = body(2, 3 * CHUNK + 5);
+    for (name, store, _dir, unit) in backends_with_units() {
+        let n = unit / CHUNK; // chunks per resume unit
+        let data = body(2, 3 * unit + 5);
         let size = data.len() as u64;
         let (mut p, _) = store
             .begin(begin("r.bin", size, 0, OnConflict::Rename))
             .await
             .unwrap();
-        let first = chunks(&mut p, &data, 0..1).await;
+        let first = chunks(&mut p, &data, 0..n).await;
         // Half a chunk more, never confirmed: it must not be counted.
         p.write(Bytes::copy_from_slice(
-            &data[CHUNK as usize..CHUNK as usize + 1000],
+            &data[unit as usize..unit as usize + 1000],
         ))
         .await
         .unwrap();
@@ -219,19 +270,19 @@ async fn only_confirmed_chunks_are_kept_and_a_resume_continues_from_them() {
         assert!(
             matches!(
                 store
-                    .begin(begin("r.bin", size, 2 * CHUNK, OnConflict::Rename))
+                    .begin(begin("r.bin", size, 2 * unit, OnConflict::Rename))
                     .await,
                 Err(StoreError::BadRequest(_))
             ),
             "{name}"
         );
         let (mut p, kept) = store
-            .begin(begin("r.bin", size, CHUNK, OnConflict::Rename))
+            .begin(begin("r.bin", size, unit, OnConflict::Rename))
             .await
             .unwrap();
         assert_eq!(kept, first, "{name}");
-        assert_eq!(p.verified_bytes(), CHUNK, "{name}");
-        chunks(&mut p, &data, 1..4).await;
+        assert_eq!(p.verified_bytes(), unit, "{name}");
+        chunks(&mut p, &data, n..3 * n + 1).await;
         p.publish(digest(&data), OnConflict::Rename).await.unwrap();
         assert_eq!(read_all(store.as_ref(), "r.bin", 0).await, data, "{name}");
         assert!(
@@ -247,24 +298,25 @@ async fn only_confirmed_chunks_are_kept_and_a_resume_continues_from_them() {
 
 #[tokio::test]
 async fn one_writer_per_partial_and_a_second_fresh_upload_gets_its_own() {
-    for (name, store, _dir) in backends() {
-        let (x, y) = (body(3, 2 * CHUNK + 1), body(4, 2 * CHUNK + 1));
+    for (name, store, _dir, unit) in backends_with_units() {
+        let n = unit / CHUNK;
+        let (x, y) = (body(3, 2 * unit + 1), body(4, 2 * unit + 1));
         let size = x.len() as u64;
         let (mut p, _) = store
             .begin(begin("s.bin", size, 0, OnConflict::Rename))
             .await
             .unwrap();
-        chunks(&mut p, &x, 0..1).await;
+        chunks(&mut p, &x, 0..n).await;
         p.suspend().await;
         let (mut a, _) = store
-            .begin(begin("s.bin", size, CHUNK, OnConflict::Rename))
+            .begin(begin("s.bin", size, unit, OnConflict::Rename))
             .await
             .unwrap();
         // The same partial, resumed elsewhere at once: busy.
         assert!(
             matches!(
                 store
-                    .begin(begin("s.bin", size, CHUNK, OnConflict::Rename))
+                    .begin(begin("s.bin", size, unit, OnConflict::Rename))
                     .await,
                 Err(StoreError::Busy(_))
             ),
@@ -276,8 +328,8 @@ async fn one_writer_per_partial_and_a_second_fresh_upload_gets_its_own() {
             .await
             .unwrap();
         assert!(kept.is_empty(), "{name}");
-        chunks(&mut b, &y, 0..3).await;
-        chunks(&mut a, &x, 1..3).await;
+        chunks(&mut b, &y, 0..2 * n + 1).await;
+        chunks(&mut a, &x, n..2 * n + 1).await;
         let sb = b.publish(digest(&y), OnConflict::Rename).await.unwrap();
         let sa = a.publish(digest(&x), OnConflict::Rename).await.unwrap();
         let mut names = vec![sa.name.clone(), sb.name.clone()];

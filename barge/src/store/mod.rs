@@ -28,6 +28,7 @@
 
 pub mod local;
 pub mod memory;
+pub mod s3;
 
 #[cfg(test)]
 mod contract;
@@ -44,8 +45,9 @@ use barge_proto::wire::Entry;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-pub use local::{LocalConfig, LocalStore, Quota, STATE_DIR, Writers, bytes_stored};
+pub use local::{LocalConfig, LocalStore, Quota, Reservation, STATE_DIR, Writers, bytes_stored};
 pub use memory::MemoryStore;
+pub use s3::{Credential, S3Config, S3Store};
 
 /// A boxed, sendable future: what the trait's async methods return (object safety).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

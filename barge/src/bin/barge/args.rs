@@ -228,9 +228,33 @@ pub struct EchoSendArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Folder to store received files in (created if missing).
+    /// Folder to store received files in (created if missing). With --store, only barge's own
+    /// state (the self-signed TLS certificate) is kept here.
     #[arg(long, default_value = "barge-inbox", value_name = "DIR")]
     pub dir: PathBuf,
+    /// Store files in an S3 bucket instead of --dir: s3://BUCKET or s3://BUCKET/PREFIX. Keys
+    /// come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (AWS_SESSION_TOKEN), else from the
+    /// shared credentials file (--s3-profile).
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+    /// The S3 service's address, e.g. http://127.0.0.1:3900 for garage [default: AWS_ENDPOINT_URL,
+    /// else AWS itself].
+    #[arg(long, value_name = "URL", requires = "store")]
+    pub s3_endpoint: Option<String>,
+    /// The S3 region [default: AWS_REGION, else us-east-1; garage uses "garage"].
+    #[arg(long, value_name = "REGION", requires = "store")]
+    pub s3_region: Option<String>,
+    /// Allow an http:// endpoint (keys and data then cross the network unencrypted).
+    #[arg(long, requires = "store")]
+    pub s3_allow_http: bool,
+    /// The profile to read from the shared credentials file (~/.aws/credentials, or
+    /// AWS_SHARED_CREDENTIALS_FILE) [default: AWS_PROFILE, else "default"].
+    #[arg(long, value_name = "NAME", requires = "store")]
+    pub s3_profile: Option<String>,
+    /// Bytes per uploaded part (at least 5M, a multiple of 1M); an upload holds at most 64 MiB
+    /// (the part being filled and the parts in flight), or two parts if they are bigger.
+    #[arg(long, value_parser = parse_size, default_value = "16M", value_name = "SIZE", requires = "store")]
+    pub s3_part_size: u64,
     /// Address to listen on, e.g. 0.0.0.0:8080 or [::1]:8080 (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "HOST:PORT")]
     pub addr: SocketAddr,

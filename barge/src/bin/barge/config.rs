@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use barge::auth::Tokens;
 use barge::server::ServerConfig;
 use barge::service::files::lesson_format_by_default;
-use barge::store::{LocalConfig, OnConflict};
+use barge::store::{Credential, LocalConfig, OnConflict, S3Config};
 use barge::transfer::Policy;
 
 use barge::client::v1::{Filter, OnExisting, Options, Tcp};
@@ -61,6 +61,8 @@ pub struct ServeConfig {
     pub addr: SocketAddr,
     /// The store's rules (its quota is attached once the folder has been measured).
     pub storage: LocalConfig,
+    /// `--store s3://...`: the bucket instead of the folder.
+    pub s3: Option<S3Config>,
     /// The transfer core's rules.
     pub policy: Policy,
     /// `--quota`: the most bytes stored.
@@ -113,9 +115,14 @@ impl TryFrom<ServeArgs> for ServeConfig {
             checkpoint_bytes: a.checkpoint.max(barge_proto::tree::CHUNK),
             ..LocalConfig::new(&a.dir)
         };
+        let s3 = match &a.store {
+            Some(url) => Some(s3_config(&a, url)?),
+            None => None,
+        };
         Ok(Self {
             addr: a.addr,
             storage,
+            s3,
             policy,
             quota: a.quota,
             server: server_config(&a.framework)?,
@@ -246,4 +253,147 @@ fn token(c: &ConnArgs) -> Result<Option<String>> {
         .ok()
         .map(|t| t.trim().to_owned())
         .filter(|t| !t.is_empty()))
+}
+
+/// `--store s3://BUCKET[/PREFIX]` and the `--s3-*` flags, with the AWS tools' environment.
+fn s3_config(a: &ServeArgs, url: &str) -> Result<S3Config> {
+    let usage = |m: String| anyhow::Error::new(UsageError(m));
+    let Some(rest) = url.strip_prefix("s3://") else {
+        return Err(usage(format!(
+            "--store {url:?}: expected s3://BUCKET or s3://BUCKET/PREFIX"
+        )));
+    };
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(usage(format!("--store {url:?} names no bucket")));
+    }
+    let prefix = prefix.trim_matches('/');
+    if !prefix.is_empty() {
+        barge_proto::wire::split_path(prefix).map_err(|e| {
+            usage(format!(
+                "--store {url:?}: the prefix is not a folder name: {e}"
+            ))
+        })?;
+    }
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let endpoint = a
+        .s3_endpoint
+        .clone()
+        .or_else(|| env("AWS_ENDPOINT_URL_S3"))
+        .or_else(|| env("AWS_ENDPOINT_URL"));
+    if let Some(e) = &endpoint {
+        if e.starts_with("http://") && !a.s3_allow_http {
+            return Err(usage(format!(
+                "--s3-endpoint {e}: plain HTTP sends the keys and the data unencrypted; add \
+                 --s3-allow-http to mean it"
+            )));
+        }
+        if !e.starts_with("http://") && !e.starts_with("https://") {
+            return Err(usage(format!(
+                "--s3-endpoint {e:?}: expected http://HOST:PORT or https://HOST:PORT"
+            )));
+        }
+    }
+    let credential = match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
+        (Some(key_id), Some(secret_key)) => Credential {
+            key_id,
+            secret_key,
+            token: env("AWS_SESSION_TOKEN"),
+        },
+        _ => {
+            let profile = a
+                .s3_profile
+                .clone()
+                .or_else(|| env("AWS_PROFILE"))
+                .unwrap_or_else(|| "default".into());
+            let file = env("AWS_SHARED_CREDENTIALS_FILE")
+                .map(PathBuf::from)
+                .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".aws/credentials")))
+                .ok_or_else(|| {
+                    usage("no S3 keys: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into())
+                })?;
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                usage(format!(
+                    "no S3 keys: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY are not set and {} \
+                     cannot be read ({e})",
+                    file.display()
+                ))
+            })?;
+            profile_credential(&text, &profile).ok_or_else(|| {
+                usage(format!(
+                    "{} has no aws_access_key_id and aws_secret_access_key for profile [{profile}]",
+                    file.display()
+                ))
+            })?
+        }
+    };
+    let region = a
+        .s3_region
+        .clone()
+        .or_else(|| env("AWS_REGION"))
+        .or_else(|| env("AWS_DEFAULT_REGION"))
+        .unwrap_or_else(|| "us-east-1".into());
+    if a.s3_part_size < 5 << 20 || !a.s3_part_size.is_multiple_of(barge_proto::tree::CHUNK) {
+        return Err(usage(format!(
+            "--s3-part-size {}: at least 5M and a multiple of 1M",
+            a.s3_part_size
+        )));
+    }
+    let mut config = S3Config::new(bucket, credential);
+    config.prefix = prefix.to_owned();
+    config.endpoint = endpoint;
+    config.region = region;
+    config.allow_http = a.s3_allow_http;
+    config.part_size = a.s3_part_size;
+    config.partial_ttl = seconds(a.partial_ttl, "--partial-ttl")?;
+    Ok(config)
+}
+
+/// The keys of `[profile]` in an AWS shared credentials file (INI: `key = value` lines).
+fn profile_credential(text: &str, profile: &str) -> Option<Credential> {
+    let mut section = String::new();
+    let (mut key_id, mut secret_key, mut token) = (None, None, None);
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.trim().trim_start_matches("profile ").to_owned();
+            continue;
+        }
+        if section != profile {
+            continue;
+        }
+        if let Some((k, v)) = line.split_once('=') {
+            let v = v.trim().to_owned();
+            match k.trim() {
+                "aws_access_key_id" => key_id = Some(v),
+                "aws_secret_access_key" => secret_key = Some(v),
+                "aws_session_token" => token = Some(v),
+                _ => {}
+            }
+        }
+    }
+    Some(Credential {
+        key_id: key_id?,
+        secret_key: secret_key?,
+        token,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn profiles_are_read_from_a_shared_credentials_file() {
+        let text = "[default]\naws_access_key_id = A\naws_secret_access_key = B\n\n\
+                    [profile garage]\naws_access_key_id=GK1\naws_secret_access_key=S1\n\
+                    aws_session_token = T\n[empty]\n";
+        let d = super::profile_credential(text, "default").unwrap();
+        assert_eq!(
+            (d.key_id.as_str(), d.secret_key.as_str(), d.token),
+            ("A", "B", None)
+        );
+        let g = super::profile_credential(text, "garage").unwrap();
+        assert_eq!((g.key_id.as_str(), g.token.as_deref()), ("GK1", Some("T")));
+        assert!(super::profile_credential(text, "empty").is_none());
+        assert!(super::profile_credential(text, "missing").is_none());
+    }
 }

@@ -1,5 +1,5 @@
 //! `barge serve`: the file server (barge v1 and the lesson's format on one port, through one
-//! transfer core over a local folder).
+//! transfer core over a local folder or an S3 bucket).
 
 use std::sync::Arc;
 
@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use barge::auth::FailureBrake;
 use barge::server;
 use barge::service::files::FileService;
-use barge::store::{LocalStore, Quota, bytes_stored};
+use barge::store::{LocalStore, Quota, S3Store, bytes_stored};
 
 use crate::args::ServeArgs;
 use crate::config::ServeConfig;
@@ -24,7 +24,10 @@ pub async fn serve(a: ServeArgs) -> Result<u8> {
         anyhow::bail!("--dir {}: exists and is not a folder", dir.display());
     }
     let listener = crate::bind(c.addr)?;
-    let mut storage_config = c.storage;
+    if let Some(s3) = c.s3.clone() {
+        return serve_bucket(c, s3, listener).await;
+    }
+    let mut storage_config = c.storage.clone();
     if let Some(limit) = c.quota {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
@@ -37,7 +40,7 @@ pub async fn serve(a: ServeArgs) -> Result<u8> {
     }
     let storage = LocalStore::open(storage_config)
         .with_context(|| format!("cannot use {} for storage", dir.display()))?;
-    let mut config = c.server;
+    let mut config = c.server.clone();
     let shown = std::fs::canonicalize(storage.dir()).unwrap_or_else(|_| storage.dir().to_owned());
     let mut what = format!(", storing files in {}", shown.display());
     if c.tls {
@@ -49,8 +52,17 @@ pub async fn serve(a: ServeArgs) -> Result<u8> {
         what.push_str(&format!(", TLS certificate {}", identity.fingerprint));
         config.tls = Some(identity.config);
     }
-    // The lesson's format cannot authenticate or encrypt: only on loopback without tokens, unless
-    // asked for.
+    warn_legacy(&c);
+    crate::announce(&format!("listening on {}{what}", listener.local_addr()?))?;
+    // Abandoned partial uploads are swept at start (by `LocalStore::open`) and then regularly.
+    let _sweeper = storage.sweep_regularly();
+    let service = FileService::local(storage, c.policy.clone());
+    run(c, service, config, listener).await
+}
+
+/// The lesson's format cannot authenticate or encrypt: only on loopback without tokens, unless
+/// asked for.
+fn warn_legacy(c: &ServeConfig) {
     if c.legacy_forced {
         tracing::warn!(
             "--legacy: the lesson's upload format is on; it has no authentication or encryption, \
@@ -62,12 +74,16 @@ pub async fn serve(a: ServeArgs) -> Result<u8> {
             "the lesson's upload format is off here (no authentication); --legacy turns it on"
         );
     }
-    crate::announce(&format!("listening on {}{what}", listener.local_addr()?))?;
-    // Abandoned partial uploads are swept at start (by `LocalStore::open`) and then regularly.
-    let _sweeper = storage.sweep_regularly();
-    let mut service = FileService::local(storage, c.policy)
-        .with_legacy(c.legacy)
-        .with_tls_required(c.tls);
+}
+
+/// Serves `service` with the front ends, tokens and TLS the configuration asks for.
+async fn run(
+    c: ServeConfig,
+    service: FileService,
+    config: server::ServerConfig,
+    listener: tokio::net::TcpListener,
+) -> Result<u8> {
+    let mut service = service.with_legacy(c.legacy).with_tls_required(c.tls);
     if let Some(tokens) = c.tokens {
         service = service
             .with_tokens(tokens, FailureBrake::default())
@@ -81,4 +97,67 @@ pub async fn serve(a: ServeArgs) -> Result<u8> {
     )
     .await;
     Ok(exit::SUCCESS)
+}
+
+/// `serve --store s3://...`: the same service over a bucket. Nothing of the files is kept
+/// locally; `--dir` holds only the self-signed TLS certificate (servers sharing a bucket behind
+/// one address share a certificate with --cert/--key).
+async fn serve_bucket(
+    c: ServeConfig,
+    s3: barge::store::S3Config,
+    listener: tokio::net::TcpListener,
+) -> Result<u8> {
+    let shown = format!(
+        "s3://{}/{}{}",
+        s3.bucket,
+        s3.prefix,
+        s3.endpoint
+            .as_deref()
+            .map(|e| format!(" at {e}"))
+            .unwrap_or_default()
+    );
+    let mut s3 = s3;
+    let probe = S3Store::open(s3.clone()).context("cannot use the bucket")?;
+    probe
+        .check()
+        .await
+        .with_context(|| format!("cannot reach {shown}"))?;
+    if let Some(limit) = c.quota {
+        let used = probe
+            .bytes_stored()
+            .await
+            .context("cannot measure the bucket")?;
+        s3.quota = Some(Quota::new(limit, used));
+    }
+    let store = S3Store::open(s3).context("cannot use the bucket")?;
+    let mut config = c.server.clone();
+    let mut what = format!(", storing files in {shown}");
+    if c.tls {
+        let identity = crate::identity::server_identity(
+            &c.storage.dir.join(barge::store::STATE_DIR).join("tls"),
+            c.cert_key.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+        )
+        .context("cannot set up TLS")?;
+        what.push_str(&format!(", TLS certificate {}", identity.fingerprint));
+        config.tls = Some(identity.config);
+    }
+    warn_legacy(&c);
+    crate::announce(&format!("listening on {}{what}", listener.local_addr()?))?;
+    // Abandoned multipart uploads are aborted at start and then every hour.
+    let expiring = store.clone();
+    let _expiry = tokio::spawn(async move {
+        loop {
+            match barge::store::Store::expire(&expiring).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(expired = n, "aborted abandoned uploads"),
+                Err(e) => tracing::warn!(error = %e, "cannot expire abandoned uploads"),
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        }
+    });
+    let service = FileService::new(barge::transfer::Core::new(
+        Arc::new(store),
+        c.policy.clone(),
+    ));
+    run(c, service, config, listener).await
 }

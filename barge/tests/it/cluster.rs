@@ -1,0 +1,314 @@
+//! Scale-out on a real replicated object store: several barge servers over one garage bucket (3
+//! nodes, replication factor 3, started by `scripts/garage.sh up`, whose environment these tests
+//! read). A server or a storage node is killed with SIGKILL mid-upload; nothing is lost.
+//!
+//! Without the cluster's environment the tests say so and pass on a developer's machine; under
+//! CI (`CI` set) they fail instead, so the cluster stage cannot be skipped by accident.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+use crate::support::*;
+
+/// The tests share one cluster and kill parts of it: one at a time.
+static CLUSTER: Mutex<()> = Mutex::new(());
+
+struct Garage {
+    endpoints: Vec<String>,
+    bucket: String,
+    dir: String,
+}
+
+fn garage() -> Option<Garage> {
+    let vars = (
+        std::env::var("BARGE_GARAGE_ENDPOINTS"),
+        std::env::var("BARGE_GARAGE_BUCKET"),
+        std::env::var("BARGE_GARAGE_DIR"),
+    );
+    match vars {
+        (Ok(e), Ok(bucket), Ok(dir)) => Some(Garage {
+            endpoints: e.split(',').map(str::to_owned).collect(),
+            bucket,
+            dir,
+        }),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!(
+                "CI runs the cluster tests: start garage with scripts/garage.sh up and source its env"
+            )
+        }
+        _ => {
+            eprintln!("skipped: no garage cluster (run `scripts/garage.sh up` and source its env)");
+            None
+        }
+    }
+}
+
+fn garage_script(args: &[&str], g: &Garage) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/garage.sh");
+    let status = Command::new("bash")
+        .arg(script)
+        .args(args)
+        .arg(&g.dir)
+        .stdout(Stdio::null())
+        .status()
+        .expect("garage.sh");
+    assert!(status.success(), "garage.sh {args:?}");
+}
+
+/// A barge server on the bucket under `prefix`, talking to garage node `node` (0-based).
+fn serve_on(g: &Garage, prefix: &str, node: usize, state: &Path) -> (ChildGuard, String) {
+    let mut cmd = barge();
+    cmd.args([
+        "serve",
+        "--addr",
+        "127.0.0.1:0",
+        "--s3-allow-http",
+        "--s3-part-size",
+        "8M",
+    ])
+    .args(["--store", &format!("s3://{}/{prefix}", g.bucket)])
+    .args(["--s3-endpoint", &g.endpoints[node]])
+    .arg("--dir")
+    .arg(state)
+    .stderr(Stdio::null());
+    let (guard, addr) = spawn_announced(cmd);
+    (guard, addr.to_string())
+}
+
+fn unique(what: &str) -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{what}-{t:x}")
+}
+
+/// Writes `len` pseudo-random bytes (fast to make, not compressible).
+fn big(path: &Path, len: u64) {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut block = vec![0u8; 1 << 20];
+    for _ in 0..len >> 20 {
+        for word in block.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            word.copy_from_slice(&x.to_le_bytes());
+        }
+        f.write_all(&block).unwrap();
+    }
+}
+
+fn b3(path: &Path) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update_reader(std::fs::File::open(path).unwrap()).unwrap();
+    h.finalize().to_hex().to_string()
+}
+
+/// The JSON events a `barge --json` run printed.
+fn events(stdout: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// What an S3 client that is not barge (boto3) sees of an object through garage node `node`:
+/// its size, its `blake3` metadata and the BLAKE3 of its bytes as read.
+fn boto3_view(g: &Garage, node: usize, key: &str) -> (u64, String, String) {
+    // The bytes are hashed here: a BLAKE3 module for Python is not assumed.
+    let code = r#"
+import sys, boto3
+from botocore.config import Config
+endpoint, bucket, key = sys.argv[1:4]
+s3 = boto3.client("s3", endpoint_url=endpoint, config=Config(s3={"addressing_style": "path"}))
+head = s3.head_object(Bucket=bucket, Key=key)
+print(head["ContentLength"], head["Metadata"].get("blake3", "-"))
+body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+out = sys.stdout.buffer
+out.flush()
+for piece in iter(lambda: body.read(1 << 20), b""):
+    out.write(piece)
+"#;
+    let out = Command::new("python3")
+        .args(["-c", code, &g.endpoints[node], &g.bucket, key])
+        .output()
+        .expect("python3 with boto3 (pip install boto3)");
+    assert!(
+        out.status.success(),
+        "boto3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let newline = out.stdout.iter().position(|&b| b == b'\n').unwrap();
+    let head = String::from_utf8_lossy(&out.stdout[..newline]).into_owned();
+    let (size, meta) = head.split_once(' ').unwrap();
+    let digest = blake3::hash(&out.stdout[newline + 1..])
+        .to_hex()
+        .to_string();
+    (size.parse().unwrap(), meta.to_owned(), digest)
+}
+
+/// Server A is killed (SIGKILL) half-way through a 1 GiB upload; `barge send` pointed at server B
+/// (same bucket, another garage node) resumes it from what A kept in the bucket. Then both
+/// servers list and serve the same tree, and boto3 reads the object and its digest.
+#[test]
+fn a_killed_servers_upload_is_finished_through_another() {
+    let Some(g) = garage() else { return };
+    let _one = CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
+    let work = tempfile::tempdir().unwrap();
+    let prefix = unique("resume");
+    let file = work.path().join("big.bin");
+    let size: u64 = 1 << 30;
+    big(&file, size);
+    let (mut a, a_addr) = serve_on(&g, &prefix, 0, &work.path().join("a"));
+    let (_b, b_addr) = serve_on(&g, &prefix, 1, &work.path().join("b"));
+
+    let mut client = barge()
+        .arg("send")
+        .arg(&file)
+        .args(["--to", &a_addr, "--json", "--retries", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut sent_before_kill = 0;
+    for line in BufReader::new(client.stdout.take().unwrap()).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line.unwrap()) else {
+            continue;
+        };
+        if v["event"] == "progress" {
+            sent_before_kill = v["done"].as_u64().unwrap();
+            if sent_before_kill >= size / 2 {
+                a.0.kill().unwrap(); // SIGKILL: no suspend, no cleanup
+                a.0.wait().unwrap();
+                break;
+            }
+        }
+    }
+    let first = client.wait().unwrap();
+    assert!(
+        !first.success(),
+        "the first send cannot finish without its server"
+    );
+    assert!(sent_before_kill >= size / 2);
+
+    let out = barge()
+        .arg("send")
+        .arg(&file)
+        .args(["--to", &b_addr, "--json", "--retries", "20"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let evs = events(&out.stdout);
+    let start = evs.iter().find(|e| e["event"] == "start").expect("start");
+    let done = evs.iter().find(|e| e["event"] == "done").expect("done");
+    let resumed_at = start["offset"].as_u64().unwrap();
+    let transferred = done["transferred"].as_u64().unwrap();
+    assert_eq!(resumed_at + transferred, size);
+    // What B had to receive again of what the first client had sent: the part being filled
+    // and the parts in flight when A died, and what sat in the socket buffers.
+    let resent = sent_before_kill.saturating_sub(resumed_at);
+    eprintln!(
+        "killed at {sent_before_kill} bytes sent; resumed through B at {resumed_at}; \
+         re-sent {resent} bytes ({:.1} MiB)",
+        resent as f64 / (1 << 20) as f64
+    );
+    assert!(
+        resumed_at >= size / 4,
+        "B resumed from {resumed_at}: nothing kept"
+    );
+    assert!(
+        resent <= 3 * (8 << 20) + (1 << 20) + (16 << 20),
+        "re-sent {resent} bytes: more than the part being filled, the two in flight, a chunk \
+         and the socket buffers"
+    );
+    let digest = b3(&file);
+    assert_eq!(done["digest"], digest.as_str());
+
+    // Another server on the same bucket (A restarted) and B see the same tree.
+    let (_a2, a2_addr) = serve_on(&g, &prefix, 2, &work.path().join("a2"));
+    let ls = |addr: &str| {
+        let out = barge().args(["ls", addr, "-r", "--json"]).output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(ls(&a2_addr), ls(&b_addr));
+    assert!(ls(&b_addr).contains(&digest));
+    let got = work.path().join("got");
+    let out = barge()
+        .args(["get", &a2_addr, "big.bin", "-o"])
+        .arg(&got)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(b3(&got.join("big.bin")), digest);
+
+    // An S3 client that is not barge reads the object under its name, and its digest.
+    let (len, meta, read) = boto3_view(&g, 2, &format!("{prefix}/big.bin"));
+    assert_eq!(
+        (len, meta.as_str(), read.as_str()),
+        (size, digest.as_str(), digest.as_str())
+    );
+}
+
+/// A garage node is killed (SIGKILL) mid-upload: with three replicas the upload completes, and
+/// the object is read back whole from each of the two nodes left.
+#[test]
+fn a_storage_node_dies_mid_upload_and_nothing_is_lost() {
+    let Some(g) = garage() else { return };
+    let _one = CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
+    let work = tempfile::tempdir().unwrap();
+    let prefix = unique("node");
+    let file = work.path().join("n.bin");
+    let size: u64 = 256 << 20;
+    big(&file, size);
+    let (_s, addr) = serve_on(&g, &prefix, 0, &work.path().join("s"));
+    let mut client = barge()
+        .arg("send")
+        .arg(&file)
+        .args(["--to", &addr, "--json", "--retries", "5"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(client.stdout.take().unwrap()).lines();
+    let mut killed = false;
+    let mut all = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        all.push_str(&line);
+        all.push('\n');
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if !killed && v["event"] == "progress" && v["done"].as_u64().unwrap() >= size / 3 {
+            garage_script(&["kill", "3"], &g);
+            killed = true;
+        }
+    }
+    let status = client.wait().unwrap();
+    garage_script(&["start", "3"], &g);
+    assert!(killed, "the upload ended before a third: {all}");
+    assert!(status.success(), "{all}");
+    let digest = b3(&file);
+    assert!(all.contains(&digest), "{all}");
+    for node in [0, 1] {
+        let (len, meta, read) = boto3_view(&g, node, &format!("{prefix}/n.bin"));
+        assert_eq!(
+            (len, meta.as_str(), read.as_str()),
+            (size, digest.as_str(), digest.as_str()),
+            "node {node}"
+        );
+    }
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Every test: starts what the tests need (a 3-node garage cluster for the S3 store, installed on
+# first use), runs `cargo test --workspace`, and stops the cluster by its PIDs, pass or fail.
+#   scripts/test.sh [cargo test args...]     e.g. scripts/test.sh -- cluster
+# BARGE_NO_CLUSTER=1 runs without garage (the cluster tests then say they were skipped).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -z "${BARGE_NO_CLUSTER:-}" ]; then
+  # boto3 plays the S3 client that is not barge.
+  python3 -c "import boto3" 2>/dev/null || python3 -m pip install --quiet boto3
+  export BARGE_GARAGE_DIR=${BARGE_GARAGE_DIR:-$(mktemp -d /tmp/barge-garage.XXXXXX)}
+  trap 'scripts/garage.sh down "$BARGE_GARAGE_DIR"' EXIT
+  echo "== garage: 3 nodes, replication factor 3, in $BARGE_GARAGE_DIR"
+  scripts/garage.sh up "$BARGE_GARAGE_DIR" > /dev/null
+  # shellcheck disable=SC1091
+  source "$BARGE_GARAGE_DIR/env"
+  export BARGE_TEST_S3="${BARGE_GARAGE_ENDPOINTS%%,*}/$BARGE_GARAGE_BUCKET"
+fi
+echo "== cargo test --workspace"
+cargo test --workspace --locked "$@"
