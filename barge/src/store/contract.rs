@@ -43,6 +43,11 @@ const S3_PART: u64 = 5 << 20;
 /// `AWS_*` keys in the environment): a real garage cluster (`scripts/garage.sh up`) in CI's
 /// cluster stage, each test in a fresh prefix.
 pub(crate) fn s3_backend() -> Option<super::S3Store> {
+    super::S3Store::open(s3_config()?).ok()
+}
+
+/// The configuration [`s3_backend`] opens: a fresh prefix on the test bucket.
+pub(crate) fn s3_config() -> Option<super::S3Config> {
     let url = std::env::var("BARGE_TEST_S3").ok()?;
     let (endpoint, bucket) = url.rsplit_once('/')?;
     let credential = super::Credential {
@@ -67,7 +72,7 @@ pub(crate) fn s3_backend() -> Option<super::S3Store> {
         .as_bytes(),
     );
     config.prefix = format!("t-{}", &unique.to_hex()[..12]);
-    super::S3Store::open(config).ok()
+    Some(config)
 }
 
 fn body(seed: u8, len: u64) -> Vec<u8> {

@@ -312,3 +312,118 @@ fn a_storage_node_dies_mid_upload_and_nothing_is_lost() {
         );
     }
 }
+
+/// What works on a folder works on a bucket: the lesson's format, folders, conflict renames,
+/// ranged and resumed downloads, quota, tokens confined to a root, TLS, rm/mv — through the
+/// same front ends and core, stored in garage.
+#[test]
+fn what_works_on_a_folder_works_on_a_bucket() {
+    let Some(g) = garage() else { return };
+    let _one = CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
+    let work = tempfile::tempdir().unwrap();
+    let prefix = unique("same");
+    let store = format!("s3://{}/{prefix}", g.bucket);
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+
+    // The lesson's format (a server without tokens on loopback accepts it).
+    let (_open, open_addr) = serve_on(&g, &prefix, 0, &work.path().join("open"));
+    let lesson_file = work.path().join("lesson.txt");
+    std::fs::write(&lesson_file, b"the lesson's upload").unwrap();
+    let out = barge()
+        .args(["send", "--legacy"])
+        .arg(&lesson_file)
+        .args(["--to", &open_addr])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // A rename on conflict, and a ranged, resumable download of a multi-part file.
+    let other = work.path().join("x").join("lesson.txt");
+    std::fs::create_dir_all(other.parent().unwrap()).unwrap();
+    std::fs::write(&other, b"another upload, same name").unwrap();
+    let out = barge()
+        .args(["send", "--legacy"])
+        .arg(&other)
+        .args(["--to", &open_addr])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ls = barge().args(["ls", &open_addr, "--json"]).output().unwrap();
+    let listing = text(&ls.stdout);
+    assert!(
+        listing.contains(r#""path":"lesson.txt""#)
+            && listing.contains(r#""path":"lesson (1).txt""#),
+        "{listing}"
+    );
+
+    // Tokens with a root, TLS and a quota, on the same bucket.
+    let tokens = work.path().join("tokens");
+    let alice = "aaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    std::fs::write(&tokens, format!("{alice} all alice\n")).unwrap();
+    let mut cmd = barge();
+    cmd.args([
+        "serve",
+        "--addr",
+        "127.0.0.1:0",
+        "--s3-allow-http",
+        "--tls",
+        "--quota",
+        "40M",
+    ])
+    .args(["--store", &store, "--s3-endpoint", &g.endpoints[1]])
+    .arg("--token-file")
+    .arg(&tokens)
+    .arg("--dir")
+    .arg(work.path().join("tls"))
+    .stderr(Stdio::null());
+    let (_secure, secure_addr) = spawn_announced(cmd);
+    let secure_addr = secure_addr.to_string();
+    let known = work.path().join("known_hosts");
+    let client = |args: &[&str]| {
+        barge()
+            .env("BARGE_TOKEN", alice)
+            .env("BARGE_KNOWN_HOSTS", &known)
+            .args(args)
+            .args(["--tls"])
+            .output()
+            .unwrap()
+    };
+    let file = work.path().join("part.bin");
+    big(&file, 20 << 20);
+    let out = client(&["send", file.to_str().unwrap(), "--to", &secure_addr]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Stored under the token's root, as the bucket shows it.
+    let (len, meta, _) = boto3_view(&g, 2, &format!("{prefix}/alice/part.bin"));
+    assert_eq!((len, meta), (20 << 20, b3(&file)));
+    // Over the quota: refused (exit 4), nothing stored.
+    let too_big = work.path().join("too_big.bin");
+    big(&too_big, 30 << 20);
+    let out = client(&["send", too_big.to_str().unwrap(), "--to", &secure_addr]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    let out = client(&["ls", &secure_addr, "-r", "--json"]);
+    assert!(
+        !text(&out.stdout).contains("too_big"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        !text(&out.stdout).contains("lesson"),
+        "the root hides the rest: {}",
+        text(&out.stdout)
+    );
+    // A download, through the core's ranged reads, byte-identical.
+    let got = work.path().join("got");
+    let out = client(&["get", &secure_addr, "part.bin", "-o", got.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(b3(&got.join("part.bin")), b3(&file));
+    // mv and rm inside the root.
+    let out = client(&["mv", &secure_addr, "part.bin", "kept/part.bin"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = client(&["rm", &secure_addr, "kept", "-r"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = client(&["ls", &secure_addr, "-r", "--json"]);
+    assert!(
+        !text(&out.stdout).contains("part.bin"),
+        "{}",
+        text(&out.stdout)
+    );
+}

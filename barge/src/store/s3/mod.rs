@@ -815,3 +815,54 @@ impl Store for S3Store {
         Box::pin(async move { partial::expire(self).await })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::contract::s3_config;
+    use barge_proto::tree::chunk_cv;
+
+    /// An upload nobody continues within the TTL is aborted: its multipart upload, its staging
+    /// object and its state leave the bucket. (Runs where `BARGE_TEST_S3` names a bucket.)
+    #[tokio::test]
+    async fn abandoned_uploads_are_aborted_after_the_ttl() {
+        let Some(mut config) = s3_config() else {
+            eprintln!("skipped: BARGE_TEST_S3 names no bucket");
+            return;
+        };
+        config.partial_ttl = Duration::ZERO;
+        let store = S3Store::open(config).unwrap();
+        let data = vec![7u8; (6 << 20) as usize];
+        let (mut p, _) = store
+            .begin(Begin::new("gone.bin", data.len() as u64))
+            .await
+            .unwrap();
+        for i in 0..5u64 {
+            let piece = &data[(i * CHUNK) as usize..((i + 1) * CHUNK) as usize];
+            p.write(Bytes::copy_from_slice(piece)).await.unwrap();
+            p.verified(chunk_cv(i, piece)).await.unwrap();
+        }
+        p.suspend().await;
+        let state_dir = Key::from(format!("{}{STATE}/partial", store.inner.base));
+        let count = || async {
+            store
+                .inner
+                .s3
+                .list(Some(&state_dir))
+                .try_collect::<Vec<_>>()
+                .await
+                .unwrap()
+                .len()
+        };
+        assert!(count().await > 0, "the state is in the bucket");
+        assert_eq!(store.expire().await.unwrap(), 1);
+        assert_eq!(count().await, 0, "state and staging object are gone");
+        assert!(
+            store
+                .kept("gone.bin", data.len() as u64, Version::Any)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+}

@@ -333,7 +333,7 @@ pub(super) async fn expire(store: &S3Store) -> Result<usize, StoreError> {
     let mut expired = 0;
     for k in names {
         if let Some(state) = load(store, &k).await?
-            && state.touched + ttl < now_secs()
+            && state.touched + ttl <= now_secs()
             && !state.held_by_other(&store.inner.owner)
         {
             forget(store, &k, &state.upload_id).await;
