@@ -8,8 +8,10 @@
 #   scripts/garage.sh kill N [DIR]  kill -9 node N (1-3), for failure tests
 #   scripts/garage.sh start N [DIR] start node N again (after kill)
 #
-# Ports: node N serves S3 on 127.0.0.1:39N0 and RPC on 127.0.0.1:39N1 (N = 1, 2, 3).
+# Ports: node N serves S3 on 127.0.0.1:BASE+10N and RPC on BASE+10N+1 (N = 1, 2, 3), BASE being
+# $BARGE_GARAGE_PORT_BASE or 3900: 3910/3911, 3920/3921, 3930/3931.
 set -euo pipefail
+base=${BARGE_GARAGE_PORT_BASE:-3900}
 
 cmd=${1:-}
 case "$cmd" in
@@ -53,19 +55,29 @@ metadata_dir = "$dir/$n/meta"
 data_dir = "$dir/$n/data"
 db_engine = "sqlite"
 replication_factor = 3
-rpc_bind_addr = "127.0.0.1:39${n}1"
-rpc_public_addr = "127.0.0.1:39${n}1"
+rpc_bind_addr = "127.0.0.1:$((base + 10 * n + 1))"
+rpc_public_addr = "127.0.0.1:$((base + 10 * n + 1))"
 rpc_secret = "$secret"
 
 [s3_api]
 s3_region = "garage"
-api_bind_addr = "127.0.0.1:39${n}0"
+api_bind_addr = "127.0.0.1:$((base + 10 * n))"
 root_domain = ".s3.garage.localhost"
 TOML
       "$bin" -c "$dir/$n/garage.toml" server > "$dir/$n/log" 2>&1 &
       echo $! > "$dir/$n/pid"
     done
     g() { "$bin" -c "$dir/1/garage.toml" "$@"; }
+    # A node that cannot start (a port in use) is said, with its log, and nothing is left running.
+    sleep 0.5
+    for n in 1 2 3; do
+      if ! kill -0 "$(cat "$dir/$n/pid")" 2>/dev/null; then
+        echo "garage node $n did not start (ports $((base + 10 * n)), $((base + 10 * n + 1)) in use?):" >&2
+        grep -i -m 3 "error" "$dir/$n/log" >&2 || tail -5 "$dir/$n/log" >&2
+        stop_all
+        exit 1
+      fi
+    done
     # Wait for node 1's RPC to answer (bounded).
     for _ in $(seq 100); do g status >/dev/null 2>&1 && break; sleep 0.1; done
     g status >/dev/null
@@ -80,10 +92,10 @@ TOML
     done
     # Every node known to node 1, then each gets a role in one zone.
     for _ in $(seq 100); do
-      [ "$(g status 2>/dev/null | grep -c '127.0.0.1:39')" -ge 3 ] && break
+      [ "$(g status 2>/dev/null | grep -c "127.0.0.1:$((base / 100))")" -ge 3 ] && break
       sleep 0.1
     done
-    for id in $(g status 2>/dev/null | grep '127.0.0.1:39' | awk '{print $1}'); do
+    for id in $(g status 2>/dev/null | grep "127.0.0.1:$((base / 100))" | awk '{print $1}'); do
       g layout assign -z dc1 -c 1G "$id" >/dev/null
     done
     g layout apply --version 1 >/dev/null
@@ -98,7 +110,7 @@ export AWS_SECRET_ACCESS_KEY=$key_secret
 export AWS_DEFAULT_REGION=garage
 export AWS_REGION=garage
 export BARGE_GARAGE_BUCKET=barge
-export BARGE_GARAGE_ENDPOINTS=http://127.0.0.1:3910,http://127.0.0.1:3920,http://127.0.0.1:3930
+export BARGE_GARAGE_ENDPOINTS=http://127.0.0.1:$((base + 10)),http://127.0.0.1:$((base + 20)),http://127.0.0.1:$((base + 30))
 export BARGE_GARAGE_DIR=$dir
 ENV
     cat "$dir/env"
