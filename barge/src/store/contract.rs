@@ -30,10 +30,147 @@ fn backends_with_units() -> Vec<Backend> {
         ("local", Arc::new(local), Some(d), CHUNK),
         ("memory", Arc::new(MemoryStore::default()), None, CHUNK),
     ];
+    let (s3s, dir) = s3s_backend();
+    all.push(("s3 (in-process s3s-fs)", Arc::new(s3s), Some(dir), S3_PART));
     if let Some(s3) = s3_backend() {
-        all.push(("s3", Arc::new(s3), None, S3_PART));
+        all.push(("s3 (garage)", Arc::new(s3), None, S3_PART));
     }
     all
+}
+
+/// `s3s-fs` keeps objects as files, so a key whose path is a folder there (`d` when `d/f`
+/// exists), or runs through a file (`f/g`), fails with 500 where S3 answers 404. The store asks
+/// exactly that (is this name free?), so those answers are mapped to what S3 says; every other
+/// operation is `s3s-fs`'s own.
+struct FsAsS3(s3s_fs::FileSystem);
+
+/// An internal error of the file system double, for a read of a key: S3's "no such key".
+fn as_s3<T>(r: s3s::S3Result<T>) -> s3s::S3Result<T> {
+    r.map_err(|e| {
+        if e.status_code() == Some(http::StatusCode::INTERNAL_SERVER_ERROR) {
+            s3s::s3_error!(NoSuchKey)
+        } else {
+            e
+        }
+    })
+}
+
+#[async_trait::async_trait]
+impl s3s::S3 for FsAsS3 {
+    async fn head_object(
+        &self,
+        req: s3s::S3Request<s3s::dto::HeadObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::HeadObjectOutput>> {
+        as_s3(self.0.head_object(req).await)
+    }
+    async fn get_object(
+        &self,
+        req: s3s::S3Request<s3s::dto::GetObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::GetObjectOutput>> {
+        as_s3(self.0.get_object(req).await)
+    }
+    async fn put_object(
+        &self,
+        req: s3s::S3Request<s3s::dto::PutObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::PutObjectOutput>> {
+        self.0.put_object(req).await
+    }
+    async fn delete_object(
+        &self,
+        req: s3s::S3Request<s3s::dto::DeleteObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::DeleteObjectOutput>> {
+        self.0.delete_object(req).await
+    }
+    async fn delete_objects(
+        &self,
+        req: s3s::S3Request<s3s::dto::DeleteObjectsInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::DeleteObjectsOutput>> {
+        self.0.delete_objects(req).await
+    }
+    async fn copy_object(
+        &self,
+        req: s3s::S3Request<s3s::dto::CopyObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::CopyObjectOutput>> {
+        self.0.copy_object(req).await
+    }
+    async fn list_objects_v2(
+        &self,
+        req: s3s::S3Request<s3s::dto::ListObjectsV2Input>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListObjectsV2Output>> {
+        self.0.list_objects_v2(req).await
+    }
+    async fn create_multipart_upload(
+        &self,
+        req: s3s::S3Request<s3s::dto::CreateMultipartUploadInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::CreateMultipartUploadOutput>> {
+        self.0.create_multipart_upload(req).await
+    }
+    async fn upload_part(
+        &self,
+        req: s3s::S3Request<s3s::dto::UploadPartInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::UploadPartOutput>> {
+        self.0.upload_part(req).await
+    }
+    async fn complete_multipart_upload(
+        &self,
+        req: s3s::S3Request<s3s::dto::CompleteMultipartUploadInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::CompleteMultipartUploadOutput>> {
+        self.0.complete_multipart_upload(req).await
+    }
+    async fn abort_multipart_upload(
+        &self,
+        req: s3s::S3Request<s3s::dto::AbortMultipartUploadInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::AbortMultipartUploadOutput>> {
+        self.0.abort_multipart_upload(req).await
+    }
+}
+
+/// The S3 store on an in-process S3 server (`s3s-fs` over a temporary folder, served by hyper on
+/// 127.0.0.1): the fast, always-on check of the S3 backend. Call inside a tokio runtime.
+fn s3s_backend() -> (super::S3Store, tempfile::TempDir) {
+    let (config, dir) = s3s_config();
+    (super::S3Store::open(config).unwrap(), dir)
+}
+
+/// The configuration of [`s3s_backend`], its server started; the folder lives as long as it.
+pub(crate) fn s3s_config() -> (super::S3Config, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("bucket")).unwrap();
+    let fs = s3s_fs::FileSystem::new(dir.path()).unwrap();
+    let mut builder = s3s::service::S3ServiceBuilder::new(FsAsS3(fs));
+    builder.set_auth(s3s::auth::SimpleAuth::from_single(
+        "AKIDBARGETEST",
+        "barge-test-secret",
+    ));
+    let service = builder.build();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let builder = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                );
+                let _ = builder
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let credential = super::Credential {
+        key_id: "AKIDBARGETEST".into(),
+        secret_key: "barge-test-secret".into(),
+        token: None,
+    };
+    let mut config = super::S3Config::new("bucket", credential);
+    config.endpoint = Some(format!("http://{addr}"));
+    config.allow_http = true;
+    config.part_size = S3_PART;
+    config.memory_budget = 2 * S3_PART;
+    (config, dir)
 }
 
 /// The S3 store's part size in these tests (S3's smallest).
