@@ -658,3 +658,42 @@ async fn remove_and_rename_never_replace_and_keep_to_the_view() {
         assert!(store.list("", true).await.unwrap().is_empty(), "{name}");
     }
 }
+
+#[tokio::test]
+async fn notes_are_kept_shared_by_views_and_never_listed() {
+    for (name, store, _dir) in backends() {
+        assert_eq!(store.get_note("tus-1").await.unwrap(), None, "{name}");
+        store
+            .put_note("tus-1", Bytes::from_static(b"{\"a\":1}"))
+            .await
+            .unwrap();
+        store
+            .put_note("tus-1", Bytes::from_static(b"{\"a\":2}"))
+            .await
+            .unwrap();
+        let view = store.scoped("alice").unwrap();
+        assert_eq!(
+            view.get_note("tus-1").await.unwrap().as_deref(),
+            Some(&b"{\"a\":2}"[..]),
+            "{name}: one store, one set of notes"
+        );
+        for bad in ["", "../x", "a/b", "UP", ".barge"] {
+            assert!(
+                store.put_note(bad, Bytes::new()).await.is_err(),
+                "{name}: {bad:?}"
+            );
+        }
+        assert!(
+            store
+                .list("", true)
+                .await
+                .unwrap()
+                .iter()
+                .all(|e| !e.path.contains("tus")),
+            "{name}: notes are state, never listed"
+        );
+        store.delete_note("tus-1").await.unwrap();
+        store.delete_note("tus-1").await.unwrap();
+        assert_eq!(store.get_note("tus-1").await.unwrap(), None, "{name}");
+    }
+}

@@ -30,6 +30,7 @@ pub struct MemoryStore {
 struct State {
     files: BTreeMap<String, StoredFile>,
     folders: BTreeSet<String>,
+    notes: HashMap<String, Bytes>,
     partials: HashMap<String, Kept>,
     busy: BTreeSet<String>,
     quota: Option<u64>,
@@ -66,6 +67,7 @@ impl MemoryStore {
             state: Arc::new(Mutex::new(State {
                 files: BTreeMap::new(),
                 folders: BTreeSet::new(),
+                notes: HashMap::new(),
                 partials: HashMap::new(),
                 busy: BTreeSet::new(),
                 quota,
@@ -110,6 +112,7 @@ impl MemoryStore {
         match version {
             Version::Any => format!("{full}\0{size}"),
             Version::Digest(d) => format!("{full}\0{size}\0{}", hex(&d)),
+            Version::Upload(u) => format!("{full}\0{size}\0u{}", hex(&u)),
         }
     }
 }
@@ -595,6 +598,32 @@ impl Store for MemoryStore {
                 state.folders.remove(&k);
                 state.folders.insert(moved(&k));
             }
+            Ok(())
+        })
+    }
+
+    fn put_note(&self, name: &str, value: Bytes) -> BoxFuture<'_, Result<(), StoreError>> {
+        let name = name.to_owned();
+        Box::pin(async move {
+            super::check_note_name(&name)?;
+            self.lock().notes.insert(name, value);
+            Ok(())
+        })
+    }
+
+    fn get_note(&self, name: &str) -> BoxFuture<'_, Result<Option<Bytes>, StoreError>> {
+        let name = name.to_owned();
+        Box::pin(async move {
+            super::check_note_name(&name)?;
+            Ok(self.lock().notes.get(&name).cloned())
+        })
+    }
+
+    fn delete_note(&self, name: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        let name = name.to_owned();
+        Box::pin(async move {
+            super::check_note_name(&name)?;
+            self.lock().notes.remove(&name);
             Ok(())
         })
     }

@@ -73,6 +73,9 @@ pub enum Version {
     Any,
     /// The content with this digest (downloads).
     Digest(Cv),
+    /// One upload of its own, named by the front end (a tus upload id's hash): two uploads of
+    /// the same name and size never share a partial.
+    Upload(Cv),
 }
 
 /// A request to start (or continue) writing a file.
@@ -208,6 +211,33 @@ pub trait Store: Send + Sync + Debug {
 
     /// Removes partials abandoned for longer than the store's expiry; returns how many.
     fn expire(&self) -> BoxFuture<'_, Result<usize, StoreError>>;
+
+    /// Keeps a front end's small state under `name` (`[a-z0-9-]`, at most 64 bytes) in the
+    /// store's own state, shared by every view and every server on the store: e.g. a tus
+    /// upload's description, so it survives a restart and is found by another server.
+    fn put_note(&self, name: &str, value: Bytes) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// A note, if there is one.
+    fn get_note(&self, name: &str) -> BoxFuture<'_, Result<Option<Bytes>, StoreError>>;
+
+    /// Removes a note (no error if there is none).
+    fn delete_note(&self, name: &str) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
+/// Checks a note's name: short, lower-case letters, digits and `-` (never a path).
+pub fn check_note_name(name: &str) -> Result<(), StoreError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::BadRequest(format!(
+            "{name:?} is not a note name"
+        )))
+    }
 }
 
 /// A file being written. Bytes come in order through [`Partial::write`]; the core confirms each

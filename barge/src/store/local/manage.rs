@@ -1,5 +1,6 @@
 //! Remote management on the local folder: removing and renaming published files and folders,
-//! never following a symlink, never replacing a name, and giving removed bytes back to the quota.
+//! never following a symlink, never replacing a name, and giving removed bytes back to the quota;
+//! and front ends' notes, kept in `.barge/notes/`.
 
 use std::fs::File;
 use std::io;
@@ -84,6 +85,42 @@ impl LocalStore {
             Ok(())
         })
         .await?
+    }
+
+    fn notes_dir(&self) -> std::path::PathBuf {
+        self.inner.config.dir.join(super::STATE_DIR).join("notes")
+    }
+
+    /// Writes a note atomically (temp + rename), durably when the store fsyncs.
+    pub(super) fn write_note(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        crate::store::check_note_name(name)?;
+        let dir = self.notes_dir();
+        super::real_dir(&dir)?;
+        let mut temp = tempfile::NamedTempFile::new_in(&dir)?;
+        std::io::Write::write_all(&mut temp, value)?;
+        if self.inner.config.fsync {
+            temp.as_file().sync_all()?;
+        }
+        temp.persist(dir.join(name)).map_err(|e| e.error)?;
+        self.sync_dir(&dir)
+    }
+
+    pub(super) fn read_note(&self, name: &str) -> Result<Option<bytes::Bytes>, StoreError> {
+        crate::store::check_note_name(name)?;
+        match std::fs::read(self.notes_dir().join(name)) {
+            Ok(v) => Ok(Some(v.into())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub(super) fn remove_note(&self, name: &str) -> Result<(), StoreError> {
+        crate::store::check_note_name(name)?;
+        match std::fs::remove_file(self.notes_dir().join(name)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Makes a change to `dir`'s entries durable, when the store fsyncs.

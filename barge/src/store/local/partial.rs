@@ -222,6 +222,7 @@ impl LocalStore {
         let tag = match version {
             Version::Any => String::new(),
             Version::Digest(d) => hex(&d),
+            Version::Upload(u) => format!("u{}", hex(&u)),
         };
         let mut h = blake3::Hasher::new();
         h.update(self.prefix.as_bytes());
@@ -1419,6 +1420,24 @@ impl Store for LocalStore {
     fn mkdir(&self, path: &str) -> BoxFuture<'_, Result<(), StoreError>> {
         let path = path.to_owned();
         Box::pin(async move { self.make_dir(&path).await })
+    }
+
+    fn put_note(&self, name: &str, value: Bytes) -> BoxFuture<'_, Result<(), StoreError>> {
+        let this = self.clone();
+        let name = name.to_owned();
+        Box::pin(async move { blocking(move || this.write_note(&name, &value)).await? })
+    }
+
+    fn get_note(&self, name: &str) -> BoxFuture<'_, Result<Option<Bytes>, StoreError>> {
+        let this = self.clone();
+        let name = name.to_owned();
+        Box::pin(async move { blocking(move || this.read_note(&name)).await? })
+    }
+
+    fn delete_note(&self, name: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        let this = self.clone();
+        let name = name.to_owned();
+        Box::pin(async move { blocking(move || this.remove_note(&name)).await? })
     }
 
     fn remove(&self, path: &str, recursive: bool) -> BoxFuture<'_, Result<u64, StoreError>> {

@@ -11,6 +11,7 @@
 //! PREFIX/.barge/partial/KEY.json      an upload's resume state: upload id, part ETags, the
 //!                                     verified chunks' CVs, who holds it and until when
 //! PREFIX/.barge/partial/KEY.data      its multipart upload's target (never a published name)
+//! PREFIX/.barge/notes/NAME            a front end's small state (a tus upload's description)
 //! ```
 //! Why uploads go to a staging key and are then copied: S3 sets an object's metadata when the
 //! upload is created, but barge knows the digest only at the end; and the final name under the
@@ -813,6 +814,49 @@ impl Store for S3Store {
 
     fn expire(&self) -> BoxFuture<'_, Result<usize, StoreError>> {
         Box::pin(async move { partial::expire(self).await })
+    }
+
+    fn put_note(&self, name: &str, value: Bytes) -> BoxFuture<'_, Result<(), StoreError>> {
+        let name = name.to_owned();
+        Box::pin(async move {
+            let key = self.note_key(&name)?;
+            self.inner
+                .s3
+                .put(&Key::from(key), PutPayload::from(value))
+                .await
+                .map_err(io_error)?;
+            Ok(())
+        })
+    }
+
+    fn get_note(&self, name: &str) -> BoxFuture<'_, Result<Option<Bytes>, StoreError>> {
+        let name = name.to_owned();
+        Box::pin(async move {
+            let key = self.note_key(&name)?;
+            match self.inner.s3.get(&Key::from(key)).await {
+                Ok(got) => Ok(Some(got.bytes().await.map_err(io_error)?)),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(io_error(e)),
+            }
+        })
+    }
+
+    fn delete_note(&self, name: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        let name = name.to_owned();
+        Box::pin(async move {
+            let key = self.note_key(&name)?;
+            match self.inner.s3.delete(&Key::from(key)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(io_error(e)),
+            }
+        })
+    }
+}
+
+impl S3Store {
+    fn note_key(&self, name: &str) -> Result<String, StoreError> {
+        super::check_note_name(name)?;
+        Ok(format!("{}{STATE}/notes/{name}", self.inner.base))
     }
 }
 

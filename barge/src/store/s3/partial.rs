@@ -91,8 +91,15 @@ fn partial_key(store: &S3Store, key: &str, size: u64, version: Version) -> Strin
     h.update(store.rel(key).as_bytes());
     h.update(&[0]);
     h.update(&size.to_le_bytes());
-    if let Version::Digest(d) = version {
-        h.update(&d);
+    match version {
+        Version::Any => {}
+        Version::Digest(d) => {
+            h.update(&d);
+        }
+        Version::Upload(u) => {
+            h.update(b"u");
+            h.update(&u);
+        }
     }
     hex(h.finalize().as_bytes())[..32].to_owned()
 }
@@ -272,6 +279,7 @@ async fn start(
                 version: match begin.version {
                     Version::Any => String::new(),
                     Version::Digest(d) => hex(&d),
+                    Version::Upload(u) => format!("u{}", hex(&u)),
                 },
                 upload_id,
                 part_size: config.part_size,
