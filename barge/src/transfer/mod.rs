@@ -162,6 +162,7 @@ impl Core {
             core: self.clone(),
             store: self.store.clone(),
             rights: Some(Rights::ALL),
+            root: None,
             peer,
         }
     }
@@ -173,6 +174,7 @@ impl Core {
             core: self.clone(),
             store: self.store.clone(),
             rights: self.access.is_none().then_some(Rights::ALL),
+            root: None,
             peer,
         }
     }
@@ -185,6 +187,8 @@ pub struct Session {
     core: Core,
     store: Arc<dyn Store>,
     rights: Option<Rights>,
+    /// The token's root folder, if it has one.
+    root: Option<String>,
     peer: SocketAddr,
 }
 
@@ -208,6 +212,9 @@ pub struct Put<'a> {
     pub reuse: Option<Vec<bool>>,
     /// The sender's modification time, for the stored file.
     pub mtime: Option<i64>,
+    /// Which partial it continues: [`Version::Any`] (one per path and size), or an upload's own
+    /// ([`Version::Upload`], for protocols whose uploads have ids, like tus).
+    pub version: Version,
 }
 
 impl<'a> Put<'a> {
@@ -222,6 +229,7 @@ impl<'a> Put<'a> {
             replaces: None,
             reuse: None,
             mtime: None,
+            version: Version::Any,
         }
     }
 }
@@ -242,6 +250,16 @@ impl Session {
     /// The store this session works in (its token's root, or the whole store).
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The root folder of the session's token (`None`: the whole store).
+    pub fn root(&self) -> Option<&str> {
+        self.root.as_deref()
+    }
+
+    /// The peer's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
     }
 
     /// The session's rights, `None` before a required token.
@@ -279,6 +297,7 @@ impl Session {
                     .and_then(|r| access.roots.get(r).cloned());
                 self.store = root.unwrap_or_else(|| self.core.store.clone());
                 self.rights = Some(grant.rights);
+                self.root = grant.root.clone();
                 Ok(())
             }
             None => {
@@ -371,6 +390,7 @@ impl Session {
             resumable: put.resumable,
             on_conflict,
             mtime: put.mtime,
+            version: put.version,
             ..Begin::new(put.path, put.size)
         };
         let policy = Policy {

@@ -211,6 +211,13 @@ impl Receiver {
         }
     }
 
+    /// Throws the transfer away, kept chunks included (the sender gave it up).
+    pub async fn discard(mut self) {
+        if let Some(p) = self.partial.take() {
+            p.discard().await;
+        }
+    }
+
     /// Stops receiving and waits until the verified part is kept.
     pub async fn suspend(mut self) {
         if let Some(p) = self.partial.take() {

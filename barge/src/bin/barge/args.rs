@@ -232,6 +232,14 @@ pub struct ServeArgs {
     /// state (the self-signed TLS certificate) is kept here.
     #[arg(long, default_value = "barge-inbox", value_name = "DIR")]
     pub dir: PathBuf,
+    /// Also serve HTTP on this address (HTTPS with --tls, same certificate): tus 1.0 uploads at
+    /// /uploads/, downloads at /files/PATH, listings at /api/ls.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http: Option<SocketAddr>,
+    /// Let web pages from this origin (e.g. https://files.example.org) call the HTTP face (CORS
+    /// is off without it).
+    #[arg(long, value_name = "ORIGIN", requires = "http")]
+    pub http_cors: Option<String>,
     /// Store files in an S3 bucket instead of --dir: s3://BUCKET or s3://BUCKET/PREFIX. Keys
     /// come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (AWS_SESSION_TOKEN), else from the
     /// shared credentials file (--s3-profile).

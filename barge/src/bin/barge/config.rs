@@ -63,6 +63,10 @@ pub struct ServeConfig {
     pub storage: LocalConfig,
     /// `--store s3://...`: the bucket instead of the folder.
     pub s3: Option<S3Config>,
+    /// `--http`: the HTTP face's address.
+    pub http: Option<SocketAddr>,
+    /// `--http-cors`: the origin allowed to call it.
+    pub http_cors: Option<axum::http::HeaderValue>,
     /// The transfer core's rules.
     pub policy: Policy,
     /// `--quota`: the most bytes stored.
@@ -119,10 +123,31 @@ impl TryFrom<ServeArgs> for ServeConfig {
             Some(url) => Some(s3_config(&a, url)?),
             None => None,
         };
+        let http_cors = match &a.http_cors {
+            Some(origin) => {
+                let origin = origin.trim_end_matches('/');
+                let host = origin
+                    .strip_prefix("https://")
+                    .or_else(|| origin.strip_prefix("http://"));
+                // An origin is a scheme and a host (and port): no path.
+                let ok = host.is_some_and(|h| !h.is_empty() && !h.contains(['/', ' ']));
+                let value = axum::http::HeaderValue::from_str(origin)
+                    .ok()
+                    .filter(|_| ok);
+                Some(value.ok_or_else(|| {
+                    UsageError(format!(
+                        "--http-cors {origin:?}: expected an origin like https://files.example.org"
+                    ))
+                })?)
+            }
+            None => None,
+        };
         Ok(Self {
             addr: a.addr,
             storage,
             s3,
+            http: a.http,
+            http_cors,
             policy,
             quota: a.quota,
             server: server_config(&a.framework)?,

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use barge::auth::FailureBrake;
 use barge::server;
 use barge::service::files::FileService;
+use barge::service::http::HttpFace;
 use barge::store::{LocalStore, Quota, S3Store, bytes_stored};
 
 use crate::args::ServeArgs;
@@ -24,8 +25,13 @@ pub async fn serve(a: ServeArgs) -> Result<u8> {
         anyhow::bail!("--dir {}: exists and is not a folder", dir.display());
     }
     let listener = crate::bind(c.addr)?;
+    // Both ports are bound before anything is created.
+    let http = match c.http {
+        Some(addr) => Some(crate::bind(addr)?),
+        None => None,
+    };
     if let Some(s3) = c.s3.clone() {
-        return serve_bucket(c, s3, listener).await;
+        return serve_bucket(c, s3, listener, http).await;
     }
     let mut storage_config = c.storage.clone();
     if let Some(limit) = c.quota {
@@ -53,11 +59,19 @@ pub async fn serve(a: ServeArgs) -> Result<u8> {
         config.tls = Some(identity.config);
     }
     warn_legacy(&c);
+    if let Some(h) = &http {
+        what.push_str(&format!(", HTTP on {}", http_url(h, c.tls)?));
+    }
     crate::announce(&format!("listening on {}{what}", listener.local_addr()?))?;
     // Abandoned partial uploads are swept at start (by `LocalStore::open`) and then regularly.
     let _sweeper = storage.sweep_regularly();
     let service = FileService::local(storage, c.policy.clone());
-    run(c, service, config, listener).await
+    run(c, service, config, listener, http).await
+}
+
+fn http_url(listener: &tokio::net::TcpListener, tls: bool) -> Result<String> {
+    let scheme = if tls { "https" } else { "http" };
+    Ok(format!("{scheme}://{}", listener.local_addr()?))
 }
 
 /// The lesson's format cannot authenticate or encrypt: only on loopback without tokens, unless
@@ -82,6 +96,7 @@ async fn run(
     service: FileService,
     config: server::ServerConfig,
     listener: tokio::net::TcpListener,
+    http: Option<tokio::net::TcpListener>,
 ) -> Result<u8> {
     let mut service = service.with_legacy(c.legacy).with_tls_required(c.tls);
     if let Some(tokens) = c.tokens {
@@ -89,6 +104,16 @@ async fn run(
             .with_tokens(tokens, FailureBrake::default())
             .context("cannot set up the tokens' root folders")?;
     }
+    // The HTTP face: the same core (store, policy, tokens), the same certificate.
+    let _http = http.map(|listener| {
+        let face = HttpFace::new(service.core().clone()).with_cors(c.http_cors.clone());
+        tokio::spawn(barge::service::http::serve(
+            listener,
+            Arc::new(face),
+            config.tls.clone(),
+            server::shutdown_signal(),
+        ))
+    });
     server::serve(
         listener,
         Arc::new(service),
@@ -106,6 +131,7 @@ async fn serve_bucket(
     c: ServeConfig,
     s3: barge::store::S3Config,
     listener: tokio::net::TcpListener,
+    http: Option<tokio::net::TcpListener>,
 ) -> Result<u8> {
     let shown = format!(
         "s3://{}/{}{}",
@@ -142,6 +168,9 @@ async fn serve_bucket(
         config.tls = Some(identity.config);
     }
     warn_legacy(&c);
+    if let Some(h) = &http {
+        what.push_str(&format!(", HTTP on {}", http_url(h, c.tls)?));
+    }
     crate::announce(&format!("listening on {}{what}", listener.local_addr()?))?;
     // Abandoned multipart uploads are aborted at start and then every hour.
     let expiring = store.clone();
@@ -159,5 +188,5 @@ async fn serve_bucket(
         Arc::new(store),
         c.policy.clone(),
     ));
-    run(c, service, config, listener).await
+    run(c, service, config, listener, http).await
 }
