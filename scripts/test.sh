@@ -1,10 +1,21 @@
 #!/usr/bin/env bash
-# Every test: starts what the tests need (a 3-node garage cluster for the S3 store, installed on
-# first use), runs `cargo test --workspace`, and stops the cluster by its PIDs, pass or fail.
+# Every test: installs the peers the tests run (tus-js-client, tuspy, curl, boto3), starts what
+# they need (a 3-node garage cluster for the S3 store, installed on first use), runs `cargo test
+# --workspace`, and stops the cluster by its PIDs, pass or fail.
 #   scripts/test.sh [cargo test args...]     e.g. scripts/test.sh -- cluster
 # BARGE_NO_CLUSTER=1 runs without garage (the cluster tests then say they were skipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# The HTTP face's real clients: tus-js-client (Node, from the lockfile), tuspy, curl.
+need_apt=()
+command -v curl >/dev/null || need_apt+=(curl)
+command -v node >/dev/null && command -v npm >/dev/null || need_apt+=(nodejs npm)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
+fi
+(cd barge/tests/http && npm ci --no-audit --no-fund --silent)
+python3 -c "import tusclient" 2>/dev/null || python3 -m pip install --quiet tuspy
 
 if [ -z "${BARGE_NO_CLUSTER:-}" ]; then
   # boto3 plays the S3 client that is not barge.

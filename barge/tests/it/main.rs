@@ -8,6 +8,7 @@ mod cli;
 mod cluster;
 mod conformance;
 mod echo;
+mod http;
 mod interop;
 mod lesson;
 mod memory;

@@ -106,7 +106,9 @@ async fn run(
     }
     // The HTTP face: the same core (store, policy, tokens), the same certificate.
     let _http = http.map(|listener| {
-        let face = HttpFace::new(service.core().clone()).with_cors(c.http_cors.clone());
+        let face = HttpFace::new(service.core().clone())
+            .with_cors(c.http_cors.clone())
+            .with_expiry(c.storage.partial_ttl);
         tokio::spawn(barge::service::http::serve(
             listener,
             Arc::new(face),

@@ -32,12 +32,24 @@ pub struct HttpFace {
     core: Core,
     /// `--http-cors ORIGIN`: the one origin whose pages may call this server.
     cors: Option<HeaderValue>,
+    /// How long an unfinished tus upload waits for its client.
+    expiry: std::time::Duration,
 }
 
 impl HttpFace {
     /// A face over `core`, CORS off.
     pub fn new(core: Core) -> Self {
-        Self { core, cors: None }
+        Self {
+            core,
+            cors: None,
+            expiry: std::time::Duration::from_secs(24 * 3600),
+        }
+    }
+
+    /// How long an unfinished upload waits for its client (the store's partial TTL).
+    pub fn with_expiry(mut self, expiry: std::time::Duration) -> Self {
+        self.expiry = expiry;
+        self
     }
 
     /// Allows pages from `origin` (e.g. `https://files.example.org`) to call this server.

@@ -38,8 +38,6 @@ const EXTENSIONS: &str = "creation,creation-with-upload,termination,expiration,c
 /// A PATCH with `Upload-Checksum` is checked before a byte is stored, so it is held in memory:
 /// at most this much.
 const MAX_CHECKED_PATCH: usize = 64 << 20;
-/// How long an unfinished upload may wait for its client.
-const EXPIRY: Duration = Duration::from_secs(24 * 3600);
 const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
 
 /// An upload's description, kept as a store note.
@@ -52,17 +50,17 @@ struct Upload {
     root: Option<String>,
     /// `Upload-Metadata` as sent, echoed by HEAD.
     metadata: String,
-    /// Seconds since the epoch after which it is gone.
-    expires: u64,
+    /// Milliseconds since the epoch after which it is gone.
+    expires_ms: u64,
     /// Once stored: its final name (after a conflict rename) and digest.
     stored: Option<String>,
     digest: Option<String>,
 }
 
-fn now() -> u64 {
+fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn note_name(id: &str) -> String {
@@ -214,7 +212,7 @@ async fn load(session: &Session, id: &str) -> Result<Upload, Response> {
     if upload.root.as_deref() != session.root() {
         return Err(refuse(StatusCode::NOT_FOUND, "no such upload"));
     }
-    if upload.stored.is_none() && upload.expires <= now() {
+    if upload.stored.is_none() && upload.expires_ms <= now_ms() {
         drop_upload(session, id, &upload).await;
         return Err(refuse(StatusCode::GONE, "this upload expired"));
     }
@@ -248,7 +246,7 @@ fn metadata(raw: &str) -> Result<Vec<(String, String)>, String> {
 
 fn expires_header(upload: &Upload) -> HeaderValue {
     header_value(&httpdate::fmt_http_date(
-        UNIX_EPOCH + Duration::from_secs(upload.expires),
+        UNIX_EPOCH + Duration::from_millis(upload.expires_ms),
     ))
 }
 
@@ -309,7 +307,7 @@ async fn create(
         size,
         root: session.root().map(str::to_owned),
         metadata: raw,
-        expires: now() + EXPIRY.as_secs(),
+        expires_ms: now_ms() + face.expiry.as_millis() as u64,
         stored: None,
         digest: None,
     };
@@ -325,6 +323,10 @@ async fn create(
         // creation-with-upload (and an empty file, which is complete at once).
         let mut headers = headers.clone();
         headers.insert("upload-offset", HeaderValue::from_static("0"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(OFFSET_OCTET_STREAM),
+        );
         let written = patch(&session, &id, upload.clone(), &headers, body).await;
         if !written.status().is_success() {
             return written;

@@ -1,0 +1,436 @@
+//! The HTTP face with clients barge did not write: tus-js-client under Node and tuspy upload
+//! (and resume after being killed mid-way), curl downloads ranges; refusals are proper statuses.
+//! The clients are installed by `scripts/test.sh` (npm ci in barge/tests/http, pip install tuspy);
+//! without them these tests say so and pass on a developer's machine, and fail under CI.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use crate::support::*;
+
+/// A server with the HTTP face on; returns it, its HTTP base URL and its folder.
+fn serve_http(extra: &[&str]) -> (ChildGuard, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = barge();
+    cmd.args([
+        "serve",
+        "--addr",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--no-fsync",
+        "--dir",
+    ])
+    .arg(dir.path().join("inbox"))
+    .args(extra)
+    .stderr(Stdio::null());
+    let (guard, _, line) = spawn_announced_line(cmd);
+    let url = line
+        .split("HTTP on ")
+        .nth(1)
+        .and_then(|r| r.split([',', '\n']).next())
+        .unwrap_or_else(|| panic!("no HTTP address in {line:?}"))
+        .trim()
+        .to_owned();
+    (guard, url, dir)
+}
+
+fn peers_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/http")
+}
+
+/// Whether a client is installed; under CI a missing one fails the test.
+fn have(what: &str, check: &mut Command) -> bool {
+    let ok = check
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{what} is not installed (scripts/test.sh installs it)"
+        );
+        eprintln!("skipped: {what} is not installed (run scripts/test.sh)");
+    }
+    ok
+}
+
+fn node_client() -> Option<Command> {
+    let dir = peers_dir();
+    have(
+        "tus-js-client (npm ci in barge/tests/http)",
+        Command::new("node")
+            .current_dir(&dir)
+            .args(["-e", "import('tus-js-client')"]),
+    )
+    .then(|| {
+        let mut c = Command::new("node");
+        c.current_dir(&dir).arg("tus_upload.mjs");
+        c
+    })
+}
+
+fn python_client() -> Option<Command> {
+    have(
+        "tuspy (pip install tuspy)",
+        Command::new("python3").args(["-c", "import tusclient"]),
+    )
+    .then(|| {
+        let mut c = Command::new("python3");
+        c.arg(peers_dir().join("tus_upload.py"));
+        c
+    })
+}
+
+fn json_line(out: &Output) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no JSON from the client: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
+fn pseudo_random(path: &Path, len: u64) {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d ^ len;
+    let mut left = len;
+    while left > 0 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let n = left.min(8) as usize;
+        f.write_all(&x.to_le_bytes()[..n]).unwrap();
+        left -= n as u64;
+    }
+}
+
+fn b3(path: &Path) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update_reader(std::fs::File::open(path).unwrap()).unwrap();
+    h.finalize().to_hex().to_string()
+}
+
+/// Each size uploaded whole; the largest is first killed mid-way (the process exits without any
+/// cleanup) and then resumed by a new process from the upload's URL.
+fn uploads_and_resumes(client: impl Fn() -> Command, sizes: &[u64]) {
+    let (_server, url, dir) = serve_http(&[]);
+    let endpoint = format!("{url}/uploads/");
+    let inbox = dir.path().join("inbox");
+    for (i, &size) in sizes.iter().enumerate() {
+        let file = dir.path().join(format!("f{i}-{size}.bin"));
+        pseudo_random(&file, size);
+        let last = i == sizes.len() - 1;
+        let mut resume_from = None;
+        if last {
+            let out = client()
+                .arg(&endpoint)
+                .arg(&file)
+                .args([
+                    "--stop-after",
+                    &(size / 2).to_string(),
+                    "--chunk-size",
+                    &(size / 8).to_string(),
+                ])
+                .output()
+                .unwrap();
+            assert_eq!(
+                out.status.code(),
+                Some(3),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let v = json_line(&out);
+            resume_from = Some(v["url"].as_str().unwrap().to_owned());
+            assert!(
+                !inbox.join(file.file_name().unwrap()).exists(),
+                "stored before the end"
+            );
+        }
+        let mut cmd = client();
+        cmd.arg(&endpoint).arg(&file);
+        if let Some(u) = &resume_from {
+            cmd.args(["--resume", u]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{size}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(json_line(&out)["done"], true);
+        let stored = inbox.join(file.file_name().unwrap());
+        assert_eq!(b3(&stored), b3(&file), "{size} bytes stored byte-identical");
+        if let Some(u) = resume_from {
+            // The resumed upload continued: the server says where it is, and it is complete.
+            let head = curl(&["-sI", "-H", "Tus-Resumable: 1.0.0", &u]);
+            assert!(head.contains(&format!("upload-offset: {size}")), "{head}");
+        }
+    }
+}
+
+fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl").args(args).output().expect("curl");
+    String::from_utf8_lossy(&out.stdout).to_lowercase()
+}
+
+fn big_sizes() -> Vec<u64> {
+    vec![0, 1, 10 << 20, 1 << 30]
+}
+
+#[test]
+fn tus_js_client_uploads_and_resumes_after_being_killed() {
+    if node_client().is_none() {
+        return;
+    }
+    uploads_and_resumes(|| node_client().unwrap(), &big_sizes());
+}
+
+#[test]
+fn tuspy_uploads_and_resumes_after_being_killed() {
+    if python_client().is_none() {
+        return;
+    }
+    uploads_and_resumes(|| python_client().unwrap(), &big_sizes());
+}
+
+#[test]
+fn curl_downloads_ranges_and_revalidates_by_digest() {
+    let (_server, url, dir) = serve_http(&[]);
+    let inbox = dir.path().join("inbox");
+    std::fs::create_dir_all(inbox.join("docs")).unwrap();
+    let file = inbox.join("docs/a.bin");
+    pseudo_random(&file, 3 << 20);
+    let data = std::fs::read(&file).unwrap();
+    let digest = b3(&file);
+    let target = format!("{url}/files/docs/a.bin");
+    let range = Command::new("curl")
+        .args(["-sf", "-r", "1048570-1048585", &target])
+        .output()
+        .unwrap();
+    assert_eq!(range.stdout, &data[1_048_570..=1_048_585]);
+    let whole = Command::new("curl")
+        .args(["-sf", &target])
+        .output()
+        .unwrap();
+    assert!(whole.stdout == data);
+    let head = curl(&["-sI", &target]);
+    assert!(head.contains(&format!("etag: \"{digest}\"")), "{head}");
+    assert!(head.contains("accept-ranges: bytes") && head.contains("content-length: 3145728"));
+    let not_modified = curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        &format!("If-None-Match: \"{digest}\""),
+        &target,
+    ]);
+    assert_eq!(not_modified, "304");
+    let unsatisfiable = curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-r",
+        "5000000-",
+        &target,
+    ]);
+    assert_eq!(unsatisfiable, "416");
+    let ls = curl(&["-sf", &format!("{url}/api/ls?path=docs&recursive=1")]);
+    assert!(
+        ls.contains("\"path\":\"a.bin\"") && ls.contains(&digest),
+        "{ls}"
+    );
+    let missing = curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("{url}/files/nope"),
+    ]);
+    assert_eq!(missing, "404");
+}
+
+/// Refusals are statuses with a short body: 401/403 by token, 413 too large, 409 offset
+/// mismatch, 460 checksum mismatch, 410 expired, 412 without Tus-Resumable, 400 bad names.
+#[test]
+fn tus_refusals_are_proper_statuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    let (all, reader) = ("aaaaaaaaaaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbbbbbbbbbb");
+    std::fs::write(&tokens, format!("{all} all\n{reader} download,list\n")).unwrap();
+    let (_server, url, _d) = serve_http(&[
+        "--token-file",
+        tokens.to_str().unwrap(),
+        "--max-file-size",
+        "1M",
+        "--partial-ttl",
+        "0.2",
+    ]);
+    let uploads = format!("{url}/uploads/");
+    let code =
+        |args: &[&str]| curl(&[&["-s", "-o", "/dev/null", "-w", "%{http_code}"], args].concat());
+    let bearer = |t: &str| format!("Authorization: Bearer {t}");
+    let create = |token: &str, len: &str, name: &str| {
+        let meta = format!("Upload-Metadata: filename {}", base64_of(name.as_bytes()));
+        code(&[
+            "-X",
+            "POST",
+            "-H",
+            "Tus-Resumable: 1.0.0",
+            "-H",
+            &bearer(token),
+            "-H",
+            &format!("Upload-Length: {len}"),
+            "-H",
+            &meta,
+            &uploads,
+        ])
+    };
+    assert_eq!(
+        code(&[
+            "-X",
+            "POST",
+            "-H",
+            "Tus-Resumable: 1.0.0",
+            "-H",
+            "Upload-Length: 5",
+            &uploads
+        ]),
+        "401"
+    );
+    assert_eq!(create("wrong-token-wrong-token", "5", "a.txt"), "401");
+    assert_eq!(create(reader, "5", "a.txt"), "403");
+    assert_eq!(create(all, "2000000", "big.bin"), "413");
+    assert_eq!(create(all, "5", "../escape.txt"), "400");
+    assert_eq!(
+        code(&[
+            "-X",
+            "POST",
+            "-H",
+            &bearer(all),
+            "-H",
+            "Upload-Length: 5",
+            &uploads
+        ]),
+        "412"
+    );
+
+    // A real upload to refuse PATCHes on.
+    let created = Command::new("curl")
+        .args([
+            "-s",
+            "-i",
+            "-X",
+            "POST",
+            "-H",
+            "Tus-Resumable: 1.0.0",
+            "-H",
+            &bearer(all),
+            "-H",
+            "Upload-Length: 11",
+        ])
+        .args([
+            "-H",
+            &format!("Upload-Metadata: filename {}", base64_of(b"c.txt")),
+            &uploads,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&created.stdout).to_lowercase();
+    let location = text
+        .lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .unwrap_or_else(|| panic!("{text}"))
+        .trim()
+        .to_owned();
+    let upload = format!("{url}{location}");
+    let patch = |offset: &str, checksum: Option<&str>, body: &str| {
+        let mut args = vec![
+            "-X",
+            "PATCH",
+            "-H",
+            "Tus-Resumable: 1.0.0",
+            "-H",
+            "Content-Type: application/offset+octet-stream",
+        ];
+        let auth = bearer(all);
+        let off = format!("Upload-Offset: {offset}");
+        let sum = checksum.map(|c| format!("Upload-Checksum: {c}"));
+        args.extend(["-H", &auth, "-H", &off]);
+        if let Some(s) = &sum {
+            args.extend(["-H", s]);
+        }
+        args.extend(["--data-binary", body, &upload]);
+        code(&args)
+    };
+    assert_eq!(patch("3", None, "hello world"), "409");
+    let wrong = format!("sha1 {}", base64_of(&[0u8; 20]));
+    assert_eq!(patch("0", Some(&wrong), "hello world"), "460");
+    // sha1("hello world")
+    let right = format!(
+        "sha1 {}",
+        base64_of(&[
+            0x2a, 0xae, 0x6c, 0x35, 0xc9, 0x4f, 0xcf, 0xb4, 0x15, 0xdb, 0xe9, 0x5f, 0x40, 0x8b,
+            0x9c, 0xe9, 0x1e, 0xe8, 0x46, 0xed
+        ])
+    );
+    assert_eq!(patch("0", Some(&right), "hello world"), "204");
+
+    // An upload left alone past the TTL is gone.
+    let created = Command::new("curl")
+        .args([
+            "-s",
+            "-i",
+            "-X",
+            "POST",
+            "-H",
+            "Tus-Resumable: 1.0.0",
+            "-H",
+            &bearer(all),
+            "-H",
+            "Upload-Length: 11",
+            &uploads,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&created.stdout).to_lowercase();
+    let location = text
+        .lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let gone = format!("{url}{location}");
+    let mut status = String::new();
+    for _ in 0..100 {
+        status = code(&[
+            "-I",
+            "-H",
+            "Tus-Resumable: 1.0.0",
+            "-H",
+            &bearer(all),
+            &gone,
+        ]);
+        if status != "200" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(status, "410");
+}
+
+fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
