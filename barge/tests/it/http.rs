@@ -434,3 +434,169 @@ fn base64_of(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
+
+/// An upload survives a server restart: its description and verified bytes are in the store; the
+/// new server answers HEAD with the kept offset and takes the rest.
+#[test]
+fn a_tus_upload_resumes_across_a_server_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let inbox = dir.path().join("inbox");
+    let start = || {
+        let mut cmd = barge();
+        cmd.args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--dir",
+        ])
+        .arg(&inbox)
+        .stderr(Stdio::null());
+        let (guard, _, line) = spawn_announced_line(cmd);
+        let url = line.split("HTTP on ").nth(1).unwrap().trim().to_owned();
+        (guard, url)
+    };
+    let file = dir.path().join("r.bin");
+    pseudo_random(&file, 5 << 20);
+    let data = std::fs::read(&file).unwrap();
+    let (mut first, url) = start();
+    let created = Command::new("curl")
+        .args([
+            "-s",
+            "-i",
+            "-X",
+            "POST",
+            "-H",
+            "Tus-Resumable: 1.0.0",
+            "-H",
+            "Upload-Length: 5242880",
+        ])
+        .args([
+            "-H",
+            &format!("Upload-Metadata: filename {}", base64_of(b"r.bin")),
+            &format!("{url}/uploads/"),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&created.stdout).to_lowercase();
+    let location = text
+        .lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let half = dir.path().join("half");
+    std::fs::write(&half, &data[..3 << 20]).unwrap();
+    let patched = curl(&[
+        "-s",
+        "-i",
+        "-X",
+        "PATCH",
+        "-H",
+        "Tus-Resumable: 1.0.0",
+        "-H",
+        "Upload-Offset: 0",
+        "-H",
+        "Content-Type: application/offset+octet-stream",
+        "--data-binary",
+        &format!("@{}", half.display()),
+        &format!("{url}{location}"),
+    ]);
+    assert!(patched.contains("upload-offset: 3145728"), "{patched}");
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+
+    let (_second, url) = start();
+    let head = curl(&[
+        "-sI",
+        "-H",
+        "Tus-Resumable: 1.0.0",
+        &format!("{url}{location}"),
+    ]);
+    assert!(head.contains("upload-offset: 3145728"), "{head}");
+    let rest = dir.path().join("rest");
+    std::fs::write(&rest, &data[3 << 20..]).unwrap();
+    let patched = curl(&[
+        "-s",
+        "-i",
+        "-X",
+        "PATCH",
+        "-H",
+        "Tus-Resumable: 1.0.0",
+        "-H",
+        "Upload-Offset: 3145728",
+        "-H",
+        "Content-Type: application/offset+octet-stream",
+        "--data-binary",
+        &format!("@{}", rest.display()),
+        &format!("{url}{location}"),
+    ]);
+    assert!(patched.contains("upload-offset: 5242880"), "{patched}");
+    assert!(
+        patched.contains(&format!("barge-digest: {}", b3(&file))),
+        "{patched}"
+    );
+    assert!(std::fs::read(inbox.join("r.bin")).unwrap() == data);
+}
+
+/// With --tls the HTTP face is HTTPS with the server's certificate (h2 by ALPN); cleartext h2
+/// works by prior knowledge; CORS headers only for the configured origin.
+#[test]
+fn https_h2_and_cors_only_when_asked() {
+    let (_server, url, dir) = serve_http(&["--tls", "--http-cors", "https://app.example.org"]);
+    assert!(url.starts_with("https://"), "{url}");
+    std::fs::write(dir.path().join("inbox/t.txt"), b"over tls").unwrap();
+    let out = Command::new("curl")
+        .args([
+            "-sk",
+            "--http2",
+            "-w",
+            "\n%{http_version}",
+            &format!("{url}/files/t.txt"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "over tls\n2");
+    let cors = curl(&[
+        "-skI",
+        "-H",
+        "Origin: https://app.example.org",
+        &format!("{url}/files/t.txt"),
+    ]);
+    assert!(
+        cors.contains("access-control-allow-origin: https://app.example.org"),
+        "{cors}"
+    );
+    let other = curl(&[
+        "-skI",
+        "-H",
+        "Origin: https://evil.example",
+        &format!("{url}/files/t.txt"),
+    ]);
+    assert!(!other.contains("access-control-allow-origin"), "{other}");
+
+    let (_plain, url, dir) = serve_http(&[]);
+    std::fs::write(dir.path().join("inbox/p.txt"), b"plain").unwrap();
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--http2-prior-knowledge",
+            "-w",
+            "\n%{http_version}",
+            &format!("{url}/files/p.txt"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "plain\n2");
+    let no_cors = curl(&[
+        "-sI",
+        "-H",
+        "Origin: https://app.example.org",
+        &format!("{url}/files/p.txt"),
+    ]);
+    assert!(
+        !no_cors.contains("access-control-allow-origin"),
+        "{no_cors}"
+    );
+}
