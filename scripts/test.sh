@@ -7,10 +7,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The HTTP face's real clients: tus-js-client (Node, from the lockfile), tuspy, curl.
+# The HTTP face's real clients: tus-js-client (Node, from the lockfile), tuspy, curl, and
+# Debian's Chromium driven by playwright-core (from the lockfile) for the browser page.
 need_apt=()
 command -v curl >/dev/null || need_apt+=(curl)
 command -v node >/dev/null && command -v npm >/dev/null || need_apt+=(nodejs npm)
+command -v chromium >/dev/null || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
 fi

@@ -600,3 +600,78 @@ fn https_h2_and_cors_only_when_asked() {
         "{no_cors}"
     );
 }
+
+/// The browser page in headless Chromium: a 50 MiB file and a folder uploaded through the file
+/// inputs, a page reload mid-upload and the upload finished after it, a refusal shown with the
+/// server's reason, a digest shown on demand, a download; screenshots (desktop and phone-sized)
+/// in the test's temporary folder.
+#[test]
+fn the_browser_page_uploads_resumes_after_a_reload_and_downloads() {
+    let dir = peers_dir();
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let ready = have(
+        "chromium (apt install chromium)",
+        Command::new(&chromium).arg("--version"),
+    ) && have(
+        "playwright-core (npm ci in barge/tests/http)",
+        Command::new("node")
+            .current_dir(&dir)
+            .args(["-e", "import('playwright-core')"]),
+    );
+    if !ready {
+        return;
+    }
+    let (_server, url, work) = serve_http(&["--max-file-size", "150M"]);
+    let files = work.path().join("files");
+    std::fs::create_dir_all(files.join("folder/sub")).unwrap();
+    pseudo_random(&files.join("big.bin"), 50 << 20);
+    pseudo_random(&files.join("slow.bin"), 120 << 20);
+    std::fs::write(files.join("folder/a.txt"), b"alpha").unwrap();
+    pseudo_random(&files.join("folder/sub/b.bin"), 3 << 20);
+    std::fs::File::create(files.join("huge.bin"))
+        .unwrap()
+        .set_len(151 << 20)
+        .unwrap();
+    let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let out = Command::new("node")
+        .current_dir(&dir)
+        .arg("browser_test.mjs")
+        .arg(&url)
+        .arg(&files)
+        .arg(&artifacts)
+        .output()
+        .unwrap();
+    let seen = json_line(&out);
+    assert!(
+        out.status.success(),
+        "{seen} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let inbox = work.path().join("inbox");
+    assert_eq!(seen["big"]["state"], "done", "{seen}");
+    assert_eq!(b3(&inbox.join("big.bin")), b3(&files.join("big.bin")));
+    for f in ["folder/a.txt", "folder/sub/b.bin"] {
+        assert_eq!(b3(&inbox.join(f)), b3(&files.join(f)), "{f}");
+    }
+    // The reload cut the upload; the second choice of the file resumed it, not restarted it.
+    assert_eq!(seen["slow"]["state"], "done", "{seen}");
+    let resumed = seen["slow"]["resumedFrom"].as_u64().unwrap();
+    assert!(resumed >= 16 << 20, "resumed from {resumed}: {seen}");
+    assert_eq!(b3(&inbox.join("slow.bin")), b3(&files.join("slow.bin")));
+    // The refusal is shown with the server's reason; nothing stored.
+    assert_eq!(seen["huge"]["state"], "failed");
+    let refusal = seen["hugeText"].as_str().unwrap();
+    assert!(
+        refusal.contains("413") && refusal.contains("limit"),
+        "{refusal}"
+    );
+    assert!(!inbox.join("huge.bin").exists());
+    assert_eq!(seen["digestShown"], b3(&files.join("big.bin")).as_str());
+    assert_eq!(
+        b3(&artifacts.join("downloaded.bin")),
+        b3(&files.join("big.bin"))
+    );
+    assert!(seen["phoneOverflow"].as_i64().unwrap() <= 0, "{seen}");
+    assert!(artifacts.join("page.png").exists() && artifacts.join("page-phone.png").exists());
+}

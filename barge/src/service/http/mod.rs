@@ -1,5 +1,6 @@
 //! The HTTP face: tus 1.0 resumable uploads at `/uploads/` ([`tus`]), downloads at
-//! `/files/PATH` (ranges, ETag = the BLAKE3 digest), listings at `/api/ls` — one more front end
+//! `/files/PATH` (ranges, ETag = the BLAKE3 digest), listings at `/api/ls`, and a browser page at
+//! `/` (`page.html`, embedded) that uses them — one more front end
 //! over the same transfer core, store, tokens (`Authorization: Bearer`) and TLS. HTTP/1.1 and
 //! h2 (hyper's automatic builder; h2 over TLS by ALPN).
 
@@ -66,6 +67,7 @@ impl HttpFace {
             .route("/uploads/{id}", any(tus::upload))
             .route("/files/{*path}", any(download))
             .route("/api/ls", get(listing))
+            .route("/", get(page))
             .fallback(not_found)
             .layer(axum::middleware::from_fn_with_state(self.clone(), cors))
             .layer(Extension(Peer(peer)))
@@ -210,6 +212,27 @@ fn session(
     }
     session.check(action).map_err(|d| denied(&d))?;
     Ok(session)
+}
+
+/// The browser page: written for barge, embedded in the binary, nothing fetched from elsewhere.
+const PAGE: &str = include_str!("page.html");
+
+async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+            // Only this server: the page's own inline script and style, requests to itself.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        PAGE,
+    )
+        .into_response()
 }
 
 async fn not_found() -> Response {
