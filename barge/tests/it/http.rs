@@ -675,3 +675,172 @@ fn the_browser_page_uploads_resumes_after_a_reload_and_downloads() {
     assert!(seen["phoneOverflow"].as_i64().unwrap() <= 0, "{seen}");
     assert!(artifacts.join("page.png").exists() && artifacts.join("page-phone.png").exists());
 }
+
+fn status_of(args: &[&str]) -> String {
+    curl(&[&["-s", "-o", "/dev/null", "-w", "%{http_code}"], args].concat())
+}
+
+/// Hostile requests get refusals, never a crash or a stored file: oversized headers, bad
+/// offsets and lengths, traversal in metadata and URLs.
+#[test]
+fn hostile_http_requests_are_refused_and_store_nothing() {
+    let (mut server, url, dir) = serve_http(&[]);
+    let uploads = format!("{url}/uploads/");
+    let tus = "Tus-Resumable: 1.0.0";
+    let huge = format!("X-Junk: {}", "a".repeat(100 * 1024));
+    let oversized = status_of(&["-H", &huge, &format!("{url}/api/ls")]);
+    assert!(oversized == "431" || oversized == "000", "{oversized}");
+    for len in ["-5", "18446744073709551616", "1e9", ""] {
+        let s = status_of(&[
+            "-X",
+            "POST",
+            "-H",
+            tus,
+            "-H",
+            &format!("Upload-Length: {len}"),
+            &uploads,
+        ]);
+        assert_eq!(s, "400", "Upload-Length {len:?}");
+    }
+    for name in ["../x", "a/../../x", "..", ".barge/partial/x", "a\\b"] {
+        let meta = format!("Upload-Metadata: filename {}", base64_of(name.as_bytes()));
+        let s = status_of(&[
+            "-X",
+            "POST",
+            "-H",
+            tus,
+            "-H",
+            "Upload-Length: 3",
+            "-H",
+            &meta,
+            &uploads,
+        ]);
+        assert_eq!(s, "400", "filename {name:?}");
+        let meta = format!(
+            "Upload-Metadata: relativePath {}",
+            base64_of(name.as_bytes())
+        );
+        let s = status_of(&[
+            "-X",
+            "POST",
+            "-H",
+            tus,
+            "-H",
+            "Upload-Length: 3",
+            "-H",
+            &meta,
+            &uploads,
+        ]);
+        assert_eq!(s, "400", "relativePath {name:?}");
+    }
+    // A real upload, then PATCHes with offsets that are not numbers or are out of range.
+    let created = curl(&[
+        "-s",
+        "-i",
+        "-X",
+        "POST",
+        "-H",
+        tus,
+        "-H",
+        "Upload-Length: 3",
+        &uploads,
+    ]);
+    let location = created
+        .lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .unwrap()
+        .trim()
+        .to_owned();
+    for offset in ["abc", "-1", "18446744073709551616", "5"] {
+        let s = status_of(&[
+            "-X",
+            "PATCH",
+            "-H",
+            tus,
+            "-H",
+            &format!("Upload-Offset: {offset}"),
+            "-H",
+            "Content-Type: application/offset+octet-stream",
+            "--data-binary",
+            "abc",
+            &format!("{url}{location}"),
+        ]);
+        assert!(s == "400" || s == "409", "Upload-Offset {offset:?}: {s}");
+    }
+    // More bytes than declared: refused, nothing published.
+    let s = status_of(&[
+        "-X",
+        "PATCH",
+        "-H",
+        tus,
+        "-H",
+        "Upload-Offset: 0",
+        "-H",
+        "Content-Type: application/offset+octet-stream",
+        "--data-binary",
+        "abcdef",
+        &format!("{url}{location}"),
+    ]);
+    assert_eq!(s, "400");
+    for path in [
+        "/files/..%2f..%2fetc%2fpasswd",
+        "/files/%2e%2e/%2e%2e/etc/passwd",
+        "/files/.barge/notes",
+        "/uploads/..%2f..%2fx",
+    ] {
+        let s = status_of(&["--path-as-is", "-H", tus, &format!("{url}{path}")]);
+        assert!(["400", "404"].contains(&s.as_str()), "{path}: {s}");
+    }
+    assert!(
+        published(&dir.path().join("inbox")).is_empty(),
+        "nothing stored"
+    );
+    assert!(
+        server.0.try_wait().unwrap().is_none(),
+        "the server is still running"
+    );
+}
+
+/// Slow clients are cut off at the header timeout; 1,000 idle connections neither stop the server
+/// nor keep a real client out for long, and its memory stays bounded.
+#[test]
+fn slow_and_idle_clients_do_not_hold_the_server() {
+    use std::io::{Read, Write};
+    barge::net::raise_open_file_limit();
+    let (server, url, dir) = serve_http(&["--header-timeout", "1", "--max-connections", "256"]);
+    std::fs::write(dir.path().join("inbox/ok.txt"), b"ok").unwrap();
+    let addr = url.trim_start_matches("http://").to_owned();
+    // A slow-loris client: half a request line, then nothing. The server closes it.
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"GET /files/ok.txt HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 256];
+    let n = slow.read(&mut buf).unwrap_or(0);
+    assert!(
+        n == 0 || String::from_utf8_lossy(&buf[..n]).contains("408"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+    // A thousand connections that never say a word.
+    let idle: Vec<_> = (0..1000)
+        .filter_map(|_| std::net::TcpStream::connect(&addr).ok())
+        .collect();
+    assert!(idle.len() >= 900, "{} connected", idle.len());
+    let got = curl(&["-s", "--max-time", "60", &format!("{url}/files/ok.txt")]);
+    assert_eq!(got, "ok");
+    let rss_kib: u64 = std::fs::read_to_string(format!("/proc/{}/status", server.0.id()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(
+        rss_kib < 128 * 1024,
+        "server RSS {rss_kib} KiB with 1,000 idle connections"
+    );
+    drop(idle);
+}

@@ -112,7 +112,7 @@ async fn run(
         tokio::spawn(barge::service::http::serve(
             listener,
             Arc::new(face),
-            config.tls.clone(),
+            config.clone(),
             server::shutdown_signal(),
         ))
     });

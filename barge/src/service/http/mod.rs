@@ -79,20 +79,30 @@ impl HttpFace {
 #[derive(Debug, Clone, Copy)]
 struct Peer(SocketAddr);
 
-/// Serves HTTP (and HTTPS with `tls`) on `listener` until `shutdown` resolves.
+/// Serves HTTP (and HTTPS with `config.tls`) on `listener` until `shutdown` resolves, under the
+/// framework's limits: at most `max_connections` at once (and `max_connections_per_ip` from one
+/// address), a request header (or TLS handshake) within `header_timeout`, and a connection that
+/// moves no byte for `idle_timeout` closed.
 pub async fn serve(
     listener: TcpListener,
     face: Arc<HttpFace>,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    config: crate::server::ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) {
-    let tls = tls.map(|config| {
-        let mut config = (*config).clone();
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    let tls = config.tls.clone().map(|tls| {
+        let mut tls = (*tls).clone();
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        tokio_rustls::TlsAcceptor::from(Arc::new(tls))
     });
+    let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
+    let per_ip: Arc<PerIp> = Arc::default();
     tokio::pin!(shutdown);
     loop {
+        // A free slot first: beyond the cap, clients wait in the backlog.
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            () = &mut shutdown => return,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -104,24 +114,54 @@ pub async fn serve(
             },
             () = &mut shutdown => return,
         };
+        let ip = peer.ip();
+        if let Some(cap) = config.max_connections_per_ip {
+            let mut counts = per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            let n = counts.entry(ip).or_default();
+            if *n >= cap {
+                debug!(%peer, "too many HTTP connections from this address: closed");
+                continue;
+            }
+            *n += 1;
+        }
         let service = hyper_util::service::TowerToHyperService::new(face.router(peer));
         let tls = tls.clone();
+        let (header_timeout, idle) = (config.header_timeout, config.idle_timeout);
+        let per_ip = per_ip.clone();
+        let counted = config.max_connections_per_ip.is_some();
         tokio::spawn(async move {
-            let builder =
+            let _permit = permit;
+            // A client must start its request (or TLS handshake) within the header timeout:
+            // hyper's own timeout starts only once bytes arrive, and a connection that never
+            // says a word would hold a slot until the idle timeout.
+            let mut first = [0u8; 1];
+            let spoke = tokio::time::timeout(header_timeout, stream.peek(&mut first)).await;
+            if !matches!(spoke, Ok(Ok(n)) if n > 0) {
+                debug!(%peer, "no request within the header timeout: closed");
+                release(&per_ip, ip, counted);
+                return;
+            }
+            let stream = crate::net::IdleTimeout::new(stream, idle);
+            let mut builder =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_buf_size(64 * 1024);
+            builder
+                .http2()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .max_header_list_size(64 * 1024);
             let result = match tls {
                 Some(acceptor) => {
-                    let handshake = tokio::time::timeout(
-                        std::time::Duration::from_secs(10),
-                        acceptor.accept(stream),
-                    );
-                    match handshake.await {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
                             builder
                                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                                 .await
                         }
-                        _ => return,
+                        _ => Ok(()),
                     }
                 }
                 None => {
@@ -133,7 +173,24 @@ pub async fn serve(
             if let Err(e) = result {
                 debug!(%peer, error = %e, "HTTP connection ended");
             }
+            release(&per_ip, ip, counted);
         });
+    }
+}
+
+type PerIp = std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>;
+
+/// One connection from `ip` ended (when connections per address are counted).
+fn release(per_ip: &PerIp, ip: std::net::IpAddr, counted: bool) {
+    if !counted {
+        return;
+    }
+    let mut counts = per_ip.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(n) = counts.get_mut(&ip) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(&ip);
+        }
     }
 }
 
