@@ -133,6 +133,17 @@ fn options(face: &HttpFace) -> Response {
     tus(r)
 }
 
+/// What every tus route does first: the method (after an override), OPTIONS answered, and the
+/// protocol version checked. `Err` is the finished answer.
+fn prelude(face: &HttpFace, method: &Method, headers: &HeaderMap) -> Result<Method, Response> {
+    let method = method_of(method, headers);
+    if method == Method::OPTIONS {
+        return Err(options(face));
+    }
+    version_check(headers).map_err(tus)?;
+    Ok(method)
+}
+
 /// `/uploads/`: OPTIONS, and POST to create an upload.
 pub(super) async fn collection(
     State(face): State<Arc<HttpFace>>,
@@ -141,13 +152,10 @@ pub(super) async fn collection(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let method = method_of(&method, &headers);
-    if method == Method::OPTIONS {
-        return options(&face);
-    }
-    if let Err(r) = version_check(&headers) {
-        return tus(r);
-    }
+    let method = match prelude(&face, &method, &headers) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
     if method != Method::POST {
         return tus(refuse(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -166,13 +174,10 @@ pub(super) async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let method = method_of(&method, &headers);
-    if method == Method::OPTIONS {
-        return options(&face);
-    }
-    if let Err(r) = version_check(&headers) {
-        return tus(r);
-    }
+    let method = match prelude(&face, &method, &headers) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
     // Asking where to resume, sending, and giving up are all an uploader's.
     let session = match session(&face, peer, &headers, Action::Upload) {
         Ok(s) => s,
