@@ -35,6 +35,9 @@ pub struct HttpFace {
     cors: Option<HeaderValue>,
     /// How long an unfinished tus upload waits for its client.
     expiry: std::time::Duration,
+    /// tus uploads a request of this server is writing: a second PATCH at the same time is
+    /// refused (423) instead of starting a copy of its own.
+    writing: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl HttpFace {
@@ -44,6 +47,7 @@ impl HttpFace {
             core,
             cors: None,
             expiry: std::time::Duration::from_secs(24 * 3600),
+            writing: Arc::default(),
         }
     }
 

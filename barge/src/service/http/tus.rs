@@ -133,6 +133,32 @@ fn options(face: &HttpFace) -> Response {
     tus(r)
 }
 
+/// The mark of a PATCH in progress on an upload, removed when the PATCH ends.
+struct Writing {
+    face: Arc<HttpFace>,
+    id: String,
+}
+
+impl Writing {
+    fn take(face: &Arc<HttpFace>, id: &str) -> Option<Self> {
+        let mut writing = face.writing.lock().unwrap_or_else(|p| p.into_inner());
+        writing.insert(id.to_owned()).then(|| Self {
+            face: face.clone(),
+            id: id.to_owned(),
+        })
+    }
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        self.face
+            .writing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
 /// What every tus route does first: the method (after an override), OPTIONS answered, and the
 /// protocol version checked. `Err` is the finished answer.
 fn prelude(face: &HttpFace, method: &Method, headers: &HeaderMap) -> Result<Method, Response> {
@@ -196,7 +222,15 @@ pub(super) async fn upload(
     };
     let r = match method {
         Method::HEAD => head(&session, &id, &upload).await,
-        Method::PATCH => patch(&session, &id, upload, &headers, body).await,
+        Method::PATCH => {
+            let Some(_writing) = Writing::take(&face, &id) else {
+                return tus(refuse(
+                    StatusCode::LOCKED,
+                    "this upload is being written by another request",
+                ));
+            };
+            patch(&session, &id, upload, &headers, body).await
+        }
         Method::DELETE => terminate(&session, &id, &upload).await,
         _ => refuse(StatusCode::METHOD_NOT_ALLOWED, "HEAD, PATCH or DELETE"),
     };
