@@ -659,3 +659,18 @@ fn output_is_quiet_by_default_and_says_more_when_asked() {
     let stderr = text(&bars.stderr);
     assert!(stderr.contains("3/3 files"), "{stderr}");
 }
+
+/// `get --no-fsync` fetches the same verified bytes (it only skips flushing them to disk).
+#[test]
+fn get_without_fsync_fetches_the_same_bytes() {
+    let inbox = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let data = content(9, 3 << 20);
+    std::fs::write(inbox.path().join("n.bin"), &data).unwrap();
+    let (_server, addr) = spawn_serve(inbox.path(), &[]);
+    let got = run(barge()
+        .args(["get", &addr.to_string(), "n.bin", "--no-fsync", "-o"])
+        .arg(out.path()));
+    assert!(got.status.success(), "{}", text(&got.stderr));
+    assert!(std::fs::read(out.path().join("n.bin")).unwrap() == data);
+}

@@ -47,6 +47,7 @@ fn opts(token: Option<&str>) -> Options {
         dry_run: false,
         delete: false,
         dest: None,
+        fsync: true,
     }
 }
 

@@ -33,6 +33,7 @@ fn opts() -> Options {
         dry_run: false,
         delete: false,
         dest: None,
+        fsync: true,
     }
 }
 

@@ -462,6 +462,10 @@ pub struct GetArgs {
     /// the filter leaves out, never by default).
     #[arg(long)]
     pub delete: bool,
+    /// Do not fsync fetched files before publishing them (faster; a power loss may then lose
+    /// them), like `serve --no-fsync`.
+    #[arg(long)]
+    pub no_fsync: bool,
     #[command(flatten)]
     pub from: FromArgs,
     #[command(flatten)]

@@ -125,6 +125,7 @@ pub async fn get(a: GetArgs, verbosity: Verbosity) -> Result<u8> {
         opts.on_existing = v1::OnExisting::Overwrite;
     }
     opts.delete = a.delete;
+    opts.fsync = !a.no_fsync;
     let dial = c.dial(&addr)?;
     if a.out.as_os_str() == "-" {
         return get_to_stdout(&dial, &names, &opts, &a.transfer, verbosity).await;

@@ -36,6 +36,7 @@ pub async fn get(
         // `-o` may be a large folder of the user's: only barge's own state is looked at.
         sweep_tree: false,
         writers: opts.writers.clone(),
+        fsync: opts.fsync,
         ..LocalConfig::new(out)
     })
     .map_err(|e| match e {

@@ -84,6 +84,9 @@ pub struct Options {
     pub delete: bool,
     /// `send`: the folder on the server to upload into (created if missing) instead of its top.
     pub dest: Option<String>,
+    /// `get`: flush downloaded files to disk before publishing them (`--no-fsync` turns it off:
+    /// faster; a power loss may then lose what was fetched).
+    pub fsync: bool,
 }
 
 /// `--include`/`--exclude` globs over paths relative to what was named (a folder's contents):
@@ -154,6 +157,7 @@ impl Default for Options {
             dry_run: false,
             delete: false,
             dest: None,
+            fsync: true,
         }
     }
 }
