@@ -305,11 +305,7 @@ async fn create(
             "concatenation is not supported yet",
         );
     }
-    let Some(size) = headers
-        .get("upload-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-    else {
+    let Some(size) = header_u64(headers, "upload-length") else {
         let why = if headers.contains_key("upload-defer-length") {
             "Upload-Defer-Length is not supported yet: send Upload-Length"
         } else {
@@ -387,6 +383,14 @@ async fn create(
     r
 }
 
+/// A header holding a byte count: a non-negative integer that fits u64 (else `None`).
+fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Where upload `id` continues from: its size once stored, else the verified bytes kept.
 async fn offset(session: &Session, id: &str, upload: &Upload) -> Result<u64, StoreError> {
     if upload.stored.is_some() {
@@ -462,11 +466,7 @@ async fn patch(
             "Content-Type: application/offset+octet-stream",
         );
     }
-    let Some(claimed) = headers
-        .get("upload-offset")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-    else {
+    let Some(claimed) = header_u64(headers, "upload-offset") else {
         return refuse(StatusCode::BAD_REQUEST, "Upload-Offset is required");
     };
     let at = match offset(session, id, &upload).await {
