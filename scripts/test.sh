@@ -17,11 +17,16 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
 fi
 (cd barge/tests/http && npm ci --no-audit --no-fund --silent)
-python3 -c "import tusclient" 2>/dev/null || python3 -m pip install --quiet tuspy
+# pip may be missing (Debian's python3), or refuse system-wide installs (PEP 668).
+pip_install() {
+  python3 -m pip --version >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq python3-pip; }
+  python3 -m pip install --quiet "$@" 2>/dev/null || python3 -m pip install --quiet --break-system-packages "$@"
+}
+python3 -c "import tusclient" 2>/dev/null || pip_install tuspy
 
 if [ -z "${BARGE_NO_CLUSTER:-}" ]; then
   # boto3 plays the S3 client that is not barge.
-  python3 -c "import boto3" 2>/dev/null || python3 -m pip install --quiet boto3
+  python3 -c "import boto3" 2>/dev/null || pip_install boto3
   export BARGE_GARAGE_DIR=${BARGE_GARAGE_DIR:-$(mktemp -d /tmp/barge-garage.XXXXXX)}
   trap 'scripts/garage.sh down "$BARGE_GARAGE_DIR"' EXIT
   echo "== garage: 3 nodes, replication factor 3, in $BARGE_GARAGE_DIR"
