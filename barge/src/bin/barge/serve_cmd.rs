@@ -46,27 +46,47 @@ pub async fn serve(a: ServeArgs) -> Result<u8> {
     }
     let storage = LocalStore::open(storage_config)
         .with_context(|| format!("cannot use {} for storage", dir.display()))?;
-    let mut config = c.server.clone();
     let shown = std::fs::canonicalize(storage.dir()).unwrap_or_else(|_| storage.dir().to_owned());
-    let mut what = format!(", storing files in {}", shown.display());
+    let config = announce(
+        &c,
+        storage.dir(),
+        &shown.display().to_string(),
+        &listener,
+        http.as_ref(),
+    )?;
+    // Abandoned partial uploads are swept at start (by `LocalStore::open`) and then regularly.
+    let _sweeper = storage.sweep_regularly();
+    let service = FileService::local(storage, c.policy.clone());
+    run(c, service, config, listener, http).await
+}
+
+/// Sets up TLS (the certificate kept in `dir`'s state folder unless --cert/--key), warns about
+/// the lesson's format, and prints the one line that says where the server listens and stores:
+/// what both the folder and the bucket server do before serving. Returns the framework's policy.
+fn announce(
+    c: &ServeConfig,
+    dir: &std::path::Path,
+    storing: &str,
+    listener: &tokio::net::TcpListener,
+    http: Option<&tokio::net::TcpListener>,
+) -> Result<server::ServerConfig> {
+    let mut config = c.server.clone();
+    let mut what = format!(", storing files in {storing}");
     if c.tls {
         let identity = crate::identity::server_identity(
-            &storage.dir().join(barge::store::STATE_DIR).join("tls"),
+            &dir.join(barge::store::STATE_DIR).join("tls"),
             c.cert_key.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
         )
         .context("cannot set up TLS")?;
         what.push_str(&format!(", TLS certificate {}", identity.fingerprint));
         config.tls = Some(identity.config);
     }
-    warn_legacy(&c);
-    if let Some(h) = &http {
+    warn_legacy(c);
+    if let Some(h) = http {
         what.push_str(&format!(", HTTP on {}", http_url(h, c.tls)?));
     }
     crate::announce(&format!("listening on {}{what}", listener.local_addr()?))?;
-    // Abandoned partial uploads are swept at start (by `LocalStore::open`) and then regularly.
-    let _sweeper = storage.sweep_regularly();
-    let service = FileService::local(storage, c.policy.clone());
-    run(c, service, config, listener, http).await
+    Ok(config)
 }
 
 fn http_url(listener: &tokio::net::TcpListener, tls: bool) -> Result<String> {
@@ -158,22 +178,7 @@ async fn serve_bucket(
         s3.quota = Some(Quota::new(limit, used));
     }
     let store = S3Store::open(s3).context("cannot use the bucket")?;
-    let mut config = c.server.clone();
-    let mut what = format!(", storing files in {shown}");
-    if c.tls {
-        let identity = crate::identity::server_identity(
-            &c.storage.dir.join(barge::store::STATE_DIR).join("tls"),
-            c.cert_key.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
-        )
-        .context("cannot set up TLS")?;
-        what.push_str(&format!(", TLS certificate {}", identity.fingerprint));
-        config.tls = Some(identity.config);
-    }
-    warn_legacy(&c);
-    if let Some(h) = &http {
-        what.push_str(&format!(", HTTP on {}", http_url(h, c.tls)?));
-    }
-    crate::announce(&format!("listening on {}{what}", listener.local_addr()?))?;
+    let config = announce(&c, &c.storage.dir, &shown, &listener, http.as_ref())?;
     // Abandoned multipart uploads are aborted at start and then every hour.
     let expiring = store.clone();
     let _expiry = tokio::spawn(async move {
