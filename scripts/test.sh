@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every test: installs the peers the tests run (tus-js-client, tuspy, curl, boto3), starts what
+# Every test: installs the peers the tests run (tus-js-client, tuspy, curl, boto3, localsend-cli,
+# iproute2 for the network namespaces of the LAN tests), starts what
 # they need (a 3-node garage cluster for the S3 store, installed on first use), runs `cargo test
 # --workspace`, and stops the cluster by its PIDs, pass or fail.
 #   scripts/test.sh [cargo test args...]     e.g. scripts/test.sh -- cluster
@@ -13,6 +14,7 @@ need_apt=()
 command -v curl >/dev/null || need_apt+=(curl)
 command -v node >/dev/null && command -v npm >/dev/null || need_apt+=(nodejs npm)
 command -v chromium >/dev/null || need_apt+=(chromium)
+command -v ip >/dev/null || need_apt+=(iproute2)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
 fi
@@ -23,6 +25,9 @@ pip_install() {
   python3 -m pip install --quiet "$@" 2>/dev/null || python3 -m pip install --quiet --break-system-packages "$@"
 }
 python3 -c "import tusclient" 2>/dev/null || pip_install tuspy
+# A LocalSend client barge did not write; its package does not declare what it imports.
+command -v localsend-cli >/dev/null && python3 -c "import cryptography, requests" 2>/dev/null ||
+  pip_install localsend-cli cryptography requests
 
 if [ -z "${BARGE_NO_CLUSTER:-}" ]; then
   # boto3 plays the S3 client that is not barge.

@@ -10,6 +10,8 @@
 //! - [`datagram`]: UDP payload limits and fragmentation.
 //! - [`wire`]: barge's own protocol (v1): preface, frames, requests and replies.
 //! - [`tree`]: BLAKE3 over 1 MiB chunks: per-chunk chaining values and the file digest.
+//! - [`lan`]: barge's LAN discovery datagrams (query and announcement).
+//! - [`localsend`]: LocalSend protocol v2 messages (device info, `prepare-upload`).
 //!
 //! # Limits
 //! | what | limit | why |
@@ -23,12 +25,16 @@
 //! | v1 data frame | 32-byte CV + at most one chunk, 1 MiB ([`wire::MAX_DATA`]) | streamed as pieces, never buffered whole |
 //! | v1 path | `/`-separated names, each by the name rule, none `.barge` | see [`wire::split_path`] |
 //! | chunk | 1 MiB ([`tree::CHUNK`]); a file's last chunk may be shorter | the unit of verification and resume |
+//! | discovery datagram | at most 1,200 bytes ([`lan::MAX_DATAGRAM`]); name 1..=63 bytes | one packet; answers never larger than queries |
+//! | LocalSend `prepare-upload` | 4 MiB body, 10,000 files, 1 KiB per string ([`localsend`]) | checked before a session is made |
 
 #[doc(hidden)]
 pub mod check;
 pub mod datagram;
+pub mod lan;
 pub mod legacy;
 pub mod line;
+pub mod localsend;
 pub mod name;
 pub mod tree;
 pub mod wire;

@@ -14,6 +14,7 @@
 //! - [`client`]: the v1, lesson, echo and UDP clients, reporting progress as events (the binary
 //!   renders them); [`chunks`] is the client's file side.
 //! - [`pick`]: the lesson's numbered menu.
+//! - [`lan`]: LAN discovery over UDP multicast (the server's beacon, `barge discover`).
 //! - [`net`]: listeners, connecting with a deadline, the idle-timeout stream wrapper.
 //! - [`tls`], [`auth`], [`throttle`]: what makes a server safe on a network — TLS identities and
 //!   trust, tokens and their rights, bandwidth limits.
@@ -26,6 +27,7 @@
 pub mod auth;
 pub mod chunks;
 pub mod client;
+pub mod lan;
 pub mod net;
 pub mod pick;
 pub mod server;

@@ -8,5 +8,6 @@ pub mod echo;
 pub mod files;
 pub mod http;
 pub mod lesson;
+pub mod localsend;
 pub mod udp;
 pub mod v1;

@@ -38,7 +38,7 @@ pub enum Command {
   barge serve --dir inbox                                   # 127.0.0.1:8080, files into ./inbox
   barge serve --dir /srv/files --addr 0.0.0.0:8080 --tls --token-file tokens
   barge serve --dir inbox --quota 500G --max-file-size 50G --bwlimit 100Mbit")]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Upload files and folders: verified, resumable, reconnecting (--legacy: the lesson's format).
     #[command(after_help = "Examples:
   barge send movie.mp4 photos/ --to 127.0.0.1:8080          # files and folders (trees kept)
@@ -84,6 +84,13 @@ pub enum Command {
   barge pick ~/Videos --to 127.0.0.1:8080                   # numbers choose, q quits
   barge pick ~/Videos --to 127.0.0.1:8080 --legacy          # the lesson's own format")]
     Pick(PickArgs),
+    /// List the barge servers on the LAN (those started with `serve --announce`).
+    #[command(after_help = "Examples:
+  barge discover                                            # who answers within 2 s
+  barge discover --json                                     # one JSON line per server
+  barge discover --watch                                    # servers as they come and go
+  barge send photos/ --to studio                            # a discovered server, by name")]
+    Discover(DiscoverArgs),
     /// UDP request/reply: a server that answers every datagram, and a ping-like client.
     #[command(subcommand)]
     Udp(UdpCommand),
@@ -102,6 +109,29 @@ pub enum Command {
     #[command(after_help = "Examples:
   barge man > barge.1 && man ./barge.1")]
     Man,
+}
+
+/// `barge discover`.
+#[derive(Debug, clap::Args)]
+pub struct DiscoverArgs {
+    /// Seconds to wait for answers (with --watch: how long to watch; default forever).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    /// Only the server of this name.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Ask this address instead of the multicast group (where multicast does not pass).
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "watch")]
+    pub at: Option<SocketAddr>,
+    /// Keep listening: print servers as they appear and as they stop announcing.
+    #[arg(long)]
+    pub watch: bool,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+    /// The UDP port of barge's discovery group.
+    #[arg(long, default_value_t = barge::lan::PORT, value_name = "PORT")]
+    pub discovery_port: u16,
 }
 
 #[derive(Debug, Subcommand)]
@@ -313,6 +343,28 @@ pub struct ServeArgs {
     /// on a non-loopback address or requiring tokens, where it is off by default.
     #[arg(long)]
     pub legacy: bool,
+    /// Announce this server on the LAN (UDP multicast, TTL 1) so that `barge discover` finds it
+    /// and `--to NAME` reaches it; needs an address others can reach (e.g. --addr 0.0.0.0:8080).
+    #[arg(long)]
+    pub announce: bool,
+    /// The name announced on the LAN (and shown to LocalSend apps) [default: the host name].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Seconds between two announcements (±20 %); listeners forget a server after three.
+    #[arg(long, default_value_t = 30, value_name = "SECS", requires = "announce")]
+    pub announce_every: u32,
+    /// The UDP port of barge's discovery group.
+    #[arg(long, default_value_t = barge::lan::PORT, value_name = "PORT")]
+    pub discovery_port: u16,
+    /// Receive from LocalSend apps (protocol v2, HTTPS with this server's certificate) on this
+    /// address [default: 0.0.0.0:53317]; also present on LocalSend's multicast group unless the
+    /// address is loopback.
+    #[arg(long, value_name = "HOST:PORT", num_args = 0..=1, default_missing_value = "0.0.0.0:53317")]
+    pub localsend: Option<SocketAddr>,
+    /// The PIN LocalSend senders must give. Without it (and without --token-file, whose tokens
+    /// then serve as PINs), only senders on this machine's own subnets are accepted, each logged.
+    #[arg(long, value_name = "PIN", requires = "localsend")]
+    pub localsend_pin: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -558,7 +610,8 @@ pub enum ProgressMode {
 }
 
 /// Splits `[HOST:PORT] REST...`: the first argument is the server when it has the shape of an
-/// address (see [`address_like`]), else `default` (the `--to`/`--from` flag) is, and must be one.
+/// address (see [`address_like`]), else `default` (the `--to`/`--from` flag) is: an address or a
+/// server name to look up on the LAN.
 pub fn split_target(
     args: &[String],
     default: &str,
@@ -568,7 +621,12 @@ pub fn split_target(
     {
         return Ok((addr?, rest.to_vec()));
     }
-    let addr = address_like(default).unwrap_or_else(|| Err(bad_address(default)))?;
+    // Not an address: a server's name on the LAN (looked up when connecting), if it can be one.
+    let addr = address_like(default).unwrap_or_else(|| {
+        barge_proto::lan::check_name(default)
+            .map(|()| default.to_owned())
+            .map_err(|_| bad_address(default))
+    })?;
     Ok((addr, args.to_vec()))
 }
 

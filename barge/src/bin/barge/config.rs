@@ -83,6 +83,12 @@ pub struct ServeConfig {
     pub legacy: bool,
     /// `--legacy` turned it on where it is off by default (worth a warning).
     pub legacy_forced: bool,
+    /// The name on the LAN and for LocalSend apps.
+    pub name: String,
+    /// `--announce`: seconds between announcements, and the discovery port.
+    pub announce: Option<(u32, u16)>,
+    /// `--localsend`: where, and the PIN if one is required.
+    pub localsend: Option<(SocketAddr, Option<String>)>,
 }
 
 impl TryFrom<ServeArgs> for ServeConfig {
@@ -142,7 +148,34 @@ impl TryFrom<ServeArgs> for ServeConfig {
             }
             None => None,
         };
+        let name = match &a.name {
+            Some(n) => {
+                barge_proto::lan::check_name(n).map_err(|e| UsageError(format!("--name: {e}")))?;
+                n.clone()
+            }
+            None => barge::lan::host_name(),
+        };
+        if a.announce && a.addr.ip().is_loopback() {
+            return Err(UsageError(format!(
+                "--announce with --addr {}: only this machine can reach a loopback address; \
+                 listen on one others reach (e.g. --addr 0.0.0.0:{})",
+                a.addr,
+                a.addr.port()
+            ))
+            .into());
+        }
+        if a.announce_every == 0 {
+            return Err(UsageError("--announce-every: at least 1 second".into()).into());
+        }
+        if let Some(pin) = &a.localsend_pin
+            && (pin.is_empty() || pin.len() > 64)
+        {
+            return Err(UsageError("--localsend-pin: 1 to 64 characters".into()).into());
+        }
         Ok(Self {
+            name,
+            announce: a.announce.then_some((a.announce_every, a.discovery_port)),
+            localsend: a.localsend.map(|addr| (addr, a.localsend_pin.clone())),
             addr: a.addr,
             storage,
             s3,
@@ -237,13 +270,21 @@ impl ClientConfig {
     }
 
     /// A dialer for `addr`: TLS when asked for, paced by `--bwlimit`.
-    pub fn dial(&self, addr: &str) -> Result<Tcp> {
+    pub async fn dial(&self, addr: &str) -> Result<Tcp> {
+        // A server name is looked up on the LAN; the announced TLS fingerprint is not trusted:
+        // trust on first use or --fingerprint decide, for the address found.
+        let addr = &crate::discover_cmd::resolve(addr, self.name_wait()).await?;
         let mut dial = Tcp::new(addr, self.connect_timeout);
         if let Some(trust) = &self.trust {
             dial.tls = Some(barge::tls::client_config(trust, addr)?);
         }
         dial.bwlimit = self.bwlimit.map(Bucket::new);
         Ok(dial)
+    }
+
+    /// How long a server name is looked up on the LAN: the connect timeout, at most 3 s.
+    pub fn name_wait(&self) -> Duration {
+        self.connect_timeout.min(Duration::from_secs(3))
     }
 
     /// The lesson's format has no TLS, tokens or pacing: asking for them with it is a mistake.

@@ -24,6 +24,7 @@ async fn connect(
     crate::args::split_target(&[], to)?;
     let config = ClientConfig::new(c, t.bwlimit)?;
     config.lesson_only()?;
+    let to = &crate::discover_cmd::resolve(to, config.name_wait()).await?;
     let stream = barge::net::connect(to, config.connect_timeout)
         .await
         .map_err(|source| ClientError::Connect {

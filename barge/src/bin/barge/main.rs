@@ -3,6 +3,7 @@
 
 mod args;
 mod config;
+mod discover_cmd;
 mod echo_cmd;
 mod exit;
 mod identity;
@@ -72,7 +73,7 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         match opts.command {
-            Command::Serve(a) => serve_cmd::serve(a).await,
+            Command::Serve(a) => serve_cmd::serve(*a).await,
             Command::Send(a) if a.legacy => interruptible(lesson_cmd::send(a)).await,
             Command::Send(a) => interruptible(v1_cmd::send(a, verbosity)).await,
             Command::Pick(a) => interruptible(lesson_cmd::pick(a, verbosity)).await,
@@ -82,6 +83,7 @@ fn main() -> ExitCode {
             Command::Mkdir(a) => interruptible(v1_cmd::manage(Manage::Mkdir(a), verbosity)).await,
             Command::Ls(a) => interruptible(v1_cmd::ls(a)).await,
             Command::Bench(a) => interruptible(v1_cmd::bench(a)).await,
+            Command::Discover(a) => interruptible(discover_cmd::run(a)).await,
             Command::Udp(UdpCommand::Serve(a)) => udp_cmd::serve(a).await,
             Command::Udp(UdpCommand::Send(a)) => interruptible(udp_cmd::send(a)).await,
             Command::Echo(EchoCommand::Serve(a)) => echo_cmd::serve(a).await,

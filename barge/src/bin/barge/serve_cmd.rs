@@ -1,5 +1,6 @@
-//! `barge serve`: the file server (barge v1 and the lesson's format on one port, through one
-//! transfer core over a local folder or an S3 bucket).
+//! `barge serve`: the file server (barge v1 and the lesson's format on one port, the HTTP face
+//! and the LocalSend receiver on theirs, all through one transfer core over a local folder or an
+//! S3 bucket), and its LAN presence (`--announce`).
 
 use std::sync::Arc;
 
@@ -30,8 +31,17 @@ pub async fn serve(a: ServeArgs) -> Result<u8> {
         Some(addr) => Some(crate::bind(addr)?),
         None => None,
     };
+    let localsend = match &c.localsend {
+        Some((addr, _)) => Some(crate::bind(*addr)?),
+        None => None,
+    };
+    let ports = Ports {
+        listener,
+        http,
+        localsend,
+    };
     if let Some(s3) = c.s3.clone() {
-        return serve_bucket(c, s3, listener, http).await;
+        return serve_bucket(c, s3, ports).await;
     }
     let mut storage_config = c.storage.clone();
     if let Some(limit) = c.quota {
@@ -47,46 +57,67 @@ pub async fn serve(a: ServeArgs) -> Result<u8> {
     let storage = LocalStore::open(storage_config)
         .with_context(|| format!("cannot use {} for storage", dir.display()))?;
     let shown = std::fs::canonicalize(storage.dir()).unwrap_or_else(|_| storage.dir().to_owned());
-    let config = announce(
-        &c,
-        storage.dir(),
-        &shown.display().to_string(),
-        &listener,
-        http.as_ref(),
-    )?;
+    let started = start_up(&c, storage.dir(), &shown.display().to_string(), &ports)?;
     // Abandoned partial uploads are swept at start (by `LocalStore::open`) and then regularly.
     let _sweeper = storage.sweep_regularly();
     let service = FileService::local(storage, c.policy.clone());
-    run(c, service, config, listener, http).await
+    run(c, service, started, ports).await
+}
+
+/// The listeners, bound before anything is created.
+struct Ports {
+    listener: tokio::net::TcpListener,
+    http: Option<tokio::net::TcpListener>,
+    localsend: Option<tokio::net::TcpListener>,
+}
+
+/// What start-up prepared: the framework's policy (with TLS if --tls) and the certificate
+/// (also made for LocalSend, which is HTTPS whatever --tls says).
+struct Started {
+    config: server::ServerConfig,
+    identity: Option<barge::tls::ServerIdentity>,
 }
 
 /// Sets up TLS (the certificate kept in `dir`'s state folder unless --cert/--key), warns about
 /// the lesson's format, and prints the one line that says where the server listens and stores:
-/// what both the folder and the bucket server do before serving. Returns the framework's policy.
-fn announce(
+/// what both the folder and the bucket server do before serving.
+fn start_up(
     c: &ServeConfig,
     dir: &std::path::Path,
     storing: &str,
-    listener: &tokio::net::TcpListener,
-    http: Option<&tokio::net::TcpListener>,
-) -> Result<server::ServerConfig> {
+    ports: &Ports,
+) -> Result<Started> {
     let mut config = c.server.clone();
     let mut what = format!(", storing files in {storing}");
-    if c.tls {
-        let identity = crate::identity::server_identity(
+    let mut identity = None;
+    if c.tls || c.localsend.is_some() {
+        let id = crate::identity::server_identity(
             &dir.join(barge::store::STATE_DIR).join("tls"),
             c.cert_key.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
         )
         .context("cannot set up TLS")?;
-        what.push_str(&format!(", TLS certificate {}", identity.fingerprint));
-        config.tls = Some(identity.config);
+        let which = if c.tls { "TLS" } else { "LocalSend's TLS" };
+        what.push_str(&format!(", {which} certificate {}", id.fingerprint));
+        if c.tls {
+            config.tls = Some(id.config.clone());
+        }
+        identity = Some(id);
     }
     warn_legacy(c);
-    if let Some(h) = http {
+    if let Some(h) = &ports.http {
         what.push_str(&format!(", HTTP on {}", http_url(h, c.tls)?));
     }
-    crate::announce(&format!("listening on {}{what}", listener.local_addr()?))?;
-    Ok(config)
+    if let Some(l) = &ports.localsend {
+        what.push_str(&format!(", LocalSend on https://{}", l.local_addr()?));
+    }
+    if c.announce.is_some() {
+        what.push_str(&format!(", announced as {:?}", c.name));
+    }
+    crate::announce(&format!(
+        "listening on {}{what}",
+        ports.listener.local_addr()?
+    ))?;
+    Ok(Started { config, identity })
 }
 
 fn http_url(listener: &tokio::net::TcpListener, tls: bool) -> Result<String> {
@@ -111,19 +142,34 @@ fn warn_legacy(c: &ServeConfig) {
 }
 
 /// Serves `service` with the front ends, tokens and TLS the configuration asks for.
-async fn run(
-    c: ServeConfig,
-    service: FileService,
-    config: server::ServerConfig,
-    listener: tokio::net::TcpListener,
-    http: Option<tokio::net::TcpListener>,
-) -> Result<u8> {
+async fn run(c: ServeConfig, service: FileService, started: Started, ports: Ports) -> Result<u8> {
+    let Ports {
+        listener,
+        http,
+        localsend,
+    } = ports;
+    let config = started.config;
     let mut service = service.with_legacy(c.legacy).with_tls_required(c.tls);
-    if let Some(tokens) = c.tokens {
+    if let Some(tokens) = c.tokens.clone() {
         service = service
             .with_tokens(tokens, FailureBrake::default())
             .context("cannot set up the tokens' root folders")?;
     }
+    let _beacon = match c.announce {
+        Some((every, port)) => Some(beacon(
+            &c,
+            every,
+            port,
+            &listener,
+            http.as_ref(),
+            &started.identity,
+        )?),
+        None => None,
+    };
+    let _localsend = match (localsend, &started.identity) {
+        (Some(l), Some(identity)) => Some(serve_localsend(&c, &service, &config, identity, l)?),
+        _ => None,
+    };
     // The HTTP face: the same core (store, policy, tokens), the same certificate.
     let _http = http.map(|listener| {
         let face = HttpFace::new(service.core().clone())
@@ -149,12 +195,7 @@ async fn run(
 /// `serve --store s3://...`: the same service over a bucket. Nothing of the files is kept
 /// locally; `--dir` holds only the self-signed TLS certificate (servers sharing a bucket behind
 /// one address share a certificate with --cert/--key).
-async fn serve_bucket(
-    c: ServeConfig,
-    s3: barge::store::S3Config,
-    listener: tokio::net::TcpListener,
-    http: Option<tokio::net::TcpListener>,
-) -> Result<u8> {
+async fn serve_bucket(c: ServeConfig, s3: barge::store::S3Config, ports: Ports) -> Result<u8> {
     let shown = format!(
         "s3://{}/{}{}",
         s3.bucket,
@@ -178,7 +219,7 @@ async fn serve_bucket(
         s3.quota = Some(Quota::new(limit, used));
     }
     let store = S3Store::open(s3).context("cannot use the bucket")?;
-    let config = announce(&c, &c.storage.dir, &shown, &listener, http.as_ref())?;
+    let started = start_up(&c, &c.storage.dir, &shown, &ports)?;
     // Abandoned multipart uploads are aborted at start and then every hour.
     let expiring = store.clone();
     let _expiry = tokio::spawn(async move {
@@ -195,5 +236,106 @@ async fn serve_bucket(
         Arc::new(store),
         c.policy.clone(),
     ));
-    run(c, service, config, listener, http).await
+    run(c, service, started, ports).await
+}
+
+/// Starts the LAN beacon (`--announce`): name, ports, TLS fingerprint (a hint), tokens.
+fn beacon(
+    c: &ServeConfig,
+    every: u32,
+    port: u16,
+    listener: &tokio::net::TcpListener,
+    http: Option<&tokio::net::TcpListener>,
+    identity: &Option<barge::tls::ServerIdentity>,
+) -> Result<AbortOnDrop> {
+    let announcement = barge_proto::lan::Announcement {
+        name: c.name.clone(),
+        id: barge::lan::random_u64(),
+        port: listener.local_addr()?.port(),
+        http: http.map(|h| h.local_addr().map(|a| a.port())).transpose()?,
+        versions: vec![barge_proto::wire::VERSION],
+        tls: identity
+            .as_ref()
+            .filter(|_| c.tls)
+            .map(|i| i.fingerprint.to_string()),
+        tokens: c.tokens.is_some(),
+        every,
+        nonce: None,
+    };
+    barge_proto::lan::encode_announcement(&announcement).context("--name: too long to announce")?;
+    let (ipv4, ipv6) = barge::lan::beacon::BeaconConfig::families(c.addr.ip());
+    let config = barge::lan::beacon::BeaconConfig {
+        announcement,
+        port,
+        answers_per_second: 32,
+        ipv4,
+        ipv6,
+    };
+    Ok(AbortOnDrop(tokio::spawn(async move {
+        if let Err(e) = barge::lan::beacon::run(config).await {
+            tracing::warn!(error = %e, "cannot announce on the LAN");
+        }
+    })))
+}
+
+/// Starts the LocalSend receiver (HTTPS with the server's certificate) and, unless it listens
+/// on loopback only, its presence on LocalSend's multicast group.
+fn serve_localsend(
+    c: &ServeConfig,
+    service: &FileService,
+    config: &server::ServerConfig,
+    identity: &barge::tls::ServerIdentity,
+    listener: tokio::net::TcpListener,
+) -> Result<Vec<AbortOnDrop>> {
+    use barge::service::localsend::{Admission, LocalSendFace};
+    use barge_proto::localsend as ls;
+    let addr = listener.local_addr()?;
+    let me = ls::DeviceInfo {
+        alias: c.name.clone(),
+        version: ls::VERSION.into(),
+        device_model: Some("barge".into()),
+        device_type: Some("server".into()),
+        // The protocol's fingerprint: the certificate's SHA-256, bare hex.
+        fingerprint: identity
+            .fingerprint
+            .to_string()
+            .trim_start_matches("SHA256:")
+            .to_owned(),
+        port: Some(addr.port()),
+        protocol: Some("https".into()),
+        download: false,
+        announce: None,
+    };
+    let admission = match (&c.localsend, &c.tokens) {
+        (Some((_, Some(pin))), _) => Admission::Pin(pin.clone()),
+        (_, Some(_)) => Admission::Tokens,
+        _ => Admission::Neighbours,
+    };
+    let face = LocalSendFace::new(service.core().clone(), me.clone(), admission);
+    let mut config = config.clone();
+    config.tls = Some(identity.config.clone());
+    let mut tasks = vec![AbortOnDrop(tokio::spawn(barge::service::http::serve(
+        listener,
+        Arc::new(face),
+        config,
+        server::shutdown_signal(),
+    )))];
+    if !addr.ip().is_loopback() {
+        let group = std::net::Ipv4Addr::from(ls::GROUP);
+        tasks.push(AbortOnDrop(tokio::spawn(async move {
+            if let Err(e) = barge::service::localsend::multicast(me, group, ls::PORT).await {
+                tracing::warn!(error = %e, "LocalSend apps will not see this server by multicast");
+            }
+        })));
+    }
+    Ok(tasks)
+}
+
+/// A background task stopped when the server stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -106,7 +106,7 @@ pub async fn send_paths(
     };
     let mut view = View::new(t.progress, t.json, verbosity, "sent");
     let started = Instant::now();
-    let dial = c.dial(&addr)?;
+    let dial = c.dial(&addr).await?;
     let result = v1::send(&dial, &paths, &opts, &mut |e| view.event(e)).await;
     view.finish(result, started)
 }
@@ -126,7 +126,7 @@ pub async fn get(a: GetArgs, verbosity: Verbosity) -> Result<u8> {
     }
     opts.delete = a.delete;
     opts.fsync = !a.no_fsync;
-    let dial = c.dial(&addr)?;
+    let dial = c.dial(&addr).await?;
     if a.out.as_os_str() == "-" {
         return get_to_stdout(&dial, &names, &opts, &a.transfer, verbosity).await;
     }
@@ -230,7 +230,7 @@ async fn ls_entries(a: LsArgs) -> Result<u8> {
     let path = rest.first().map_or("", String::as_str).trim_matches('/');
     let c = ClientConfig::new(&a.conn, None)?;
     let opts = c.options(None)?;
-    let dial = c.dial(&addr)?;
+    let dial = c.dial(&addr).await?;
     // Entries are printed as their pages arrive: a listing of any size needs no memory.
     let mut out = std::io::BufWriter::new(std::io::stdout());
     let json = a.json;
@@ -331,7 +331,7 @@ async fn manage_paths(m: &Manage, a: &ManageArgs, verb: &str, verbosity: Verbosi
     }
     let c = ClientConfig::new(&a.conn, None)?;
     let opts = c.options(None)?;
-    let dial = c.dial(&addr)?;
+    let dial = c.dial(&addr).await?;
     let outcomes = v1::manage(&dial, &changes, &opts).await?;
     let mut refused = 0;
     for (change, outcome) in changes.iter().zip(&outcomes) {
@@ -375,7 +375,7 @@ pub async fn bench(a: BenchArgs) -> Result<u8> {
     let (addr, _) = split_target(&a.args, &a.from.from)?;
     let c = ClientConfig::new(&a.conn, None)?;
     let opts = c.options(None)?;
-    let dial = c.dial(&addr)?;
+    let dial = c.dial(&addr).await?;
     let elapsed = v1::bench(&dial, a.size, &opts).await?;
     let secs = elapsed.as_secs_f64().max(1e-9);
     let bytes_per_s = a.size as f64 / secs;

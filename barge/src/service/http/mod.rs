@@ -62,8 +62,19 @@ impl HttpFace {
         self.cors = origin;
         self
     }
+}
 
-    /// The routes, for a connection from `peer`.
+/// A face served by [`serve`]: its routes for a connection from `peer`.
+pub trait Routes: Send + Sync + 'static {
+    fn router(self: &Arc<Self>, peer: SocketAddr) -> Router;
+
+    /// The protocols offered by ALPN over TLS, preferred first.
+    fn alpn(&self) -> Vec<Vec<u8>> {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    }
+}
+
+impl Routes for HttpFace {
     fn router(self: &Arc<Self>, peer: SocketAddr) -> Router {
         Router::new()
             .route("/uploads", any(tus::collection))
@@ -81,21 +92,21 @@ impl HttpFace {
 
 /// The client's address (per connection).
 #[derive(Debug, Clone, Copy)]
-struct Peer(SocketAddr);
+pub(crate) struct Peer(pub(crate) SocketAddr);
 
 /// Serves HTTP (and HTTPS with `config.tls`) on `listener` until `shutdown` resolves, under the
 /// framework's limits: at most `max_connections` at once (and `max_connections_per_ip` from one
 /// address), a request header (or TLS handshake) within `header_timeout`, and a connection that
 /// moves no byte for `idle_timeout` closed.
-pub async fn serve(
+pub async fn serve<F: Routes>(
     listener: TcpListener,
-    face: Arc<HttpFace>,
+    face: Arc<F>,
     config: crate::server::ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) {
     let tls = config.tls.clone().map(|tls| {
         let mut tls = (*tls).clone();
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        tls.alpn_protocols = face.alpn();
         tokio_rustls::TlsAcceptor::from(Arc::new(tls))
     });
     let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
@@ -199,7 +210,7 @@ fn release(per_ip: &PerIp, ip: std::net::IpAddr, counted: bool) {
 }
 
 /// A short refusal: a status and a one-line body (for people; clients read the status).
-fn refuse(status: StatusCode, message: impl std::fmt::Display) -> Response {
+pub(crate) fn refuse(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -229,11 +240,11 @@ fn store_status(e: &StoreError) -> StatusCode {
     }
 }
 
-fn store_refusal(e: &StoreError) -> Response {
+pub(crate) fn store_refusal(e: &StoreError) -> Response {
     refuse(store_status(e), e)
 }
 
-fn denied(d: &Denied) -> Response {
+pub(crate) fn denied(d: &Denied) -> Response {
     let status = match d {
         Denied::NoToken | Denied::WrongToken => StatusCode::UNAUTHORIZED,
         Denied::LockedOut { .. } => StatusCode::TOO_MANY_REQUESTS,
