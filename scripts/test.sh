@@ -9,11 +9,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The HTTP face's real clients: tus-js-client (Node, from the lockfile), tuspy, curl, and
-# Debian's Chromium driven by playwright-core (from the lockfile) for the browser page.
+# Debian's Chromium (driven by playwright-core) and Firefox ESR (driven by puppeteer-core over
+# WebDriver BiDi), both from the lockfile, for the browser page.
 need_apt=()
 command -v curl >/dev/null || need_apt+=(curl)
 command -v node >/dev/null && command -v npm >/dev/null || need_apt+=(nodejs npm)
 command -v chromium >/dev/null || need_apt+=(chromium)
+command -v firefox-esr >/dev/null || need_apt+=(firefox-esr)
 command -v ip >/dev/null || need_apt+=(iproute2)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"

@@ -676,6 +676,75 @@ fn the_browser_page_uploads_resumes_after_a_reload_and_downloads() {
     assert!(artifacts.join("page.png").exists() && artifacts.join("page-phone.png").exists());
 }
 
+/// The same page in headless Firefox (Debian's firefox-esr, puppeteer-core over WebDriver BiDi):
+/// a file uploaded through the file input, a refusal with the server's reason, the tree with a
+/// digest on demand, the download link's bytes, a phone-sized screen.
+#[test]
+fn the_browser_page_works_in_firefox() {
+    let dir = peers_dir();
+    let firefox = std::env::var("FIREFOX").unwrap_or_else(|_| "/usr/bin/firefox-esr".into());
+    let ready = have(
+        "firefox-esr (apt install firefox-esr)",
+        Command::new(&firefox).arg("--version"),
+    ) && have(
+        "puppeteer-core (npm ci in barge/tests/http)",
+        Command::new("node")
+            .current_dir(&dir)
+            .args(["-e", "import('puppeteer-core')"]),
+    );
+    if !ready {
+        return;
+    }
+    let (_server, url, work) = serve_http(&["--max-file-size", "150M"]);
+    let files = work.path().join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    pseudo_random(&files.join("big.bin"), 20 << 20);
+    std::fs::File::create(files.join("huge.bin"))
+        .unwrap()
+        .set_len(151 << 20)
+        .unwrap();
+    let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("firefox");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let out = Command::new("node")
+        .current_dir(&dir)
+        .arg("firefox_test.mjs")
+        .arg(&url)
+        .arg(&files)
+        .arg(&artifacts)
+        .env("FIREFOX", &firefox)
+        .output()
+        .unwrap();
+    let seen = json_line(&out);
+    assert!(
+        out.status.success(),
+        "{seen} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        seen["userAgent"].as_str().unwrap().contains("Firefox/"),
+        "{seen}"
+    );
+    let inbox = work.path().join("inbox");
+    assert_eq!(seen["big"]["state"], "done", "{seen}");
+    assert_eq!(b3(&inbox.join("big.bin")), b3(&files.join("big.bin")));
+    assert_eq!(seen["huge"]["state"], "failed");
+    let refusal = seen["hugeText"].as_str().unwrap();
+    assert!(
+        refusal.contains("413") && refusal.contains("limit"),
+        "{refusal}"
+    );
+    assert!(!inbox.join("huge.bin").exists());
+    assert_eq!(seen["digestShown"], b3(&files.join("big.bin")).as_str());
+    let sha = ring::digest::digest(
+        &ring::digest::SHA256,
+        &std::fs::read(files.join("big.bin")).unwrap(),
+    );
+    let sha: String = sha.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(seen["downloadSha256"], sha.as_str(), "the downloaded bytes");
+    assert!(seen["phoneOverflow"].as_i64().unwrap() <= 0, "{seen}");
+    assert!(artifacts.join("page-phone-firefox.png").exists());
+}
+
 fn status_of(args: &[&str]) -> String {
     curl(&[&["-s", "-o", "/dev/null", "-w", "%{http_code}"], args].concat())
 }
