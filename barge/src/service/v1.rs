@@ -106,7 +106,9 @@ pub fn status_of(e: &StoreError) -> Status {
         StoreError::Busy(_) => Status::Busy,
         StoreError::NotFound(_) => Status::NotFound,
         StoreError::QuotaExceeded { .. } => Status::QuotaExceeded,
-        StoreError::BadDirectory(_) | StoreError::Io(_) => Status::Internal,
+        StoreError::BadDirectory(_) | StoreError::Io(_) | StoreError::Unsupported(_) => {
+            Status::Internal
+        }
     }
 }
 

@@ -438,6 +438,58 @@ async fn only_confirmed_chunks_are_kept_and_a_resume_continues_from_them() {
     }
 }
 
+/// An upload kept whole (every chunk verified, never published) reads back exactly, only when
+/// whole; a bucket says it cannot (a multipart upload is unreadable before it is completed).
+#[tokio::test]
+async fn an_upload_kept_whole_reads_back_before_it_is_published() {
+    for (name, store, _dir) in backends() {
+        let data = body(5, 2 * CHUNK + 77);
+        let size = data.len() as u64;
+        let v = Version::Upload([9; 32]);
+        let (mut p, _) = store
+            .begin(Begin {
+                version: v,
+                ..begin("piece", size, 0, OnConflict::Rename)
+            })
+            .await
+            .unwrap();
+        chunks(&mut p, &data, 0..2).await;
+        p.suspend().await;
+        let not_whole = store.read_kept("piece", size, v).await;
+        if name.starts_with("s3") {
+            assert!(
+                matches!(not_whole, Err(StoreError::Unsupported(_))),
+                "{name}"
+            );
+            continue;
+        }
+        assert!(matches!(not_whole, Err(StoreError::NotFound(_))), "{name}");
+        let (mut p, _) = store
+            .begin(Begin {
+                version: v,
+                ..begin("piece", size, 2 * CHUNK, OnConflict::Rename)
+            })
+            .await
+            .unwrap();
+        chunks(&mut p, &data, 2..3).await;
+        p.suspend().await;
+        let mut read = store.read_kept("piece", size, v).await.unwrap();
+        let mut out = Vec::new();
+        while let Some(c) = read.recv().await {
+            out.extend_from_slice(&c.unwrap());
+        }
+        assert_eq!(out, data, "{name}");
+        assert!(
+            store.list("", true).await.unwrap().is_empty(),
+            "{name}: published"
+        );
+        assert!(
+            store.read_kept("piece", size, Version::Any).await.is_err(),
+            "{name}: another version"
+        );
+    }
+}
+
 #[tokio::test]
 async fn one_writer_per_partial_and_a_second_fresh_upload_gets_its_own() {
     for (name, store, _dir, unit) in backends_with_units() {

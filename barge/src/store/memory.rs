@@ -707,6 +707,39 @@ impl Store for MemoryStore {
         })
     }
 
+    fn read_kept(
+        &self,
+        path: &str,
+        size: u64,
+        version: Version,
+    ) -> BoxFuture<'_, Result<mpsc::Receiver<std::io::Result<Bytes>>, StoreError>> {
+        let full = self.full(path);
+        let path = path.to_owned();
+        Box::pin(async move {
+            let key = Self::key(&full?, size, version);
+            let data = {
+                let state = self.lock();
+                if state.busy.contains(&key) {
+                    return Err(StoreError::Busy(path));
+                }
+                match state.partials.get(&key) {
+                    Some(k) if k.cvs.len() as u64 == chunk_count(size) => {
+                        Bytes::from(k.data.clone())
+                    }
+                    _ if size == 0 => Bytes::new(),
+                    _ => return Err(StoreError::NotFound(format!("{path} (kept whole)"))),
+                }
+            };
+            let (tx, chunks) = mpsc::channel(chunk_count(size).max(1) as usize);
+            for index in 0..chunk_count(size) {
+                let start = (index * CHUNK) as usize;
+                let end = start + chunk_len(size, index) as usize;
+                let _ = tx.try_send(Ok(data.slice(start..end)));
+            }
+            Ok(chunks)
+        })
+    }
+
     fn expire(&self) -> BoxFuture<'_, Result<usize, StoreError>> {
         Box::pin(async move {
             let mut state = self.lock();

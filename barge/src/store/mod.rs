@@ -212,6 +212,24 @@ pub trait Store: Send + Sync + Debug {
     /// Removes partials abandoned for longer than the store's expiry; returns how many.
     fn expire(&self) -> BoxFuture<'_, Result<usize, StoreError>>;
 
+    /// Whether [`Store::read_kept`] works here (a bucket cannot read an unfinished multipart
+    /// upload back).
+    fn reads_kept(&self) -> bool {
+        true
+    }
+
+    /// The bytes of an upload kept whole but not published (every chunk verified, nothing
+    /// published): for a front end that assembles one file from uploads of its pieces (tus
+    /// concatenation, or a length learned late). The partial stays until discarded. Only files
+    /// of more than one chunk are ever kept (a one-chunk file has nothing to resume from).
+    /// [`StoreError::Unsupported`] where the store cannot read an unfinished upload back.
+    fn read_kept(
+        &self,
+        path: &str,
+        size: u64,
+        version: Version,
+    ) -> BoxFuture<'_, Result<mpsc::Receiver<io::Result<Bytes>>, StoreError>>;
+
     /// Keeps a front end's small state under `name` (`[a-z0-9-]`, at most 64 bytes) in the
     /// store's own state, shared by every view and every server on the store: e.g. a tus
     /// upload's description, so it survives a restart and is found by another server.
@@ -314,6 +332,9 @@ pub enum StoreError {
     /// A request that does not fit the transfer's state (wrong offset, chunk out of order).
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The store cannot do this (yet).
+    #[error("not supported by this store: {0}")]
+    Unsupported(String),
     /// The same resumable transfer is in progress elsewhere.
     #[error("{0:?} is being transferred by another connection")]
     Busy(String),

@@ -200,6 +200,172 @@ fn tuspy_uploads_and_resumes_after_being_killed() {
     uploads_and_resumes(|| python_client().unwrap(), &big_sizes());
 }
 
+/// tus-js-client's `parallelUploads` (tus concatenation: pieces uploaded at once, joined by a
+/// final upload) and `uploadLengthDeferred` (a stream of unknown length, the length given with
+/// the last chunk): stored byte-identical, the pieces gone afterwards; and the refusals around
+/// them (a final naming an unfinished or unknown piece, a PATCH to a final upload, a segment
+/// without Content-Length).
+#[test]
+fn tus_concatenation_and_deferred_lengths_with_tus_js_client() {
+    if node_client().is_none() {
+        return;
+    }
+    let (_server, url, dir) = serve_http(&[]);
+    let endpoint = format!("{url}/uploads/");
+    let inbox = dir.path().join("inbox");
+    let options = curl(&["-si", "-X", "OPTIONS", &endpoint]);
+    assert!(
+        options.contains("creation-defer-length") && options.contains("concatenation"),
+        "{options}"
+    );
+    for (i, size) in [0u64, 1, 10 << 20, 100 << 20].into_iter().enumerate() {
+        for (mode, args) in [
+            ("parallel", vec!["--parallel", "4"]),
+            (
+                "deferred",
+                vec!["--defer-length", "--chunk-size", "3000000"],
+            ),
+        ] {
+            if size == 0 || (mode == "parallel" && size < 4) {
+                // tus-js-client cannot split fewer bytes than pieces (it asks for empty ones),
+                // and ends an empty stream of deferred length without a request.
+                continue;
+            }
+            let file = dir.path().join(format!("{mode}-{i}.bin"));
+            pseudo_random(&file, size);
+            let out = node_client()
+                .unwrap()
+                .arg(&endpoint)
+                .arg(&file)
+                .args(&args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{mode} {size}: {} {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let stored = inbox.join(file.file_name().unwrap());
+            assert_eq!(b3(&stored), b3(&file), "{mode} {size}: byte-identical");
+            let head = curl(&[
+                "-sI",
+                "-H",
+                "Tus-Resumable: 1.0.0",
+                json_line(&out)["url"].as_str().unwrap(),
+            ]);
+            assert!(head.contains(&format!("upload-offset: {size}")), "{head}");
+            if mode == "parallel" {
+                assert!(head.contains("upload-concat: final;/uploads/"), "{head}");
+            }
+        }
+    }
+    // Only the files are stored; no piece is left, listed or kept.
+    let listed = curl(&["-s", &format!("{url}/api/ls?recursive=1")]);
+    assert!(!listed.contains("tus-piece"), "{listed}");
+    let partial = std::fs::read_dir(inbox.join(".barge/partial"))
+        .unwrap()
+        .count();
+    assert_eq!(partial, 0, "pieces left behind");
+
+    // Refusals.
+    let tus = "Tus-Resumable: 1.0.0";
+    let create = |extra: &[&str]| {
+        let out = curl(
+            &[
+                &["-si", "-X", "POST", "-H", tus],
+                extra,
+                &[endpoint.as_str()],
+            ]
+            .concat(),
+        );
+        let location = out
+            .lines()
+            .find_map(|l| l.strip_prefix("location: "))
+            .map(|l| l.trim().to_owned());
+        (out, location)
+    };
+    let (_, piece) = create(&["-H", "Upload-Concat: partial", "-H", "Upload-Length: 10"]);
+    let piece = piece.expect("a partial upload");
+    let (out, _) = create(&["-H", &format!("Upload-Concat: final;{piece}")]);
+    assert!(
+        out.starts_with("http/1.1 400") && out.contains("not complete"),
+        "{out}"
+    );
+    let (out, _) = create(&[
+        "-H",
+        "Upload-Concat: final;/uploads/0123456789abcdef0123456789abcdef",
+    ]);
+    assert!(out.starts_with("http/1.1 404"), "{out}");
+    let (out, _) = create(&["-H", "Upload-Concat: final;../../etc/passwd"]);
+    assert!(out.starts_with("http/1.1 400"), "{out}");
+    let (out, _) = create(&["-H", "Upload-Defer-Length: 1", "-H", "Upload-Length: 5"]);
+    assert!(out.starts_with("http/1.1 400"), "{out}");
+    // A piece done, joined; then a PATCH to the final upload is forbidden.
+    let small = dir.path().join("ten.bin");
+    std::fs::write(&small, b"0123456789").unwrap();
+    let patched = curl(&[
+        "-si",
+        "-X",
+        "PATCH",
+        "-H",
+        tus,
+        "-H",
+        "Upload-Offset: 0",
+        "-H",
+        "Content-Type: application/offset+octet-stream",
+        "--data-binary",
+        &format!("@{}", small.display()),
+        &format!("{url}{piece}"),
+    ]);
+    assert!(patched.starts_with("http/1.1 204"), "{patched}");
+    let (out, fin) = create(&[
+        "-H",
+        &format!("Upload-Concat: final;{piece}"),
+        "-H",
+        &format!("Upload-Metadata: filename {}", base64_of(b"joined.txt")),
+    ]);
+    assert!(out.starts_with("http/1.1 201"), "{out}");
+    assert_eq!(
+        std::fs::read(inbox.join("joined.txt")).unwrap(),
+        b"0123456789"
+    );
+    let forbidden = curl(&[
+        "-si",
+        "-X",
+        "PATCH",
+        "-H",
+        tus,
+        "-H",
+        "Upload-Offset: 10",
+        "-H",
+        "Content-Type: application/offset+octet-stream",
+        "--data-binary",
+        "x",
+        &format!("{url}{}", fin.unwrap()),
+    ]);
+    assert!(forbidden.starts_with("http/1.1 403"), "{forbidden}");
+    // A segment of a deferred upload must say its length (chunked bodies cannot).
+    let (_, deferred) = create(&["-H", "Upload-Defer-Length: 1"]);
+    let chunked = curl(&[
+        "-si",
+        "-X",
+        "PATCH",
+        "-H",
+        tus,
+        "-H",
+        "Upload-Offset: 0",
+        "-H",
+        "Content-Type: application/offset+octet-stream",
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        "abc",
+        &format!("{url}{}", deferred.unwrap()),
+    ]);
+    assert!(chunked.starts_with("http/1.1 411"), "{chunked}");
+}
+
 #[test]
 fn curl_downloads_ranges_and_revalidates_by_digest() {
     let (_server, url, dir) = serve_http(&[]);

@@ -623,9 +623,12 @@ pub fn split_target(
     }
     // Not an address: a server's name on the LAN (looked up when connecting), if it can be one.
     let addr = address_like(default).unwrap_or_else(|| {
-        barge_proto::lan::check_name(default)
-            .map(|()| default.to_owned())
-            .map_err(|_| bad_address(default))
+        // An IP address without its port is a mistake, not a name.
+        let ip = default.parse::<std::net::IpAddr>().is_ok();
+        match barge_proto::lan::check_name(default) {
+            Ok(()) if !ip => Ok(default.to_owned()),
+            _ => Err(bad_address(default)),
+        }
     })?;
     Ok((addr, args.to_vec()))
 }
@@ -778,6 +781,8 @@ mod tests {
         }
         // The flag's value must be an address too.
         assert!(split(&["x"], "127.0.0.1").is_err());
+        // A name (a server found on the LAN when connecting) is taken as it is.
+        assert_eq!(split(&["x"], "studio").unwrap().0, "studio");
         assert!(split(&["x"], "127.0.0.1:99999").is_err());
     }
 

@@ -237,6 +237,7 @@ fn store_status(e: &StoreError) -> StatusCode {
         StoreError::Busy(_) => StatusCode::LOCKED,
         StoreError::Integrity(_) => tus::CHECKSUM_MISMATCH,
         StoreError::BadDirectory(_) | StoreError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        StoreError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
     }
 }
 

@@ -645,25 +645,37 @@ impl LocalStore {
             Ok((file, meta))
         })
         .await??;
-        let (tx, chunks) = mpsc::channel(READ_AHEAD);
-        let size = meta.size;
-        tokio::task::spawn_blocking(move || {
-            let first = from.min(size) / CHUNK;
-            let mut file = file;
-            if let Err(e) = io::Seek::seek(&mut file, io::SeekFrom::Start(first * CHUNK)) {
-                let _ = tx.blocking_send(Err(e));
-                return;
-            }
-            for index in first..chunk_count(size) {
-                // The same read as a sending client's: into spare capacity, a short file an error.
-                let item = crate::chunks::read_next(&file, chunk_len(size, index)).map(Bytes::from);
-                let failed = item.is_err();
-                if tx.blocking_send(item).is_err() || failed {
-                    return;
-                }
-            }
-        });
+        let chunks = read_chunks(file, meta.size, from);
         Ok(Reading { meta, chunks })
+    }
+
+    /// See [`Store::read_kept`]: the `.part` file of a partial whose every chunk is verified.
+    async fn read_kept_whole(
+        &self,
+        path: &str,
+        size: u64,
+        version: Version,
+    ) -> Result<mpsc::Receiver<io::Result<Bytes>>, StoreError> {
+        split_path(path)?;
+        let key = self.partial_key(path, size, version);
+        if self.is_busy(&key) {
+            return Err(StoreError::Busy(path.to_owned()));
+        }
+        if size == 0 {
+            let (_, empty) = mpsc::channel(1);
+            return Ok(empty);
+        }
+        let paths = self.partial_paths(&key);
+        let shown = path.to_owned();
+        let file = blocking(move || -> Result<File, StoreError> {
+            let cvs = load_cvs(&paths, size)?;
+            if cvs.len() as u64 != chunk_count(size) {
+                return Err(StoreError::NotFound(format!("{shown} (kept whole)")));
+            }
+            Ok(File::open(&paths.part)?)
+        })
+        .await??;
+        Ok(read_chunks(file, size, 0))
     }
 
     /// Removes partial transfers untouched for longer than the configured time.
@@ -895,6 +907,29 @@ fn cache_digest(file: &File, cv: &Cv) {
 
 /// Reads the verified CVs of a partial, dropping any that the data file does not back (it was
 /// truncated or tampered with by hand).
+/// Reads `file` (`size` bytes) from the chunk holding `from` on a blocking thread, whole chunks
+/// ahead of the consumer; a file shorter than `size` ends the stream with an error.
+fn read_chunks(file: File, size: u64, from: u64) -> mpsc::Receiver<io::Result<Bytes>> {
+    let (tx, chunks) = mpsc::channel(READ_AHEAD);
+    tokio::task::spawn_blocking(move || {
+        let first = from.min(size) / CHUNK;
+        let mut file = file;
+        if let Err(e) = io::Seek::seek(&mut file, io::SeekFrom::Start(first * CHUNK)) {
+            let _ = tx.blocking_send(Err(e));
+            return;
+        }
+        for index in first..chunk_count(size) {
+            // The same read as a sending client's: into spare capacity, a short file an error.
+            let item = crate::chunks::read_next(&file, chunk_len(size, index)).map(Bytes::from);
+            let failed = item.is_err();
+            if tx.blocking_send(item).is_err() || failed {
+                return;
+            }
+        }
+    });
+    chunks
+}
+
 fn load_cvs(paths: &PartialPaths, size: u64) -> io::Result<Vec<Cv>> {
     let raw = match std::fs::read(&paths.cvs) {
         Ok(raw) => raw,
@@ -1453,6 +1488,16 @@ impl Store for LocalStore {
     fn list(&self, path: &str, recursive: bool) -> BoxFuture<'_, Result<Listing, StoreError>> {
         let path = path.to_owned();
         Box::pin(async move { self.list_tree(&path, recursive).await })
+    }
+
+    fn read_kept(
+        &self,
+        path: &str,
+        size: u64,
+        version: Version,
+    ) -> BoxFuture<'_, Result<mpsc::Receiver<io::Result<Bytes>>, StoreError>> {
+        let path = path.to_owned();
+        Box::pin(async move { self.read_kept_whole(&path, size, version).await })
     }
 
     fn read(&self, path: &str, from: u64) -> BoxFuture<'_, Result<Reading, StoreError>> {

@@ -812,6 +812,24 @@ impl Store for S3Store {
         Box::pin(async move { self.read_from(&path, from).await })
     }
 
+    fn reads_kept(&self) -> bool {
+        false
+    }
+
+    fn read_kept(
+        &self,
+        _path: &str,
+        _size: u64,
+        _version: Version,
+    ) -> BoxFuture<'_, Result<mpsc::Receiver<std::io::Result<Bytes>>, StoreError>> {
+        // The parts of a multipart upload cannot be read before it is completed.
+        Box::pin(async {
+            Err(StoreError::Unsupported(
+                "reading an unfinished multipart upload back".into(),
+            ))
+        })
+    }
+
     fn expire(&self) -> BoxFuture<'_, Result<usize, StoreError>> {
         Box::pin(async move { partial::expire(self).await })
     }
