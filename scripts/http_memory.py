@@ -49,10 +49,12 @@ def main():
         listing = subprocess.run([BARGE, "ls", "127.0.0.1:%d" % port, "--json"], capture_output=True, text=True)
         entries = [json.loads(line) for line in listing.stdout.splitlines() if line.strip()]
         files = [e for e in entries if e.get("event") == "entry" and not e.get("dir")]
-        whole = [e for e in files if e["size"] == size and (digest is None or e["digest"] == digest)]
+        # Without b3sum, the server's digests must at least all be the same one.
+        digest = digest or (files[0]["digest"] if files else None)
+        whole = [e for e in files if e["size"] == size and e["digest"] == digest]
         print("%d tus-js-client uploads of %s at once: %d done, %d stored whole%s, in %.1f s; "
               "server peak RSS %.1f MiB" % (a.uploads, a.size, done, len(whole),
-                                             "" if digest else " (sizes only: no b3sum)", took, hwm / 1024))
+                                             "" if shutil.which("b3sum") else " (one digest for all; no b3sum to check it)", took, hwm / 1024))
         if done != a.uploads or len(whole) != a.uploads:
             raise SystemExit("not every upload was stored whole")
     finally:
