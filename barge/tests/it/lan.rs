@@ -92,7 +92,7 @@ impl Pair {
     }
 
     /// Adds an address to `b`'s link that `a` does not see as its subnet (routed to it).
-    fn add_foreign_address(&self, addr: &str) {
+    pub fn add_foreign_address(&self, addr: &str) {
         let tag = &self.a[3..];
         assert!(ip(&[
             "-n",

@@ -540,6 +540,48 @@ fn localsend_apps_find_barge_by_multicast_and_a_flood_does_not_stop_it() {
         info.contains(&format!("\"fingerprint\":\"{fp}\"")),
         "{info} vs {fp}"
     );
+    // `register` (the protocol's HTTP answer to an announcement) answers barge's own info.
+    let in_b = |args: &[&str]| {
+        let out = pair
+            .exec(&pair.b, "curl")
+            .args(["-sk", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let registered = in_b(&[
+        "-X",
+        "POST",
+        "--data",
+        r#"{"alias":"phone","version":"2.0","deviceModel":null,"deviceType":"mobile","fingerprint":"p","port":53317,"protocol":"https","download":false}"#,
+        "https://192.168.77.1:53317/api/localsend/v2/register",
+    ]);
+    assert!(
+        registered.contains("\"alias\":\"barge-in-a\"") && registered.ends_with("200"),
+        "{registered}"
+    );
+    // Without a PIN, a sender from outside the receiver's subnets is refused.
+    pair.add_foreign_address("10.99.0.2");
+    let body = prepare_body(&[("1", "far.bin", 1)]);
+    let far = in_b(&[
+        "--interface",
+        "10.99.0.2",
+        "-X",
+        "POST",
+        "--data",
+        &body,
+        "https://192.168.77.1:53317/api/localsend/v2/prepare-upload",
+    ]);
+    assert!(far.ends_with("403"), "{far}");
+    let near = in_b(&[
+        "-X",
+        "POST",
+        "--data",
+        &body,
+        "https://192.168.77.1:53317/api/localsend/v2/prepare-upload",
+    ]);
+    assert!(near.ends_with("200"), "{near}");
 
     let flood = r#"
 import json, os, socket, time
