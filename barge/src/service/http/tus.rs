@@ -772,47 +772,22 @@ async fn patch(
     if upload.segmented && upload.stored.is_none() {
         return patch_segment(session, id, upload, claimed, headers, body).await;
     }
-    if upload.concat == Some(Concat::Partial) && small_piece(upload.size) {
-        // A small piece comes whole in one PATCH (there is no resume point inside a chunk).
-        let at = match small_piece_kept(session, id).await {
-            Ok(true) => upload.size,
-            Ok(false) => 0,
-            Err(e) => return store_refusal(&e),
-        };
-        if claimed != at {
-            let mut r = refuse(
-                StatusCode::CONFLICT,
-                format!("Upload-Offset is {claimed}, but the upload continues at {at}"),
-            );
-            r.headers_mut()
-                .insert("upload-offset", header_value(&at.to_string()));
-            return r;
-        }
-        if at < upload.size
-            && let Err(r) = receive_piece(session, id, upload.size, headers, body).await
-        {
-            return r;
-        }
-        let mut r = StatusCode::NO_CONTENT.into_response();
-        r.headers_mut()
-            .insert("upload-offset", header_value(&upload.size.to_string()));
-        return r;
-    }
     let at = match offset(session, id, &upload).await {
         Ok(o) => o,
         Err(e) => return store_refusal(&e),
     };
     if claimed != at {
-        let mut r = refuse(
-            StatusCode::CONFLICT,
-            format!("Upload-Offset is {claimed}, but the upload continues at {at}"),
-        );
-        r.headers_mut()
-            .insert("upload-offset", header_value(&at.to_string()));
-        return r;
+        return offset_conflict(claimed, at);
     }
     if upload.stored.is_some() {
         return done(&upload);
+    }
+    if upload.concat == Some(Concat::Partial) && small_piece(upload.size) {
+        // A small piece comes whole in one PATCH (there is no resume point inside a chunk).
+        if let Err(r) = receive_piece(session, id, upload.size, headers, body).await {
+            return r;
+        }
+        return offset_answer(upload.size);
     }
     // With a checksum, the body is checked before a byte of it is stored.
     let mut body = Some(body);
@@ -880,10 +855,7 @@ async fn patch(
     if receiver.received() < upload.size || upload.concat == Some(Concat::Partial) {
         let kept = receiver.verified();
         receiver.suspend().await;
-        let mut r = StatusCode::NO_CONTENT.into_response();
-        r.headers_mut()
-            .insert("upload-offset", header_value(&kept.to_string()));
-        return r;
+        return offset_answer(kept);
     }
     match receiver.finish(None).await {
         Ok(stored) => {
@@ -952,13 +924,7 @@ async fn patch_segment(
 ) -> Response {
     let at: u64 = upload.segments.iter().map(|(_, n)| n).sum();
     if claimed != at {
-        let mut r = refuse(
-            StatusCode::CONFLICT,
-            format!("Upload-Offset is {claimed}, but the upload continues at {at}"),
-        );
-        r.headers_mut()
-            .insert("upload-offset", header_value(&at.to_string()));
-        return r;
+        return offset_conflict(claimed, at);
     }
     let length = header_u64(headers, "upload-length");
     if headers.contains_key("upload-length") && length.is_none() {
@@ -1023,9 +989,25 @@ async fn patch_segment(
     if let Err(r) = save(session, id, &upload).await {
         return r;
     }
+    offset_answer(now)
+}
+
+/// 409: the client's `Upload-Offset` is not where the upload continues (which it is told).
+fn offset_conflict(claimed: u64, at: u64) -> Response {
+    let mut r = refuse(
+        StatusCode::CONFLICT,
+        format!("Upload-Offset is {claimed}, but the upload continues at {at}"),
+    );
+    r.headers_mut()
+        .insert("upload-offset", header_value(&at.to_string()));
+    r
+}
+
+/// 204 with the new `Upload-Offset`.
+fn offset_answer(at: u64) -> Response {
     let mut r = StatusCode::NO_CONTENT.into_response();
     r.headers_mut()
-        .insert("upload-offset", header_value(&now.to_string()));
+        .insert("upload-offset", header_value(&at.to_string()));
     r
 }
 
