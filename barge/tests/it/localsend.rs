@@ -216,6 +216,16 @@ fn prepare_body(files: &[(&str, &str, u64)]) -> String {
     .to_string()
 }
 
+/// The upload URL of file `1` of a `prepare-upload` answer.
+fn upload_url(port: u16, answer: &serde_json::Value) -> String {
+    format!(
+        "{}?sessionId={}&fileId=1&token={}",
+        api(port, "upload"),
+        answer["sessionId"].as_str().unwrap(),
+        answer["files"]["1"].as_str().unwrap()
+    )
+}
+
 fn api(port: u16, route: &str) -> String {
     format!("https://127.0.0.1:{port}/api/localsend/v2/{route}")
 }
@@ -256,12 +266,7 @@ fn a_pin_or_a_token_decides_who_may_send() {
     ]);
     assert_eq!(code, 200, "{answer}");
     let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
-    let upload = format!(
-        "{}?sessionId={}&fileId=1&token={}",
-        api(port, "upload"),
-        answer["sessionId"].as_str().unwrap(),
-        answer["files"]["1"].as_str().unwrap()
-    );
+    let upload = upload_url(port, &answer);
     let (code, _) = curl(&[
         "-X",
         "POST",
@@ -345,11 +350,7 @@ fn a_cancelled_session_and_bad_requests_publish_nothing() {
     assert_eq!(code, 200, "{answer}");
     let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
     let sid = answer["sessionId"].as_str().unwrap().to_owned();
-    let upload = format!(
-        "{}?sessionId={sid}&fileId=1&token={}",
-        api(port, "upload"),
-        answer["files"]["1"].as_str().unwrap()
-    );
+    let upload = upload_url(port, &answer);
     // A slow upload, cancelled once bytes are arriving.
     let mut slow = ChildGuard(
         Command::new("curl")
@@ -438,12 +439,7 @@ fn a_cancelled_session_and_bad_requests_publish_nothing() {
     let body = prepare_body(&[("1", "short.bin", 10)]);
     let (_, answer) = curl(&["-X", "POST", "--data", &body, &api(port, "prepare-upload")]);
     let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
-    let upload = format!(
-        "{}?sessionId={}&fileId=1&token={}",
-        api(port, "upload"),
-        answer["sessionId"].as_str().unwrap(),
-        answer["files"]["1"].as_str().unwrap()
-    );
+    let upload = upload_url(port, &answer);
     let (code, _) = curl(&["-X", "POST", "--data-binary", "12345", &upload]);
     assert_eq!(code, 400);
     let body = prepare_body(&[("1", "hashed.bin", 5)]).replace(
@@ -452,12 +448,7 @@ fn a_cancelled_session_and_bad_requests_publish_nothing() {
     );
     let (_, answer) = curl(&["-X", "POST", "--data", &body, &api(port, "prepare-upload")]);
     let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
-    let upload = format!(
-        "{}?sessionId={}&fileId=1&token={}",
-        api(port, "upload"),
-        answer["sessionId"].as_str().unwrap(),
-        answer["files"]["1"].as_str().unwrap()
-    );
+    let upload = upload_url(port, &answer);
     let (code, text) = curl(&["-X", "POST", "--data-binary", "hello", &upload]);
     assert_eq!(code, 400, "{text}");
     assert!(text.contains("sha256"), "{text}");
