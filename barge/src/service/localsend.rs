@@ -33,6 +33,8 @@ use crate::transfer::{Action, Core, Put, Session};
 
 /// Sessions open at once at most (each may hold up to 10,000 files).
 const MAX_SESSIONS: usize = 16;
+/// Sessions one address may hold open: a sender cannot take every slot.
+const MAX_SESSIONS_PER_ADDRESS: usize = 4;
 /// A session nobody uploads to for this long is forgotten.
 const SESSION_IDLE: Duration = Duration::from_secs(600);
 
@@ -252,8 +254,12 @@ async fn prepare(
         Ok(p) => p,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
     };
-    if face.sessions().len() >= MAX_SESSIONS {
-        return refuse(StatusCode::TOO_MANY_REQUESTS, "too many transfers at once");
+    {
+        let sessions = face.sessions();
+        let mine = sessions.values().filter(|t| t.peer == peer.ip()).count();
+        if sessions.len() >= MAX_SESSIONS || mine >= MAX_SESSIONS_PER_ADDRESS {
+            return refuse(StatusCode::TOO_MANY_REQUESTS, "too many transfers at once");
+        }
     }
     let mut slots = HashMap::new();
     let mut paths = std::collections::HashSet::new();

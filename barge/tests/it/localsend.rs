@@ -453,6 +453,16 @@ fn a_cancelled_session_and_bad_requests_publish_nothing() {
     assert_eq!(code, 400, "{text}");
     assert!(text.contains("sha256"), "{text}");
     assert!(published(&inbox).is_empty(), "{:?}", published(&inbox));
+    // One address cannot hold every session open.
+    let body = prepare_body(&[("1", "idle.bin", 1)]);
+    let codes: Vec<u16> = (0..5)
+        .map(|_| curl(&["-X", "POST", "--data", &body, &api(port, "prepare-upload")]).0)
+        .collect();
+    assert!(codes.contains(&429), "{codes:?}");
+    assert!(
+        codes.iter().filter(|c| **c == 200).count() <= 4,
+        "{codes:?}"
+    );
     // And the server still serves.
     let (code, info) = curl(&[&api(port, "info")]);
     assert_eq!(code, 200);
