@@ -6,7 +6,10 @@
    as the file store does not fsync either; a durable barge run is reported beside it.
 2. The same 1 GiB downloaded with curl from barge's /files/ against `barge get` (no fsync).
 
-Usage: bench_http.py [--size 1G] [--rounds 3]
+With --chunk-size N both servers get the same client uploading in PATCHes of N bytes (where each
+server's cost per request shows), instead of one PATCH of the whole file.
+
+Usage: bench_http.py [--size 1G] [--rounds 3] [--chunk-size 8M]
 (npm ci in barge/tests/http first; scripts/test.sh does it.)"""
 import argparse
 import os
@@ -33,7 +36,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", default="1G")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--chunk-size", default=None)
     a = ap.parse_args()
+    chunk = [] if a.chunk_size is None else \
+        ["--chunk-size", str(int(a.chunk_size[:-1]) << {"K": 10, "M": 20, "G": 30}[a.chunk_size[-1]])]
     size = int(a.size[:-1]) << {"M": 20, "G": 30}[a.size[-1]]
     work = tempfile.mkdtemp(prefix="barge-http-")
     try:
@@ -57,7 +63,7 @@ def main():
         wait_tcp(tport)
 
         def upload(name):
-            return timed(["node", "tus_upload.mjs", servers[name][1], src], cwd=PEERS)
+            return timed(["node", "tus_upload.mjs", servers[name][1], src] + chunk, cwd=PEERS)
 
         rows = {k: [] for k in ("barge", "@tus/server", "barge-durable", "curl", "barge get")}
         for r in range(a.rounds):
@@ -86,7 +92,8 @@ def main():
         print("tus upload, barge (no fsync) vs @tus/server: %.2fx the rate" % (med["@tus/server"] / med["barge"]))
         print("tus upload, barge (durable) vs @tus/server: %.2fx the rate" % (med["@tus/server"] / med["barge-durable"]))
         print("download, curl from barge vs barge get: %.2fx the rate" % (med["barge get"] / med["curl"]))
-        print("medians of %d rounds, %s; %s" % (a.rounds, a.size, os.uname().release))
+        print("medians of %d rounds, %s, tus chunk size %s; %s"
+              % (a.rounds, a.size, a.chunk_size or "whole file", os.uname().release))
     finally:
         stop_all()
         shutil.rmtree(work, ignore_errors=True)

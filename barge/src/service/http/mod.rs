@@ -130,6 +130,11 @@ pub async fn serve<F: Routes>(
             () = &mut shutdown => return,
         };
         let ip = peer.ip();
+        // Answers are small writes after a request: without this, Nagle holds each one until
+        // the client's delayed ACK (tens of ms per request for a client sending many PATCHes).
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
         if let Some(cap) = config.max_connections_per_ip {
             let mut counts = per_ip.lock().unwrap_or_else(|p| p.into_inner());
             let n = counts.entry(ip).or_default();
