@@ -365,11 +365,6 @@ print(json.dumps({"flood_secs": flood, "answers": got, "small": small, "padded":
         1,
         "the beacon stopped answering"
     );
-    let hwm_kib: u64 = std::fs::read_to_string(format!("/proc/{}/status", server.0.id()))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap();
+    let hwm_kib = peak_rss_kib(server.0.id());
     assert!(hwm_kib < 64 * 1024, "server peak RSS {hwm_kib} KiB");
 }

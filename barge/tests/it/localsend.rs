@@ -636,11 +636,6 @@ print(time.time() - start)
         String::from_utf8_lossy(&out.stdout)
     );
     assert!(same(&file, &inbox.join("after.bin")));
-    let hwm_kib: u64 = std::fs::read_to_string(format!("/proc/{}/status", server.0.id()))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap();
+    let hwm_kib = peak_rss_kib(server.0.id());
     assert!(hwm_kib < 64 * 1024, "server peak RSS {hwm_kib} KiB");
 }
