@@ -107,11 +107,17 @@ impl LocalSendFace {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Forgets sessions left idle (their sender went away without cancelling).
+    /// Forgets sessions left idle (their sender went away without cancelling); a session with
+    /// a file being received is not idle, however long that file takes.
     fn sweep(&self) {
         self.sessions().retain(|_, t| {
             let idle = t.touched.lock().map(|t| t.elapsed()).unwrap_or_default();
-            let keep = idle < SESSION_IDLE;
+            let receiving = t
+                .files
+                .lock()
+                .map(|f| f.values().any(|s| s.state == SlotState::Receiving))
+                .unwrap_or(true);
+            let keep = receiving || idle < SESSION_IDLE;
             if !keep {
                 t.cancel.cancel();
             }
@@ -363,6 +369,7 @@ async fn upload(
     };
     *transfer.touched.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
     let result = receive(&transfer, sid, fid, &slot, &headers, body).await;
+    *transfer.touched.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
     let mut files = transfer.files.lock().unwrap_or_else(|p| p.into_inner());
     let state = if result.is_ok() {
         SlotState::Done
