@@ -576,3 +576,58 @@ pub async fn multicast(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transfer(face: &LocalSendFace, idle: Duration, state: SlotState) -> Arc<Transfer> {
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap_or_else(|_| unreachable!());
+        let slot = Slot {
+            token: "t".into(),
+            path: "a.bin".into(),
+            size: 1,
+            sha256: None,
+            state,
+        };
+        Arc::new(Transfer {
+            peer: peer.ip(),
+            alias: "test".into(),
+            session: face.core.session(peer),
+            files: Mutex::new(HashMap::from([("1".to_owned(), slot)])),
+            cancel: CancellationToken::new(),
+            touched: Mutex::new(
+                Instant::now()
+                    .checked_sub(idle)
+                    .unwrap_or_else(Instant::now),
+            ),
+        })
+    }
+
+    #[test]
+    fn idle_sessions_are_swept_but_never_one_receiving_a_file() {
+        let core = Core::new(
+            Arc::new(crate::store::MemoryStore::default()),
+            crate::transfer::Policy::default(),
+        );
+        let me = parse_info(br#"{"alias":"b","version":"2.1","fingerprint":"f"}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let face = LocalSendFace::new(core, me, Admission::Neighbours);
+        let long = SESSION_IDLE + Duration::from_secs(60);
+        let idle = transfer(&face, long, SlotState::Waiting);
+        let busy = transfer(&face, long, SlotState::Receiving);
+        let fresh = transfer(&face, Duration::ZERO, SlotState::Waiting);
+        for (id, t) in [("idle", &idle), ("busy", &busy), ("fresh", &fresh)] {
+            face.sessions().insert(id.into(), t.clone());
+        }
+        face.sweep();
+        let mut left: Vec<String> = face.sessions().keys().cloned().collect();
+        left.sort();
+        assert_eq!(left, ["busy", "fresh"]);
+        assert!(
+            idle.cancel.is_cancelled(),
+            "the idle session's uploads are stopped"
+        );
+        assert!(!busy.cancel.is_cancelled());
+    }
+}
