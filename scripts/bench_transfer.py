@@ -68,11 +68,13 @@ class Bench:
     # Each method moves `src` (a file or a folder) into a fresh folder and returns seconds.
     def dd(self, src, extra=()):
         dst = self.fresh()
+        warm(src)
         return timed(lambda: run(["dd", "if=" + src, "of=" + os.path.join(dst, "f"), "bs=1M", "status=none"]
                                  + list(extra)))
 
     def nc_pair(self, src):
         dst = self.fresh()
+        warm(src)
         port = free_port()
         with open(os.path.join(dst, "f"), "wb") as out:
             server = start(["nc", "-l", "-N", "127.0.0.1", str(port)], stdout=out)
@@ -90,11 +92,13 @@ class Bench:
         for name in os.listdir(dst):
             p = os.path.join(dst, name)
             shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
+        warm(src)
         args = ["rsync", "--whole-file", "-a" if os.path.isdir(src) else "-t", src, "rsync://127.0.0.1:%d/bench/" % port]
         return timed(lambda: run(args))
 
     def lesson(self, src):
         dst = self.fresh()
+        warm(src)
         port = free_port()
         server = start([sys.executable, os.path.join(self.seed, "seed_server.py"), dst, "--port", str(port),
                         "--max-conns", "1", "--quiet"])
