@@ -86,6 +86,21 @@ impl Pair {
         cmd
     }
 
+    /// Runs a Python script inside namespace `ns`; its standard output (it must succeed).
+    pub fn python(&self, ns: &str, script: &str) -> Vec<u8> {
+        let out = self
+            .exec(ns, "python3")
+            .args(["-c", script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
     /// The barge binary inside namespace `ns`.
     pub fn barge(&self, ns: &str) -> Command {
         self.exec(ns, env!("CARGO_BIN_EXE_barge"))
@@ -327,17 +342,7 @@ f.sendto(query(2, True), to)
 padded = answers(f, 0.5)
 print(json.dumps({"flood_secs": flood, "answers": got, "small": small, "padded": padded}))
 "#;
-    let out = pair
-        .exec(&pair.b, "python3")
-        .args(["-c", script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&pair.python(&pair.b, script)).unwrap();
     eprintln!("flood: {r}");
     let secs = r["flood_secs"].as_f64().unwrap() + 1.0;
     let answers = r["answers"].as_u64().unwrap();
