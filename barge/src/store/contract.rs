@@ -169,7 +169,6 @@ pub(crate) fn s3s_config() -> (super::S3Config, tempfile::TempDir) {
     config.endpoint = Some(format!("http://{addr}"));
     config.allow_http = true;
     config.part_size = S3_PART;
-    config.memory_budget = 2 * S3_PART;
     (config, dir)
 }
 
@@ -197,7 +196,6 @@ pub(crate) fn s3_config() -> Option<super::S3Config> {
     config.region = std::env::var("AWS_REGION").unwrap_or_else(|_| "garage".into());
     config.allow_http = true;
     config.part_size = S3_PART;
-    config.memory_budget = 2 * S3_PART;
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let unique = blake3::hash(
         format!(

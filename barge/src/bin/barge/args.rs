@@ -289,10 +289,17 @@ pub struct ServeArgs {
     /// AWS_SHARED_CREDENTIALS_FILE) [default: AWS_PROFILE, else "default"].
     #[arg(long, value_name = "NAME", requires = "store")]
     pub s3_profile: Option<String>,
-    /// Bytes per uploaded part (at least 5M, a multiple of 1M); an upload holds at most 64 MiB
-    /// (the part being filled and the parts in flight), or two parts if they are bigger.
+    /// Bytes per uploaded part (at least 5M, a multiple of 1M). Parts stream to the bucket as
+    /// their bytes arrive, so memory does not grow with the part size.
     #[arg(long, value_parser = parse_size, default_value = "16M", value_name = "SIZE", requires = "store")]
     pub s3_part_size: u64,
+    /// Parts of one upload the bucket may take at once: more is faster on a cluster, but a
+    /// server killed mid-upload loses up to this many parts and a chunk (1: one part at most).
+    #[arg(long, default_value_t = barge::store::s3::DEFAULT_PARTS_IN_FLIGHT, value_name = "N", requires = "store")]
+    pub s3_parts_in_flight: usize,
+    /// Bytes all uploads together may hold waiting for the bucket (what lets parts overlap).
+    #[arg(long, value_parser = parse_size, default_value = "32M", value_name = "SIZE", requires = "store")]
+    pub s3_memory: u64,
     /// Address to listen on, e.g. 0.0.0.0:8080 or [::1]:8080 (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "HOST:PORT")]
     pub addr: SocketAddr,

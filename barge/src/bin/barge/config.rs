@@ -411,6 +411,14 @@ fn s3_config(a: &ServeArgs, url: &str) -> Result<S3Config> {
     config.region = region;
     config.allow_http = a.s3_allow_http;
     config.part_size = a.s3_part_size;
+    if !(1..=64).contains(&a.s3_parts_in_flight) {
+        return Err(usage(format!(
+            "--s3-parts-in-flight {}: from 1 to 64",
+            a.s3_parts_in_flight
+        )));
+    }
+    config.parts_in_flight = a.s3_parts_in_flight;
+    config.memory = a.s3_memory.clamp(1 << 20, 1 << 34);
     config.partial_ttl = seconds(a.partial_ttl, "--partial-ttl")?;
     Ok(config)
 }

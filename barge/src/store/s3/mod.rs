@@ -53,7 +53,7 @@ use super::{
     Version,
 };
 
-pub use partial::DEFAULT_PART_SIZE;
+pub use partial::{DEFAULT_MEMORY, DEFAULT_PART_SIZE, DEFAULT_PARTS_IN_FLIGHT};
 
 /// Object metadata holding a file's BLAKE3 digest (hex): `x-amz-meta-blake3`.
 pub const DIGEST_META: &str = "blake3";
@@ -100,9 +100,11 @@ pub struct S3Config {
     pub credential: Credential,
     /// Bytes per uploaded part: a multiple of the 1 MiB chunk, at least 5 MiB (S3's minimum).
     pub part_size: u64,
-    /// Bytes one upload may hold: the part being filled and the parts in flight (at least one
-    /// of each, whatever the part size).
-    pub memory_budget: u64,
+    /// Parts of one upload the bucket may be taking at once: a cluster takes several faster
+    /// than one, but a server killed mid-upload loses up to this many parts (and a chunk).
+    pub parts_in_flight: usize,
+    /// Bytes all uploads together may hold queued for the bucket: what lets parts overlap.
+    pub memory: u64,
     /// Abandoned partials (no write for this long) are aborted by [`Store::expire`].
     pub partial_ttl: Duration,
     /// The quota, counted by this process (see the README: servers sharing a bucket each count
@@ -111,7 +113,7 @@ pub struct S3Config {
 }
 
 impl S3Config {
-    /// A bucket with barge's defaults (16 MiB parts, 64 MiB per upload, 24 h TTL).
+    /// A bucket with barge's defaults (16 MiB parts, 2 at once, 32 MiB queued, 24 h TTL).
     pub fn new(bucket: impl Into<String>, credential: Credential) -> Self {
         Self {
             bucket: bucket.into(),
@@ -121,7 +123,8 @@ impl S3Config {
             allow_http: false,
             credential,
             part_size: DEFAULT_PART_SIZE,
-            memory_budget: 64 << 20,
+            parts_in_flight: DEFAULT_PARTS_IN_FLIGHT,
+            memory: DEFAULT_MEMORY,
             partial_ttl: Duration::from_secs(24 * 3600),
             quota: None,
         }
@@ -147,6 +150,8 @@ struct Inner {
     owner: String,
     /// Partials this process is writing (a second local writer is refused without a round trip).
     busy: Mutex<BTreeSet<String>>,
+    /// [`S3Config::memory`] in KiB permits, shared by every upload.
+    queued: Arc<tokio::sync::Semaphore>,
 }
 
 fn io_error(e: object_store::Error) -> StoreError {
@@ -192,6 +197,9 @@ impl S3Store {
             .build()
             .map_err(|e| StoreError::BadDirectory(format!("S3 bucket {}: {e}", config.bucket)))?;
         let raw = raw::Raw::new(&config, &options)?;
+        let queued = Arc::new(tokio::sync::Semaphore::new(
+            (config.memory >> 10).clamp(1 << 10, 1 << 24) as usize,
+        ));
         let prefix = config.prefix.trim_matches('/');
         let base = if prefix.is_empty() {
             String::new()
@@ -211,6 +219,7 @@ impl S3Store {
                 base,
                 owner,
                 busy: Mutex::new(BTreeSet::new()),
+                queued,
             }),
             view: String::new(),
         })

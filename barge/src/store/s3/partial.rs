@@ -1,13 +1,15 @@
-//! An upload into the bucket: a multipart upload whose parts go out as they fill (several in
-//! flight, within a memory budget), with its resume state — upload id, the parts' ETags, the
-//! verified chunks' CVs, a lease — in a small JSON object beside it, so that any barge server on
-//! the bucket can continue it.
+//! An upload into the bucket: a multipart upload whose parts stream to S3 as their bytes arrive
+//! (a few pieces queued, whatever the part size), with its resume state — upload id, the parts'
+//! ETags, the verified chunks' CVs, a lease — in a small JSON object beside it, so that any barge
+//! server on the bucket can continue it.
 //!
 //! A part enters the resume state only when it was uploaded *and* every chunk it covers was
 //! verified: a resume starts at a part boundary (a part cannot be appended to), and never claims
-//! bytes that were not checked.
+//! bytes that were not checked. What a killed server loses is bounded by one part and one chunk:
+//! the next part may take its first chunk while the last one completes, no more until that one is
+//! in the state.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use barge_proto::tree::{CHUNK, Cv, chunk_count, chunk_len, hex, parse_hex};
@@ -17,7 +19,8 @@ use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
-use tokio::task::JoinSet;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::{DIGEST_META, MTIME_META, S3Store, STATE, io_error, now_secs, rand_bytes};
@@ -28,8 +31,21 @@ use crate::store::{
 /// Bytes per part unless configured: big enough for throughput, small enough to resume cheaply.
 pub const DEFAULT_PART_SIZE: u64 = 16 << 20;
 
-/// Parts one upload has in flight at most (each is lost if the server dies before it lands).
-const MAX_IN_FLIGHT: u64 = 2;
+/// Files up to this size are held whole and stored with one put (no multipart upload, no state:
+/// too small to be worth resuming).
+const WHOLE_MAX: u64 = 4 << 20;
+
+/// Parts of one upload the bucket takes at once unless configured.
+pub const DEFAULT_PARTS_IN_FLIGHT: usize = 2;
+
+/// Bytes queued for the bucket by all uploads together unless configured.
+pub const DEFAULT_MEMORY: u64 = 32 << 20;
+
+/// The largest piece queued for a part's request.
+const QUEUE_PIECE: usize = 256 << 10;
+
+/// How long the bucket may take to accept a queued piece, or to answer a part sent whole.
+const BUCKET_WAIT: Duration = Duration::from_secs(120);
 
 /// How long a writer holds a partial without renewing: another server may take it over after
 /// this (a killed server renews nothing).
@@ -138,11 +154,12 @@ async fn save(store: &S3Store, k: &str, state: &State) -> Result<(), StoreError>
 /// what is left is aborted by a later expiry).
 async fn forget(store: &S3Store, k: &str, upload_id: &str) {
     let data = Key::from(data_key(store, k));
-    if let Err(e) = store
-        .inner
-        .s3
-        .abort_multipart(&data, &upload_id.to_owned())
-        .await
+    if !upload_id.is_empty()
+        && let Err(e) = store
+            .inner
+            .s3
+            .abort_multipart(&data, &upload_id.to_owned())
+            .await
     {
         debug!(error = %e, "abort of a multipart upload");
     }
@@ -267,12 +284,16 @@ async fn start(
             if let Some(old) = old {
                 forget(store, k, &old.upload_id).await;
             }
-            let upload_id = store
-                .inner
-                .s3
-                .create_multipart(&Key::from(data_key(store, k)))
-                .await
-                .map_err(io_error)?;
+            let upload_id = if begin.size <= WHOLE_MAX {
+                String::new()
+            } else {
+                store
+                    .inner
+                    .s3
+                    .create_multipart(&Key::from(data_key(store, k)))
+                    .await
+                    .map_err(io_error)?
+            };
             let s = State {
                 target: key,
                 size: begin.size,
@@ -290,31 +311,27 @@ async fn start(
                 touched: now_secs(),
             };
             // Saved before any part: a crash leaves a state that expiry can abort.
-            if resumable {
+            if resumable && !s.upload_id.is_empty() {
                 save(store, k, &s).await?;
             }
             s
         }
     };
+    let whole = state.upload_id.is_empty();
     let cvs = if begin.from > 0 { kept } else { Vec::new() };
-    let part_size = state.part_size;
     let partial = S3Partial {
         store: store.clone(),
         k: k.to_owned(),
         next_part: state.parts.len(),
         state,
-        resumable,
+        resumable: resumable && !whole,
         size: begin.size,
         written: begin.from,
-        buf: BytesMut::new(),
+        whole: whole.then(|| BytesMut::with_capacity(begin.size as usize)),
         cvs: cvs.clone(),
-        in_flight: JoinSet::new(),
+        filling: None,
+        completing: VecDeque::new(),
         done: BTreeMap::new(),
-        // The budget holds the part being filled and those in flight; two in flight keep the
-        // link busy while one completes, and more would only add to what a killed server loses.
-        max_in_flight: (config.memory_budget / part_size)
-            .saturating_sub(1)
-            .clamp(1, MAX_IN_FLIGHT) as usize,
         failed: None,
         mtime: begin.mtime,
         reservation: Some(reservation),
@@ -362,21 +379,35 @@ struct S3Partial {
     size: u64,
     /// Bytes written from the start of the file.
     written: u64,
-    /// The bytes of the part being filled.
-    buf: BytesMut,
+    /// A small file's bytes, stored with one put at the end (`None` for a multipart upload).
+    whole: Option<BytesMut>,
     /// CVs of the verified chunks, from the first.
     cvs: Vec<Cv>,
-    /// The index of the part `buf` becomes.
+    /// The index of the next part to open.
     next_part: usize,
-    in_flight: JoinSet<(usize, Result<PartId, String>)>,
+    /// The part whose bytes are streaming to the bucket.
+    filling: Option<Filling>,
+    /// Parts whose bytes are all sent, waiting for the bucket's answer (index, request).
+    completing: VecDeque<(usize, JoinHandle<Result<String, String>>)>,
     /// Parts uploaded but not yet in the state (their chunks not all verified, or an earlier part
     /// still in flight).
     done: BTreeMap<usize, PartId>,
-    max_in_flight: usize,
     failed: Option<String>,
     mtime: Option<i64>,
     reservation: Option<Reservation>,
     finished: bool,
+}
+
+/// A part being streamed: its request runs in a task that takes the queued pieces as its body.
+#[derive(Debug)]
+struct Filling {
+    index: usize,
+    len: u64,
+    sent: u64,
+    /// Each piece with its share of the memory every upload draws on (given back once the
+    /// request took the piece).
+    queue: mpsc::UnboundedSender<(Bytes, OwnedSemaphorePermit)>,
+    request: JoinHandle<Result<String, String>>,
 }
 
 fn failed(message: &str) -> StoreError {
@@ -388,10 +419,10 @@ impl S3Partial {
         Key::from(data_key(&self.store, &self.k))
     }
 
-    fn take_result(&mut self, (index, result): (usize, Result<PartId, String>)) {
+    fn take_result(&mut self, index: usize, result: Result<String, String>) {
         match result {
-            Ok(id) => {
-                self.done.insert(index, id);
+            Ok(etag) => {
+                self.done.insert(index, PartId { content_id: etag });
             }
             Err(e) => {
                 self.failed.get_or_insert(e);
@@ -399,16 +430,27 @@ impl S3Partial {
         }
     }
 
-    /// Collects parts that finished, waiting while `wait` more than `keep` are in flight.
+    /// Collects the answers to parts sent whole: those already here, then waiting while more
+    /// than `keep` are outstanding.
     async fn collect(&mut self, keep: usize) -> Result<(), StoreError> {
-        while let Some(r) = self.in_flight.try_join_next() {
-            let r = r.map_err(|e| failed(&format!("part upload task: {e}")))?;
-            self.take_result(r);
-        }
-        while self.in_flight.len() > keep {
-            if let Some(r) = self.in_flight.join_next().await {
-                let r = r.map_err(|e| failed(&format!("part upload task: {e}")))?;
-                self.take_result(r);
+        let mut i = 0;
+        while i < self.completing.len() {
+            if self.completing[i].1.is_finished() || self.completing.len() > keep {
+                if let Some((index, request)) = self.completing.remove(i) {
+                    let result = match tokio::time::timeout(BUCKET_WAIT, request).await {
+                        Ok(Ok(result)) => result,
+                        Ok(Err(e)) if e.is_cancelled() => continue,
+                        Ok(Err(e)) => Err(format!("part {}: {e}", index + 1)),
+                        Err(_) => Err(format!(
+                            "part {}: the bucket did not answer within {} s",
+                            index + 1,
+                            BUCKET_WAIT.as_secs()
+                        )),
+                    };
+                    self.take_result(index, result);
+                }
+            } else {
+                i += 1;
             }
         }
         match &self.failed {
@@ -417,19 +459,111 @@ impl S3Partial {
         }
     }
 
-    fn upload_part(&mut self, bytes: Bytes) {
+    /// Starts the next part's request; its body is what [`S3Partial::send`] queues.
+    fn open_part(&mut self) {
         let index = self.next_part;
         self.next_part += 1;
-        let s3 = self.store.inner.s3.clone();
-        let key = self.data_key();
-        let id = self.state.upload_id.clone();
-        self.in_flight.spawn(async move {
-            let r = s3
-                .put_part(&key, &id, index, PutPayload::from(bytes))
-                .await
-                .map_err(|e| format!("upload of part {}: {e}", index + 1));
-            (index, r)
+        let len = self
+            .state
+            .part_size
+            .min(self.size - index as u64 * self.state.part_size);
+        // Unbounded: what bounds it is the permits each piece holds.
+        let (queue, rx) = mpsc::unbounded_channel::<(Bytes, OwnedSemaphorePermit)>();
+        let body = futures::stream::unfold(rx, |mut rx| async move {
+            let (piece, _permit) = rx.recv().await?;
+            Some((Ok::<_, std::io::Error>(piece), rx))
         });
+        let store = self.store.clone();
+        let key = data_key(&self.store, &self.k);
+        let upload_id = self.state.upload_id.clone();
+        let request = tokio::spawn(async move {
+            store
+                .inner
+                .raw
+                .upload_part(&key, &upload_id, index + 1, len, body)
+                .await
+        });
+        self.filling = Some(Filling {
+            index,
+            len,
+            sent: 0,
+            queue,
+            request,
+        });
+    }
+
+    /// Queues one piece (at most [`QUEUE_PIECE`]) of the part being filled; a part whose last
+    /// byte is queued moves on to wait for the bucket's answer.
+    async fn send(&mut self, piece: Bytes) -> Result<(), StoreError> {
+        let Some(f) = self.filling.as_mut() else {
+            return Err(failed("no part is open"));
+        };
+        let n = piece.len() as u64;
+        let permits = n.div_ceil(1024).max(1) as u32;
+        let permit = self.store.inner.queued.clone().acquire_many_owned(permits);
+        let sent = match tokio::time::timeout(BUCKET_WAIT, permit).await {
+            Ok(Ok(permit)) => Ok(f.queue.send((piece, permit)).is_ok()),
+            Ok(Err(_)) => Ok(false),
+            Err(e) => Err(e),
+        };
+        match sent {
+            Ok(true) => {}
+            Ok(false) => {
+                // The request ended before its body: its answer says why.
+                let f = self.filling.take().map(|f| (f.index, f.request));
+                if let Some((index, request)) = f {
+                    let why = match request.await {
+                        Ok(Err(e)) => e,
+                        Ok(Ok(_)) => format!("part {}: answered before its body", index + 1),
+                        Err(e) => format!("part {}: {e}", index + 1),
+                    };
+                    self.failed.get_or_insert(why);
+                }
+                return Err(failed(self.failed.as_deref().unwrap_or("part failed")));
+            }
+            Err(_) => {
+                let why = format!(
+                    "part {}: the bucket took no bytes for {} s",
+                    f.index + 1,
+                    BUCKET_WAIT.as_secs()
+                );
+                self.failed.get_or_insert(why.clone());
+                return Err(failed(&why));
+            }
+        }
+        f.sent += n;
+        self.written += n;
+        if f.sent == f.len
+            && let Some(f) = self.filling.take()
+        {
+            drop(f.queue);
+            self.completing.push_back((f.index, f.request));
+        }
+        Ok(())
+    }
+
+    /// Waits until the parts before `index`, but for the `parts_in_flight - 1` last, are
+    /// answered and, verified, saved in the state: what a killed server loses stays within
+    /// `parts_in_flight` parts.
+    async fn settle(&mut self, index: usize) -> Result<(), StoreError> {
+        let need = (index + 1).saturating_sub(self.store.inner.config.parts_in_flight.max(1));
+        while self.state.parts.len() < need && !self.completing.is_empty() {
+            // The oldest part's answer.
+            self.collect(self.completing.len() - 1).await?;
+            if self.record_parts() {
+                self.save_state(true).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn abort_requests(&mut self) {
+        if let Some(f) = self.filling.take() {
+            f.request.abort();
+        }
+        for (_, request) in &self.completing {
+            request.abort();
+        }
     }
 
     /// Moves uploaded parts whose chunks are all verified into the state, in order.
@@ -529,15 +663,12 @@ impl S3Partial {
             (DIGEST_META, hex(&digest)),
             (MTIME_META, self.mtime.unwrap_or_else(now_secs).to_string()),
         ];
-        if self.next_part == 0 {
-            // The whole file fits one part and is here: one put, no multipart and no copy.
-            let data = std::mem::take(&mut self.buf).freeze();
-            self.put_final(&target, data, &meta).await?;
-            forget(&store, &self.k, &self.state.upload_id).await;
+        if let Some(whole) = self.whole.take() {
+            // A small file, here whole: one put, no multipart and no copy.
+            self.put_final(&target, whole.freeze(), &meta).await?;
         } else {
-            if !self.buf.is_empty() || self.next_part == 0 {
-                let last = std::mem::take(&mut self.buf).freeze();
-                self.upload_part(last);
+            if self.filling.is_some() {
+                return Err(failed("a part is still open at the end"));
             }
             self.collect(0).await?;
             let mut parts = Vec::with_capacity(self.next_part);
@@ -588,8 +719,12 @@ impl S3Partial {
     /// throws everything away).
     async fn keep(&mut self) {
         self.finished = true;
+        // The part being filled cannot be finished: a part is stored whole or not at all.
+        if let Some(f) = self.filling.take() {
+            f.request.abort();
+        }
         if !self.resumable {
-            self.in_flight.abort_all();
+            self.abort_requests();
             forget(&self.store, &self.k, &self.state.upload_id).await;
             return;
         }
@@ -604,6 +739,7 @@ impl S3Partial {
 
 impl Drop for S3Partial {
     fn drop(&mut self) {
+        self.abort_requests();
         self.store
             .inner
             .busy
@@ -650,14 +786,26 @@ impl Partial for S3Partial {
                     expected: self.size,
                 });
             }
-            self.buf.extend_from_slice(&bytes);
-            self.written = end;
-            let part_size = self.state.part_size as usize;
-            while self.buf.len() >= part_size {
-                // Memory stays within the budget: wait for a slot before cutting another part.
-                self.collect(self.max_in_flight.saturating_sub(1)).await?;
-                let part = self.buf.split_to(part_size).freeze();
-                self.upload_part(part);
+            if let Some(whole) = self.whole.as_mut() {
+                whole.extend_from_slice(&bytes);
+                self.written = end;
+                return Ok(());
+            }
+            let mut bytes = bytes;
+            while !bytes.is_empty() {
+                if self.filling.is_none() {
+                    self.open_part();
+                }
+                let (index, room, sent) = match &self.filling {
+                    Some(f) => (f.index, f.len - f.sent, f.sent),
+                    None => return Err(failed("no part is open")),
+                };
+                let n = (bytes.len() as u64).min(room).min(QUEUE_PIECE as u64);
+                // Past the new part's first chunk, the one before must be in the state.
+                if self.resumable && sent + n > CHUNK {
+                    self.settle(index).await?;
+                }
+                self.send(bytes.split_to(n as usize)).await?;
             }
             self.collect(usize::MAX).await?;
             self.advance().await
@@ -710,7 +858,7 @@ impl Partial for S3Partial {
     fn discard(mut self: Box<Self>) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             self.finished = true;
-            self.in_flight.abort_all();
+            self.abort_requests();
             forget(&self.store, &self.k, &self.state.upload_id).await;
         })
     }

@@ -1,8 +1,13 @@
-//! The one S3 request `object_store` does not make: a server-side copy that sets new metadata
-//! (`x-amz-metadata-directive: REPLACE`), signed with `object_store`'s own SigV4 signer and sent
-//! through its HTTP client.
+//! The two S3 requests `object_store` does not make, signed with its own SigV4 signer: a
+//! server-side copy that sets new metadata (`x-amz-metadata-directive: REPLACE`), and an
+//! UploadPart whose body streams as the bytes arrive (`UNSIGNED-PAYLOAD`; object_store buffers a
+//! whole part first, which costs a part of memory and loses a whole part more on a crash).
 
-use http::{Method, Request, StatusCode};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use http::{HeaderValue, Method, Request, StatusCode, header};
 use object_store::ClientOptions;
 use object_store::aws::{AwsAuthorizer, AwsCredential};
 use object_store::client::{HttpClient, HttpConnector, HttpRequestBody, ReqwestConnector};
@@ -17,6 +22,8 @@ pub(super) struct Raw {
     bucket: String,
     credential: AwsCredential,
     region: String,
+    /// For streamed bodies (object_store's client takes only whole ones).
+    streaming: reqwest::Client,
 }
 
 impl std::fmt::Debug for Raw {
@@ -59,7 +66,71 @@ impl Raw {
                 token: config.credential.token.clone(),
             },
             region: config.region.clone(),
+            streaming: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                // Between two reads of the answer; a part's body may take as long as its sender.
+                .read_timeout(Duration::from_secs(120))
+                .https_only(!config.allow_http)
+                .build()
+                .map_err(|e| StoreError::BadDirectory(format!("S3 client: {e}")))?,
         })
+    }
+
+    /// Uploads part `number` (1-based) of multipart upload `upload_id` of `key`: exactly `len`
+    /// bytes, taken from `body` as they come. Returns the part's ETag.
+    pub(super) async fn upload_part<B>(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: usize,
+        len: u64,
+        body: B,
+    ) -> Result<String, String>
+    where
+        B: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    {
+        let url = format!(
+            "{}/{}?partNumber={number}&uploadId={}",
+            self.bucket_url,
+            encode_key(key),
+            encode_key(upload_id).replace('/', "%2F")
+        );
+        // Signed without its body (which is not here yet): the signature covers the method, the
+        // URL and the headers; S3 takes `UNSIGNED-PAYLOAD` over TLS or a trusted network alike.
+        let mut signed = Request::builder()
+            .method(Method::PUT)
+            .uri(&url)
+            .body(HttpRequestBody::empty())
+            .map_err(|e| e.to_string())?;
+        AwsAuthorizer::new(&self.credential, "s3", &self.region)
+            .with_sign_payload(false)
+            .try_authorize(&mut signed, None)
+            .map_err(|e| format!("S3 signing: {e}"))?;
+        let mut headers = signed.headers().clone();
+        // An explicit length: the body is sent as is, not in chunked encoding (S3 wants a length).
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        let response = self
+            .streaming
+            .put(&url)
+            .headers(headers)
+            .body(reqwest::Body::wrap_stream(body))
+            .send()
+            .await
+            .map_err(|e| format!("part {number}: {e}"))?;
+        let status = response.status();
+        let etag = response
+            .headers()
+            .get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let text = response.text().await.unwrap_or_default();
+        match etag {
+            Some(etag) if status.is_success() && !text.contains("<Error>") => Ok(etag),
+            _ => Err(format!(
+                "part {number}: {status}: {}",
+                text.chars().take(300).collect::<String>()
+            )),
+        }
     }
 
     /// Copies `from` to `to` inside the bucket, giving `to` exactly the metadata `meta`
