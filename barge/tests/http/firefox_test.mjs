@@ -48,7 +48,7 @@ try {
   // The stored tree, a digest on demand, and the download link's bytes (hashed in the page).
   await page.click("#refresh");
   await page.waitForFunction(() => [...document.querySelectorAll("#tree td.name a")].some((a) => a.textContent === "big.bin"),
-    { timeout: 10000, polling: 50 });
+    { timeout: 60000, polling: 50 });
   await page.evaluate(() => {
     const a = [...document.querySelectorAll("#tree td.name a")].find((x) => x.textContent === "big.bin");
     a.closest("tr").querySelector("button").click();
@@ -57,7 +57,7 @@ try {
     const a = [...document.querySelectorAll("#tree td.name a")].find((x) => x.textContent === "big.bin");
     const d = a && a.closest("tr").querySelector(".digest");
     return d && /^[0-9a-f]{64}$/.test(d.textContent);
-  }, { timeout: 10000, polling: 50 });
+  }, { timeout: 60000, polling: 50 });
   seen.digestShown = await page.evaluate(() => {
     const a = [...document.querySelectorAll("#tree td.name a")].find((x) => x.textContent === "big.bin");
     return a.closest("tr").querySelector(".digest").textContent;

@@ -71,20 +71,16 @@ fn serve_with(
     extra: &[&str],
 ) -> (ChildGuard, String) {
     let mut cmd = barge();
-    cmd.args([
-        "serve",
-        "--addr",
-        "127.0.0.1:0",
-        "--s3-allow-http",
-        "--s3-part-size",
-        "8M",
-    ])
-    .args(["--store", &format!("s3://{}/{prefix}", g.bucket)])
-    .args(["--s3-endpoint", &g.endpoints[node]])
-    .arg("--dir")
-    .arg(state)
-    .args(extra)
-    .stderr(Stdio::null());
+    cmd.args(["serve", "--addr", "127.0.0.1:0", "--s3-allow-http"]);
+    if !extra.contains(&"--s3-part-size") {
+        cmd.args(["--s3-part-size", "8M"]);
+    }
+    cmd.args(["--store", &format!("s3://{}/{prefix}", g.bucket)])
+        .args(["--s3-endpoint", &g.endpoints[node]])
+        .arg("--dir")
+        .arg(state)
+        .args(extra)
+        .stderr(Stdio::null());
     let (guard, addr) = spawn_announced(cmd);
     (guard, addr.to_string())
 }
@@ -283,6 +279,49 @@ fn kill_half_way_and_resume(
         "re-sent {resent} bytes: more than {in_flight} part(s) and one chunk"
     );
     (done.clone(), resent, (b, b_addr))
+}
+
+/// Parts stream to the bucket: with 64 MiB parts and an 8 MiB pool, a server taking two 256 MiB
+/// uploads at once stays far below even one part's size (a part buffered whole would be 64 MiB,
+/// and two uploads with two parts in flight four times that).
+#[test]
+fn memory_stays_within_the_pool_whatever_the_part_size() {
+    let Some(g) = garage() else { return };
+    let _one = CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
+    let work = tempfile::tempdir().unwrap();
+    let prefix = unique("memory");
+    let file = work.path().join("big.bin");
+    big(&file, 256 << 20);
+    let (server, addr) = serve_with(
+        &g,
+        &prefix,
+        0,
+        &work.path().join("s"),
+        &["--s3-part-size", "64M", "--s3-memory", "8M"],
+    );
+    let sends: Vec<_> = (0..2)
+        .map(|i| {
+            barge()
+                .arg("send")
+                .arg(&file)
+                .args(["--to", &addr, "--dest", &format!("c{i}"), "-q"])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut send in sends {
+        assert!(send.wait().unwrap().success());
+    }
+    let peak_mib = peak_rss_kib(server.0.id()) / 1024;
+    eprintln!("server peak RSS with two 256 MiB uploads in 64 MiB parts: {peak_mib} MiB");
+    assert!(peak_mib < 48, "server peak RSS {peak_mib} MiB");
+    let digest = b3(&file);
+    let out = barge()
+        .args(["ls", &addr, "-r", "--json"])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(listing.matches(digest.as_str()).count(), 2, "{listing}");
 }
 
 /// With the default two parts at once (faster on the cluster), a killed server loses at most two

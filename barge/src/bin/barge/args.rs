@@ -298,7 +298,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = barge::store::s3::DEFAULT_PARTS_IN_FLIGHT, value_name = "N", requires = "store")]
     pub s3_parts_in_flight: usize,
     /// Bytes all uploads together may hold waiting for the bucket (what lets parts overlap).
-    #[arg(long, value_parser = parse_size, default_value = "32M", value_name = "SIZE", requires = "store")]
+    #[arg(long, value_parser = parse_size, default_value = "24M", value_name = "SIZE", requires = "store")]
     pub s3_memory: u64,
     /// Address to listen on, e.g. 0.0.0.0:8080 or [::1]:8080 (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "HOST:PORT")]

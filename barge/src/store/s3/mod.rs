@@ -113,7 +113,7 @@ pub struct S3Config {
 }
 
 impl S3Config {
-    /// A bucket with barge's defaults (16 MiB parts, 2 at once, 32 MiB queued, 24 h TTL).
+    /// A bucket with barge's defaults (16 MiB parts, 2 at once, 24 MiB queued, 24 h TTL).
     pub fn new(bucket: impl Into<String>, credential: Credential) -> Self {
         Self {
             bucket: bucket.into(),

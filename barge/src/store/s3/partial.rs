@@ -39,7 +39,7 @@ const WHOLE_MAX: u64 = 4 << 20;
 pub const DEFAULT_PARTS_IN_FLIGHT: usize = 2;
 
 /// Bytes queued for the bucket by all uploads together unless configured.
-pub const DEFAULT_MEMORY: u64 = 32 << 20;
+pub const DEFAULT_MEMORY: u64 = 24 << 20;
 
 /// The largest piece queued for a part's request.
 const QUEUE_PIECE: usize = 256 << 10;
@@ -502,7 +502,12 @@ impl S3Partial {
         let permits = n.div_ceil(1024).max(1) as u32;
         let permit = self.store.inner.queued.clone().acquire_many_owned(permits);
         let sent = match tokio::time::timeout(BUCKET_WAIT, permit).await {
-            Ok(Ok(permit)) => Ok(f.queue.send((piece, permit)).is_ok()),
+            // A copy of exactly its size: a piece cut from a front end's read buffer would keep
+            // the whole buffer alive while it waits, more memory than its permits say.
+            Ok(Ok(permit)) => Ok(f
+                .queue
+                .send((Bytes::copy_from_slice(&piece), permit))
+                .is_ok()),
             Ok(Err(_)) => Ok(false),
             Err(e) => Err(e),
         };
@@ -587,8 +592,12 @@ impl S3Partial {
     /// Saves the state: the recorded parts, their chunks' CVs, and the lease (held for another
     /// [`LEASE`], or given up).
     async fn save_state(&mut self, hold: bool) -> Result<(), StoreError> {
-        // Taken over by another server (this one stalled past its lease): stop writing.
-        if let Some(now) = load(&self.store, &self.k).await?
+        // Taken over by another server (this one stalled past its lease): stop writing. Nobody
+        // can have while more than half the lease this process saved last is left, so the
+        // state is read back only then, not once a part.
+        let held = self.state.lease_until_ms > now_ms() + LEASE.as_millis() as u64 / 2;
+        if !held
+            && let Some(now) = load(&self.store, &self.k).await?
             && now.owner != self.state.owner
         {
             self.failed = Some("another server took this upload over".into());
