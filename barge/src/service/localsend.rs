@@ -208,11 +208,24 @@ async fn info_route(State(face): State<Arc<LocalSendFace>>) -> Response {
     json(StatusCode::OK, face.me())
 }
 
+/// Whether a request declares a body over `max` bytes: refused before a byte of it is read, so
+/// a client waiting for `100 Continue` gets the refusal rather than a connection cut mid-body.
+fn declared_over(headers: &HeaderMap, max: usize) -> bool {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|n| n > max as u64)
+}
+
 async fn register(
     State(face): State<Arc<LocalSendFace>>,
     Extension(Peer(peer)): Extension<Peer>,
+    headers: HeaderMap,
     body: Body,
 ) -> Response {
+    if declared_over(&headers, MAX_INFO) {
+        return refuse(StatusCode::PAYLOAD_TOO_LARGE, "device info too long");
+    }
     let Ok(bytes) = axum::body::to_bytes(body, MAX_INFO).await else {
         return refuse(StatusCode::PAYLOAD_TOO_LARGE, "device info too long");
     };
@@ -243,6 +256,7 @@ async fn prepare(
     State(face): State<Arc<LocalSendFace>>,
     Extension(Peer(peer)): Extension<Peer>,
     Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
     body: Body,
 ) -> Response {
     face.sweep();
@@ -250,7 +264,13 @@ async fn prepare(
         Ok(s) => s,
         Err(r) => return r,
     };
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_PREPARE).await else {
+    let Ok(bytes) = (if declared_over(&headers, MAX_PREPARE) {
+        Err(())
+    } else {
+        axum::body::to_bytes(body, MAX_PREPARE)
+            .await
+            .map_err(|_| ())
+    }) else {
         return refuse(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("prepare-upload body over {MAX_PREPARE} bytes"),

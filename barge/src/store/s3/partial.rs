@@ -319,6 +319,7 @@ async fn start(
     };
     let whole = state.upload_id.is_empty();
     let cvs = if begin.from > 0 { kept } else { Vec::new() };
+    let state_parts = state.parts.len();
     let partial = S3Partial {
         store: store.clone(),
         k: k.to_owned(),
@@ -333,6 +334,8 @@ async fn start(
         completing: VecDeque::new(),
         done: BTreeMap::new(),
         failed: None,
+        saving: None,
+        durable_parts: state_parts,
         mtime: begin.mtime,
         reservation: Some(reservation),
         finished: false,
@@ -393,6 +396,10 @@ struct S3Partial {
     /// still in flight).
     done: BTreeMap<usize, PartId>,
     failed: Option<String>,
+    /// The state save under way, and how many parts it records.
+    saving: Option<(usize, JoinHandle<Result<(), StoreError>>)>,
+    /// Parts the state in the bucket records (as far as this process knows).
+    durable_parts: usize,
     mtime: Option<i64>,
     reservation: Option<Reservation>,
     finished: bool,
@@ -552,17 +559,24 @@ impl S3Partial {
     /// `parts_in_flight` parts.
     async fn settle(&mut self, index: usize) -> Result<(), StoreError> {
         let need = (index + 1).saturating_sub(self.store.inner.config.parts_in_flight.max(1));
+        if self.durable_parts >= need {
+            return Ok(());
+        }
         while self.state.parts.len() < need && !self.completing.is_empty() {
             // The oldest part's answer.
             self.collect(self.completing.len() - 1).await?;
             if self.record_parts() {
-                self.save_state(true).await?;
+                self.save_state(true, false).await?;
             }
         }
-        Ok(())
+        // What the answers added must be in the bucket before more bytes come in.
+        self.saved().await
     }
 
     fn abort_requests(&mut self) {
+        if let Some((_, saving)) = self.saving.take() {
+            saving.abort();
+        }
         if let Some(f) = self.filling.take() {
             f.request.abort();
         }
@@ -589,9 +603,29 @@ impl S3Partial {
         moved
     }
 
+    /// Waits for the state save under way, if any.
+    async fn saved(&mut self) -> Result<(), StoreError> {
+        let Some((parts, saving)) = self.saving.take() else {
+            return Ok(());
+        };
+        let result = match saving.await {
+            Ok(result) => result,
+            Err(e) => Err(failed(&format!("state save: {e}"))),
+        };
+        match &result {
+            Ok(()) => self.durable_parts = parts,
+            Err(e) => {
+                self.failed.get_or_insert_with(|| e.to_string());
+            }
+        }
+        result
+    }
+
     /// Saves the state: the recorded parts, their chunks' CVs, and the lease (held for another
-    /// [`LEASE`], or given up).
-    async fn save_state(&mut self, hold: bool) -> Result<(), StoreError> {
+    /// [`LEASE`], or given up). One save at a time, in order; with `wait` false this one goes on
+    /// while bytes keep flowing ([`S3Partial::saved`] waits for it).
+    async fn save_state(&mut self, hold: bool, wait: bool) -> Result<(), StoreError> {
+        self.saved().await?;
         // Taken over by another server (this one stalled past its lease): stop writing. Nobody
         // can have while more than half the lease this process saved last is left, so the
         // state is read back only then, not once a part.
@@ -614,7 +648,16 @@ impl S3Partial {
         } else {
             0
         };
-        save(&self.store, &self.k, &self.state).await
+        let parts = self.state.parts.len();
+        if wait {
+            save(&self.store, &self.k, &self.state).await?;
+            self.durable_parts = parts;
+            return Ok(());
+        }
+        let (store, k, state) = (self.store.clone(), self.k.clone(), self.state.clone());
+        let saving = tokio::spawn(async move { save(&store, &k, &state).await });
+        self.saving = Some((parts, saving));
+        Ok(())
     }
 
     /// Records finished parts and saves the state when they moved (or the lease needs renewing).
@@ -622,7 +665,7 @@ impl S3Partial {
         let moved = self.record_parts();
         let renew = self.state.lease_until_ms < now_ms() + LEASE.as_millis() as u64 / 2;
         if self.resumable && (moved || renew) {
-            self.save_state(true).await?;
+            self.save_state(true, false).await?;
         }
         Ok(())
     }
@@ -679,6 +722,8 @@ impl S3Partial {
             if self.filling.is_some() {
                 return Err(failed("a part is still open at the end"));
             }
+            // No save may land after the state is deleted below.
+            self.saved().await?;
             self.collect(0).await?;
             let mut parts = Vec::with_capacity(self.next_part);
             for etag in &self.state.parts {
@@ -740,7 +785,7 @@ impl S3Partial {
         let _ = self.collect(0).await;
         // Parts that arrived but whose chunks were not all verified stay out of the state.
         self.record_parts();
-        if let Err(e) = self.save_state(false).await {
+        if let Err(e) = self.save_state(false, true).await {
             warn!(error = %e, "cannot save an interrupted upload's state in the bucket");
         }
     }
