@@ -5,9 +5,10 @@
 //!
 //! A part enters the resume state only when it was uploaded *and* every chunk it covers was
 //! verified: a resume starts at a part boundary (a part cannot be appended to), and never claims
-//! bytes that were not checked. What a killed server loses is bounded by one part and one chunk:
-//! the next part may take its first chunk while the last one completes, no more until that one is
-//! in the state.
+//! bytes that were not checked. What a killed server loses is bounded by `parts_in_flight` parts
+//! and one chunk: a new part may take its first chunk while older ones complete, no more until
+//! all but the `parts_in_flight - 1` last are in the state in the bucket (with 1, one part and a
+//! chunk at most). State saves run beside the bytes, one at a time.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
