@@ -20,12 +20,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import BARGE, ROOT, stop
-
-
-def peak_rss_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        return int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1))
+from benchlib import BARGE, ROOT, peak_rss_kib, stop
 
 
 def serve(dir_, extra):

@@ -26,7 +26,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import BARGE, ROOT, start, stop, stop_all  # noqa: E402
+from benchlib import BARGE, ROOT, peak_rss_kib, start, stop, stop_all  # noqa: E402
 
 
 def size_arg(text):
@@ -42,11 +42,6 @@ def garage_env(path):
             if m:
                 env[m.group(1)] = m.group(2)
     return env
-
-
-def peak_rss_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        return int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1))
 
 
 def serve(env, bucket, endpoint, state, extra):

@@ -1,6 +1,7 @@
 """Shared helpers of the benchmark scripts: processes that are always stopped by their PID,
-ephemeral ports on 127.0.0.1, and waiting for a server to listen."""
+ephemeral ports on 127.0.0.1, waiting for a server to listen, and a process's peak RSS."""
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -65,3 +66,9 @@ def wait_listening(port, deadline=10.0):
                     return
         time.sleep(0.01)
     raise SystemExit("nothing listens on port %d" % port)
+
+
+def peak_rss_kib(pid):
+    """The peak resident set size (VmHWM) of a running process, in KiB."""
+    with open("/proc/%d/status" % pid) as f:
+        return int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1))
