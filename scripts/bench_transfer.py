@@ -7,7 +7,11 @@ receiver has it under its final name. A `sync` precedes each timed run so no run
 previous run's dirty pages. Loopback only, ephemeral ports; every process started here is stopped
 by its PID and every file made here is removed.
 
-Usage: scripts/bench_transfer.py [--size 1G] [--rounds 5] [--files 10000] [--work DIR]
+With --stable (root), this VM's free-page reporting is paused for the run and the memory the
+runs will write into is touched once first, so page-cache writes no longer pay the host's page
+faults: figures compare across days, not only within a run (docs/PERFORMANCE.md).
+
+Usage: scripts/bench_transfer.py [--size 1G] [--rounds 5] [--files 10000] [--work DIR] [--stable]
 """
 import argparse
 import json
@@ -29,6 +33,40 @@ from benchlib import BARGE, ROOT, start, stop, stop_all, free_port, wait_tcp, wa
 def parse_size(s):
     m = re.fullmatch(r"(\d+)([KMG]?)", s.upper())
     return int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[m.group(2)]
+
+
+REPORTING = "/sys/module/page_reporting/parameters/page_reporting_order"
+
+
+class Stable:
+    """Pauses free-page reporting (an order no free block reaches) and touches `touch` bytes of
+    memory through tmpfs, then gives the memory back to the guest's free lists, still backed by
+    the host. Restores the reporting order on exit."""
+
+    def __init__(self, touch):
+        self.touch = touch
+        self.saved = None
+
+    def __enter__(self):
+        try:
+            with open(REPORTING) as f:
+                self.saved = f.read().strip()
+            with open(REPORTING, "w") as f:
+                f.write("11")
+        except OSError as e:
+            raise SystemExit("--stable needs root and %s: %s" % (REPORTING, e))
+        fill = tempfile.NamedTemporaryFile(dir="/dev/shm", prefix="barge-prefault-")
+        with fill:
+            block = b"\1" * (16 << 20)
+            for _ in range(self.touch // len(block)):
+                fill.write(block)
+            fill.flush()
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            with open(REPORTING, "w") as f:
+                f.write(self.saved)
 
 
 def timed(fn):
@@ -169,7 +207,18 @@ def main():
     ap.add_argument("--files", type=int, default=10000)
     ap.add_argument("--work", default=None, help="folder for the files (default: a temp folder in /tmp)")
     ap.add_argument("--seed-dir", default=os.path.join(ROOT, "..", "shared", "seed"))
+    ap.add_argument("--stable", action="store_true",
+                    help="pause free-page reporting and pre-fault memory (root; see the docstring)")
+    ap.add_argument("--stream-limit", default="16M",
+                    help="per-connection limit L of the --streams rows (bytes/s)")
     a = ap.parse_args()
+    if a.stable:
+        with Stable(min(8 << 30, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") // 2)):
+            return run_all(a)
+    return run_all(a)
+
+
+def run_all(a):
     size = parse_size(a.size)
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     work = tempfile.mkdtemp(prefix="barge-bench-", dir=a.work)
@@ -188,6 +237,9 @@ def main():
             os.makedirs(d, exist_ok=True)
             with open(os.path.join(d, "f%05d" % i), "wb") as f:
                 f.write(os.urandom(4096))
+        striped = os.path.join(work, "striped.bin")
+        with open(src, "rb") as f, open(striped, "wb") as out:
+            out.write(f.read(128 << 20).ljust(128 << 20, b"\0"))
         served = os.path.join(work, "served")
         os.makedirs(served)
         shutil.copy(src, os.path.join(served, "src.bin"))
@@ -219,6 +271,10 @@ def main():
             ("barge send, %d x 4 KiB (--no-fsync)" % a.files, a.files * 4096 / 1e6, lambda: b.barge_send(tree, [], ["--no-fsync"])),
             ("iperf3 -l 1M, memory to memory, 4 GiB", (4 << 30) / 1e6, lambda: b.iperf3(4 << 30)),
             ("barge bench, memory to memory, 4 GiB", (4 << 30) / 1e6, lambda: b.barge_bench(4 << 30)),
+            ("barge send --streams 1, 128 MiB, L per connection", (128 << 20) / 1e6,
+             lambda: b.barge_send(striped, ["--streams", "1"], ["--no-fsync", "--bwlimit-per-connection", a.stream_limit])),
+            ("barge send --streams 4, 128 MiB, L per connection", (128 << 20) / 1e6,
+             lambda: b.barge_send(striped, ["--streams", "4"], ["--no-fsync", "--bwlimit-per-connection", a.stream_limit])),
         ]
         secs = {name: [] for name, _, _ in rows}
         for r in range(a.rounds):
@@ -256,6 +312,9 @@ def main():
         iperf = med["iperf3 -l 1M, memory to memory, 4 GiB"]
         ddf = med["dd bs=1M conv=fsync -> file (durable ceiling)"]
         tls = med["barge send --tls (--no-fsync)"]
+        limit = parse_size(a.stream_limit)
+        one_stream = (128 << 20) / med["barge send --streams 1, 128 MiB, L per connection"] / limit
+        four_streams = (128 << 20) / med["barge send --streams 4, 128 MiB, L per connection"] / (4 * limit)
         print()
         print("barge send vs lesson's Python pair: %.2fx; vs rsync daemon: %.2fx" % (lesson / barge1, rsync1 / barge1))
         print("Targets (issue #16), rates as ratios:")
@@ -269,9 +328,13 @@ def main():
             ("send --tls vs plain (both --no-fsync)", barge1 / tls, 0.9),
             ("%d x 4 KiB vs rsync" % a.files, small_rsync / small_barge, 2.0),
             ("barge bench vs iperf3", iperf / bench, 0.9),
+            ("--streams 1 vs L (%s/s per connection)" % a.stream_limit, one_stream, 0.9),
+            ("--streams 4 vs 4 x L", four_streams, 0.9),
         ]:
             print("  %-40s %5.2fx  (target >= %.2fx: %s)" % (what, ratio, target, "met" if ratio >= target else "NOT met"))
-        print("file %s; medians of %d rounds; kernel %s; %d cores" % (a.size, a.rounds, os.uname().release, os.cpu_count()))
+        print("file %s; medians of %d rounds; kernel %s; %d cores%s" % (
+            a.size, a.rounds, os.uname().release, os.cpu_count(),
+            "; free-page reporting paused, memory pre-faulted (--stable)" if a.stable else ""))
     finally:
         stop_all()
         shutil.rmtree(work, ignore_errors=True)

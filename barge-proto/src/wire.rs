@@ -32,6 +32,9 @@ pub const MAX_JSON: usize = 65536;
 pub const MAX_DATA: usize = 32 + CHUNK as usize;
 /// Frame header: kind and length.
 pub const FRAME_HEADER: usize = 5;
+/// Most connections one striped `put` may use (its own included): each may hold one chunk at the
+/// server while it waits for its turn, so this bounds a striped upload's memory there.
+pub const MAX_STREAMS: u32 = 16;
 
 const KIND_REQUEST: u8 = 1;
 const KIND_REPLY: u8 = 2;
@@ -114,6 +117,21 @@ pub enum Request {
         /// file gets it, so a later send can tell an unchanged file by size and time alone.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mtime: Option<i64>,
+        /// Striped over several connections (see [`Stripe`]): this connection sends stream 0's
+        /// chunks, others `join` with the stripe's key and send theirs.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stripe: Option<Stripe>,
+    },
+    /// Another connection's share of a striped `put` (see [`Stripe`]): data frames for chunks
+    /// `first + stream`, `first + stream + streams`, ... follow (`first` = the put's
+    /// `from / 2^20`), with no `end`; the reply comes once the last of them is verified.
+    Join {
+        /// Request id, echoed in the reply.
+        id: u64,
+        /// The stripe's key, as its `put` gave it.
+        key: String,
+        /// Which stream this connection carries: 1 ..= streams - 1 (the put's own is 0).
+        stream: u32,
     },
     /// The chunk CVs of a stored file, in pages (see [`Reply::cvs`]): what an update compares.
     Cvs {
@@ -196,6 +214,7 @@ impl Request {
             Request::Probe { .. } => "probe",
             Request::Put { .. } => "put",
             Request::End { .. } => "end",
+            Request::Join { .. } => "join",
             Request::Mkdir { .. } => "mkdir",
             Request::List { .. } => "list",
             Request::Bench { .. } => "bench",
@@ -213,6 +232,7 @@ impl Request {
             | Request::Probe { id, .. }
             | Request::Put { id, .. }
             | Request::End { id, .. }
+            | Request::Join { id, .. }
             | Request::Mkdir { id, .. }
             | Request::List { id, .. }
             | Request::Bench { id, .. }
@@ -221,6 +241,33 @@ impl Request {
             | Request::Delete { id, .. }
             | Request::Move { id, .. } => *id,
         }
+    }
+}
+
+/// How a `put` is striped: chunk `i` (counted from the put's first chunk) travels on stream
+/// `i mod streams`. The key, chosen by the client, names the upload for the other connections'
+/// `join`s; it is a secret of the client's (32 hex digits, 128 random bits).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stripe {
+    /// The key the other connections join with.
+    pub key: String,
+    /// Connections in all, this one included: 2 ..= [`MAX_STREAMS`].
+    pub streams: u32,
+}
+
+impl Stripe {
+    /// Whether the key has the form the protocol asks for (32 lowercase hex digits) and the
+    /// stream count is in range.
+    pub fn check(&self) -> Result<(), String> {
+        let hex = |c: u8| c.is_ascii_digit() || (b'a'..=b'f').contains(&c);
+        if self.key.len() != 32 || !self.key.bytes().all(hex) {
+            return Err("stripe key is not 32 lowercase hex digits".into());
+        }
+        if !(2..=MAX_STREAMS).contains(&self.streams) {
+            return Err(format!("streams must be 2 to {MAX_STREAMS}"));
+        }
+        Ok(())
     }
 }
 
@@ -679,6 +726,7 @@ mod tests {
             replaces: None,
             reuse: None,
             mtime: None,
+            stripe: None,
         };
         encode_request(&req, &mut wire);
         let cv = crate::tree::chunk_cv(0, b"abc");

@@ -26,6 +26,7 @@ fn wire_streams() -> impl Strategy<Value = Vec<u8>> {
                     replaces: None,
                     reuse: None,
                     mtime: None,
+                    stripe: None,
                 };
                 wire::encode_request(&req, &mut out);
                 wire::encode_data_header(&[n as u8; 32], data, &mut out);
@@ -92,7 +93,7 @@ proptest! {
         flip in any::<prop::sample::Index>(),
     ) {
         let req = match which {
-            0 => Request::Put { id: n, path, size: n, from: 0, replaces: None, reuse: None, mtime: None },
+            0 => Request::Put { id: n, path, size: n, from: 0, replaces: None, reuse: None, mtime: None, stripe: None },
             1 => Request::Get {
                 id: n,
                 path,

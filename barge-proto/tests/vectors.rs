@@ -52,6 +52,7 @@ fn vectors() -> Vec<(&'static str, Vec<u8>, Option<Frame>)> {
                 replaces: None,
                 reuse: None,
                 mtime: None,
+                stripe: None,
             }),
         ),
         (
@@ -148,6 +149,7 @@ fn vectors() -> Vec<(&'static str, Vec<u8>, Option<Frame>)> {
                 replaces: None,
                 reuse: None,
                 mtime: None,
+                stripe: None,
             }),
         ),
         (
@@ -162,6 +164,7 @@ fn vectors() -> Vec<(&'static str, Vec<u8>, Option<Frame>)> {
                 ),
                 reuse: None,
                 mtime: None,
+                stripe: None,
             }),
         ),
         (
@@ -199,6 +202,7 @@ fn vectors() -> Vec<(&'static str, Vec<u8>, Option<Frame>)> {
                 ),
                 reuse: Some("0,2-4,6-10".into()),
                 mtime: None,
+                stripe: None,
             }),
         ),
         (

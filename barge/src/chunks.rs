@@ -4,7 +4,7 @@
 //! goes out. [`read_next`] is also the local store's read of a chunk it serves.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 
 use barge_proto::tree::{CHUNK, Cv, chunk_count, chunk_cv, chunk_len};
@@ -28,16 +28,22 @@ const READ_AHEAD: usize = 3;
 /// Streams chunks `from / CHUNK ..` of a `size`-byte file. A file shorter than `size` (it shrank
 /// since it was measured) ends the stream with an error.
 pub fn read_chunks(file: File, size: u64, from: u64) -> mpsc::Receiver<io::Result<Chunk>> {
+    read_every(file, size, from / CHUNK, 1)
+}
+
+/// Streams chunks `first`, `first + step`, `first + 2 * step`, ... of a `size`-byte file (one
+/// connection's share of a striped upload when `step` > 1). Reads are positioned: the lanes of a
+/// striped upload read clones of one file, which share one file offset.
+pub fn read_every(
+    file: File,
+    size: u64,
+    first: u64,
+    step: u64,
+) -> mpsc::Receiver<io::Result<Chunk>> {
     let (tx, rx) = mpsc::channel(READ_AHEAD);
     tokio::task::spawn_blocking(move || {
-        let first = from / CHUNK;
-        let mut file = file;
-        if let Err(e) = file.seek(SeekFrom::Start(first * CHUNK)) {
-            let _ = tx.blocking_send(Err(e));
-            return;
-        }
-        for index in first..chunk_count(size) {
-            let item = read_next(&file, chunk_len(size, index)).map(|buf| Chunk {
+        for index in (first..chunk_count(size)).step_by(step.max(1) as usize) {
+            let item = read_at(&file, index * CHUNK, chunk_len(size, index)).map(|buf| Chunk {
                 index,
                 cv: chunk_cv(index, &buf),
                 data: Bytes::from(buf),
@@ -49,6 +55,23 @@ pub fn read_chunks(file: File, size: u64, from: u64) -> mpsc::Receiver<io::Resul
         }
     });
     rx
+}
+
+/// `len` bytes of `file` at `offset`, read into spare capacity (no zero-filling), without
+/// touching the file's offset. A file that ends first is an error.
+pub fn read_at(file: &File, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(len as usize);
+    while (buf.len() as u64) < len {
+        let at = offset + buf.len() as u64;
+        let filled = rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at)?;
+        if filled == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shrank while being sent",
+            ));
+        }
+    }
+    Ok(buf)
 }
 
 /// The next `len` bytes of `file` (from its current position), read into spare capacity: no

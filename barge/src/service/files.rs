@@ -64,6 +64,10 @@ pub struct FileService {
     /// Connections of this server in the middle of a data frame: they share its read budget.
     /// Per server, not per process, so two servers in one process do not squeeze each other.
     receiving: Arc<std::sync::atomic::AtomicUsize>,
+    /// Striped uploads in progress, for the connections that join them.
+    stripes: Arc<crate::transfer::stripe::Stripes>,
+    /// How long a striped upload's lanes wait for each other ([`crate::transfer::stripe::TURN_WAIT`]).
+    stripe_wait: std::time::Duration,
 }
 
 /// Whether the lesson's format is on when the operator has not said: it cannot authenticate or
@@ -80,6 +84,8 @@ impl FileService {
             legacy: true,
             require_tls: false,
             receiving: Arc::default(),
+            stripes: Default::default(),
+            stripe_wait: crate::transfer::stripe::TURN_WAIT,
         }
     }
 
@@ -124,6 +130,23 @@ impl FileService {
     /// Whether barge's protocol needs TLS.
     pub fn tls_required(&self) -> bool {
         self.require_tls
+    }
+
+    /// How long the connections of a striped upload wait for each other's chunks (and a join
+    /// for its put) before the upload fails: [`crate::transfer::stripe::TURN_WAIT`] by default.
+    pub fn with_stripe_wait(mut self, wait: std::time::Duration) -> Self {
+        self.stripe_wait = wait;
+        self
+    }
+
+    /// How long a striped upload's connections wait for each other.
+    pub(crate) fn stripe_wait(&self) -> std::time::Duration {
+        self.stripe_wait
+    }
+
+    /// This server's striped uploads in progress.
+    pub(crate) fn stripes(&self) -> &crate::transfer::stripe::Stripes {
+        &self.stripes
     }
 
     /// This server's count of connections receiving file data.

@@ -20,6 +20,7 @@ use tracing::{info, warn};
 use super::files::{FileError, FileService, READ_CHUNK};
 use crate::server::Connection;
 use crate::store::{StoreError, Stored};
+use crate::transfer::stripe::{JOIN_WAIT, Lane, Stripe};
 use crate::transfer::{Action, Denied, Mode, Put, Receiver, SendError, Session};
 
 /// Files up to this size are received into memory and stored in one step at their `end`: for
@@ -84,6 +85,15 @@ enum State {
         /// The sender's modification time.
         mtime: Option<i64>,
     },
+    /// Receiving put `id`'s own share of a striped upload (stream 0).
+    Striped {
+        id: u64,
+        path: String,
+        lane: Box<Lane>,
+        started: Instant,
+    },
+    /// Receiving join `id`'s share of a striped upload; answered after its last chunk.
+    Joined { id: u64, lane: Box<Lane> },
     /// Put `id` was refused or failed (and its reply sent): its frames are dropped up to `end`.
     Skipping { id: u64 },
     /// Counting and dropping the data of bench `id`.
@@ -160,11 +170,21 @@ where
     }
     let mut state = State::Idle;
     let result = converse(service, &mut conn, &mut buf, &mut state).await;
-    if let State::Receiving { upload, path, .. } = state {
-        // Connection lost mid-file: keep the verified part for a resume.
-        let kept = upload.verified();
-        upload.suspend().await;
-        info!(path = ?path, kept, "upload interrupted; resumable");
+    match state {
+        State::Receiving { upload, path, .. } => {
+            // Connection lost mid-file: keep the verified part for a resume.
+            let kept = upload.verified();
+            upload.suspend().await;
+            info!(path = ?path, kept, "upload interrupted; resumable");
+        }
+        State::Striped { lane, path, .. } => {
+            let stripe = lane.stripe().clone();
+            drop(lane);
+            let kept = stripe.verified().await;
+            stripe.suspend("the put's connection ended").await;
+            info!(path = ?path, kept, "striped upload interrupted; resumable");
+        }
+        _ => {}
     }
     result
 }
@@ -219,14 +239,33 @@ async fn upload_failed<S: AsyncWrite + Unpin>(
     let (id, verified) = match state {
         State::Receiving { upload, id, .. } => (*id, upload.verified()),
         State::Whole { id, .. } => (*id, 0),
+        State::Striped { id, lane, .. } => {
+            lane.stripe().fail(&e);
+            (*id, lane.stripe().verified().await)
+        }
+        State::Joined { id, .. } => {
+            // A join has no end to skip to: its connection goes, after the answer.
+            let reply = refusal(*id, &e);
+            warn!(error = %e, "striped upload failed");
+            send(conn, &reply).await?;
+            conn.flush().await?;
+            let _ = conn.stream.shutdown().await;
+            return Err(FileError::Protocol(format!("join failed: {e}")));
+        }
         _ => return Ok(()),
     };
     let mut reply = refusal(id, &e);
     reply.offset = Some(verified);
     warn!(error = %e, "upload failed; skipping its remaining data");
     send(conn, &reply).await?;
-    if let State::Receiving { upload, .. } = std::mem::replace(state, State::Skipping { id }) {
-        upload.suspend().await;
+    match std::mem::replace(state, State::Skipping { id }) {
+        State::Receiving { upload, .. } => upload.suspend().await,
+        State::Striped { lane, .. } => {
+            let stripe = lane.stripe().clone();
+            drop(lane);
+            stripe.suspend("the put failed").await;
+        }
+        _ => {}
     }
     Ok(())
 }
@@ -413,6 +452,9 @@ where
                 let failed = async {
                     match &*state {
                         State::Receiving { upload, .. } => upload.failure().await,
+                        State::Striped { lane, .. } | State::Joined { lane, .. } => {
+                            lane.stripe().failure().await
+                        }
                         _ => std::future::pending().await,
                     }
                 };
@@ -456,6 +498,11 @@ where
                             *slot = Some(cv);
                         }
                     }
+                    State::Striped { lane, .. } | State::Joined { lane, .. } => {
+                        if let Err(e) = lane.begin_chunk(cv, len as u64) {
+                            upload_failed(conn, state, e).await?;
+                        }
+                    }
                     State::Skipping { .. } => {}
                     State::Benching { left, .. } => {
                         if len as u64 > *left {
@@ -496,6 +543,20 @@ where
                         }
                     }
                     State::Whole { data, .. } => data.extend_from_slice(&piece),
+                    State::Striped { lane, .. } => {
+                        if let Err(e) = lane.write(piece).await {
+                            upload_failed(conn, state, e).await?;
+                        }
+                    }
+                    State::Joined { id, lane } => {
+                        if let Err(e) = lane.write(piece).await {
+                            upload_failed(conn, state, e).await?;
+                        } else if lane.done() {
+                            let reply = Reply::ok(*id);
+                            *state = State::Idle;
+                            send(conn, &reply).await?;
+                        }
+                    }
                     State::Benching { id, left, size } => {
                         *left -= piece.len() as u64;
                         if *left == 0 {
@@ -608,6 +669,42 @@ where
                             task,
                         }));
                     }
+                    State::Striped {
+                        id: put_id,
+                        path,
+                        lane,
+                        started,
+                    } if put_id == id => {
+                        let stripe = lane.stripe().clone();
+                        let own_done = lane.done();
+                        drop(lane);
+                        let from = stripe.from();
+                        let result = match parse_hex(&digest) {
+                            _ if !own_done => Err(StoreError::BadRequest(
+                                "end before this connection's last chunk".into(),
+                            )),
+                            None => {
+                                Err(StoreError::BadRequest("digest is not 64 hex digits".into()))
+                            }
+                            Some(digest) => stripe.finish(Some(digest)).await,
+                        };
+                        let reply = match result {
+                            Ok(stored) => completed(id, &path, &stored, from, started),
+                            Err(e) => {
+                                stripe.suspend("the put failed").await;
+                                warn!(path = ?path, error = %e, "striped upload not stored");
+                                let mut reply = refusal(id, &e);
+                                reply.offset = match e {
+                                    StoreError::Integrity(_) if stripe.verified().await == 0 => {
+                                        Some(0)
+                                    }
+                                    _ => Some(stripe.verified().await),
+                                };
+                                reply
+                            }
+                        };
+                        send(conn, &reply).await?;
+                    }
                     State::Skipping { id: skip_id } if skip_id == id => {}
                     other => {
                         *state = other;
@@ -651,7 +748,7 @@ where
                 match req {
                     Request::Put { id, .. } => *state = State::Skipping { id },
                     // Its data follows and has no end marker to skip to.
-                    Request::Bench { .. } => {
+                    Request::Bench { .. } | Request::Join { .. } => {
                         return Err(FileError::Protocol("bench refused".into()));
                     }
                     _ => {}
@@ -679,7 +776,21 @@ where
                 replaces,
                 reuse,
                 mtime,
+                stripe,
             }) => {
+                if let Some(spec) = &stripe
+                    && let Err(why) = spec.check().and_then(|()| {
+                        if reuse.is_some() {
+                            Err("a striped put cannot reuse chunks".into())
+                        } else {
+                            Ok(())
+                        }
+                    })
+                {
+                    send(conn, &Reply::error(id, Status::BadRequest, why)).await?;
+                    *state = State::Skipping { id };
+                    continue;
+                }
                 let reuse = match reuse
                     .map(|r| wire::parse_chunk_set(&r, barge_proto::tree::chunk_count(size)))
                 {
@@ -702,7 +813,7 @@ where
                         continue;
                     }
                 };
-                if from == 0 && size <= WHOLE_MAX && reuse.is_none() {
+                if from == 0 && size <= WHOLE_MAX && reuse.is_none() && stripe.is_none() {
                     match session.admit(&path, size, 0) {
                         Ok(()) => {
                             *state = State::Whole {
@@ -733,6 +844,25 @@ where
                     ..Put::new(&path, size)
                 };
                 match session.receive(put).await {
+                    Ok(upload) if stripe.is_some() => {
+                        let spec = stripe.unwrap_or_else(|| unreachable!());
+                        let root = session.root().map(str::to_owned);
+                        let (shared, lane) =
+                            Stripe::new(upload, spec.streams, root, service.stripe_wait());
+                        if let Err(e) = service.stripes().insert(&spec.key, &shared) {
+                            drop(lane);
+                            shared.suspend("stripe key in use").await;
+                            send(conn, &refusal(id, &e)).await?;
+                            *state = State::Skipping { id };
+                            continue;
+                        }
+                        *state = State::Striped {
+                            id,
+                            path,
+                            lane: Box::new(lane),
+                            started: Instant::now(),
+                        };
+                    }
                     Ok(upload) => {
                         *state = State::Receiving {
                             id,
@@ -745,6 +875,32 @@ where
                         warn!(path = ?path, size, error = %e, "upload refused");
                         send(conn, &refusal(id, &e)).await?;
                         *state = State::Skipping { id };
+                    }
+                }
+            }
+            Frame::Request(Request::Join { id, key, stream }) => {
+                let wait = JOIN_WAIT.min(service.stripe_wait());
+                let joined = match service.stripes().find(&key, wait).await {
+                    Some(stripe) => stripe.join(stream, session.root()),
+                    None => Err(StoreError::BadRequest(
+                        "no striped upload has this key".into(),
+                    )),
+                };
+                match joined {
+                    Ok(lane) if lane.done() => send(conn, &Reply::ok(id)).await?,
+                    Ok(lane) => {
+                        *state = State::Joined {
+                            id,
+                            lane: Box::new(lane),
+                        }
+                    }
+                    Err(e) => {
+                        // Its data follows and has no end marker to skip to.
+                        warn!(error = %e, "join refused");
+                        send(conn, &refusal(id, &e)).await?;
+                        conn.flush().await?;
+                        let _ = conn.stream.shutdown().await;
+                        return Err(FileError::Protocol(format!("join refused: {e}")));
                     }
                 }
             }
@@ -897,6 +1053,7 @@ fn refused(req: &Request, session: &Session) -> Option<Reply> {
     let action = match req {
         Request::Probe { .. }
         | Request::Put { .. }
+        | Request::Join { .. }
         | Request::Mkdir { .. }
         | Request::Cvs { .. } => Action::Upload,
         Request::List { .. } => Action::List,

@@ -13,6 +13,7 @@
 
 mod receive;
 mod send;
+pub mod stripe;
 pub mod verify;
 
 pub use receive::Receiver;

@@ -103,6 +103,11 @@ impl Receiver {
         &self.path
     }
 
+    /// The file's declared size.
+    pub fn size(&self) -> u64 {
+        self.verifier.size()
+    }
+
     /// Where this transfer started.
     pub fn from(&self) -> u64 {
         self.from

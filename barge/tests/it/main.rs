@@ -16,6 +16,7 @@ mod localsend;
 mod memory;
 mod proxy;
 mod security;
+mod stripe;
 mod support;
 mod udp;
 mod v1;

@@ -48,6 +48,7 @@ fn opts(token: Option<&str>) -> Options {
         delete: false,
         dest: None,
         fsync: true,
+        streams: 1,
     }
 }
 

@@ -34,6 +34,7 @@ fn opts() -> Options {
         delete: false,
         dest: None,
         fsync: true,
+        streams: 1,
     }
 }
 
@@ -1272,6 +1273,7 @@ async fn names_starting_with_barges_prefix_are_reserved() {
                 replaces: None,
                 reuse: None,
                 mtime: None,
+                stripe: None,
             },
             &mut out,
         );

@@ -499,6 +499,11 @@ pub struct SendArgs {
     /// and reported.
     #[arg(long)]
     pub follow_links: bool,
+    /// Stripe each large file over N connections (1 to 16; a file gets at most one per 4 MiB
+    /// left to send): faster where one TCP flow is held to a rate (a per-flow shaper, a long fat
+    /// path). One verification and one resume point, as with one connection.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16), value_name = "N")]
+    pub streams: u32,
     #[command(flatten)]
     pub conn: ConnArgs,
     #[command(flatten)]

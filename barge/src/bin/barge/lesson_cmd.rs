@@ -145,8 +145,7 @@ pub async fn pick(a: PickArgs, verbosity: crate::v1_cmd::Verbosity) -> Result<u8
                     &a.conn,
                     &a.transfer,
                     paths,
-                    false,
-                    None,
+                    Default::default(),
                     verbosity,
                 );
                 if let Err(e) = sent.await {

@@ -33,16 +33,12 @@ pub async fn send(a: SendArgs, verbosity: Verbosity) -> Result<u8> {
         if a.name.is_some() {
             return Err(UsageError("--name names what `send -` reads from stdin".into()).into());
         }
-        return send_paths(
-            &a.to,
-            &a.conn,
-            &a.transfer,
-            a.files,
-            a.follow_links,
-            a.dest,
-            verbosity,
-        )
-        .await;
+        let how = Sending {
+            follow_links: a.follow_links,
+            dest: a.dest,
+            streams: a.streams,
+        };
+        return send_paths(&a.to, &a.conn, &a.transfer, a.files, how, verbosity).await;
     }
     if a.files.len() != 1 {
         return Err(UsageError("`-` (stdin) is sent alone: name no other file".into()).into());
@@ -75,16 +71,23 @@ pub async fn send(a: SendArgs, verbosity: Verbosity) -> Result<u8> {
             .with_context(|| format!("cannot keep stdin in {}", target.display()))
     })
     .await??;
-    send_paths(
-        &a.to,
-        &a.conn,
-        &a.transfer,
-        vec![path],
-        false,
-        a.dest,
-        verbosity,
-    )
-    .await
+    let how = Sending {
+        follow_links: false,
+        dest: a.dest,
+        streams: a.streams,
+    };
+    send_paths(&a.to, &a.conn, &a.transfer, vec![path], how, verbosity).await
+}
+
+/// How `send` walks and uploads, beside the connection and transfer options.
+#[derive(Debug, Default)]
+pub struct Sending {
+    /// `--follow-links`.
+    pub follow_links: bool,
+    /// `--dest`.
+    pub dest: Option<String>,
+    /// `--streams` (1 when not given).
+    pub streams: u32,
 }
 
 /// Uploads files and folders with barge's protocol and renders the outcome.
@@ -93,15 +96,15 @@ pub async fn send_paths(
     conn: &ConnArgs,
     t: &TransferArgs,
     paths: Vec<PathBuf>,
-    follow_links: bool,
-    dest: Option<String>,
+    how: Sending,
     verbosity: Verbosity,
 ) -> Result<u8> {
     let (addr, _) = split_target(&[], to)?;
     let c = ClientConfig::new(conn, t.bwlimit)?;
     let opts = v1::Options {
-        follow_links,
-        dest,
+        follow_links: how.follow_links,
+        dest: how.dest,
+        streams: how.streams.max(1),
         ..c.options(Some(t))?
     };
     let mut view = View::new(t.progress, t.json, verbosity, "sent");

@@ -9,7 +9,7 @@
 //! Who owns what: [`link`] the connection (dial, TLS, the reader task, batching, the reply
 //! screen); [`send`] the send plan (tree walk, pipelining, resume, settling replies); [`get`] the
 //! getter (plan, conditional resume, verified publish); [`list`] listings and `bench`; [`manage`]
-//! remove, rename and mkdir. This file
+//! remove, rename and mkdir; [`stripe`] one file over several connections. This file
 //! holds the shared types: options, events, the report and the one error type with its
 //! `retryable()`.
 
@@ -18,6 +18,7 @@ mod link;
 mod list;
 mod manage;
 mod send;
+mod stripe;
 
 pub use get::get;
 pub use link::{Dial, Dialing, Stream, Tcp};
@@ -87,6 +88,9 @@ pub struct Options {
     /// `get`: flush downloaded files to disk before publishing them (`--no-fsync` turns it off:
     /// faster; a power loss may then lose what was fetched).
     pub fsync: bool,
+    /// `send`: connections one large file is striped over (1: one connection, the default). See
+    /// the `stripe` module. A server without striping refuses such a put as an invalid request.
+    pub streams: u32,
 }
 
 /// `--include`/`--exclude` globs over paths relative to what was named (a folder's contents):
@@ -158,6 +162,7 @@ impl Default for Options {
             delete: false,
             dest: None,
             fsync: true,
+            streams: 1,
         }
     }
 }

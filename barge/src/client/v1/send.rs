@@ -246,7 +246,7 @@ pub async fn send(
             .as_ref()
             .ok_or_else(|| TransferError::Protocol("no listing".into()))?;
         send_pass(
-            &mut link,
+            (&mut link, dial),
             &jobs,
             theirs,
             &mut progress,
@@ -509,7 +509,7 @@ async fn decide(
 }
 
 pub(super) async fn send_pass(
-    link: &mut Link,
+    (link, dial): (&mut Link, &dyn Dial),
     jobs: &[Job],
     theirs: &Theirs,
     progress: &mut [Progress],
@@ -520,14 +520,14 @@ pub(super) async fn send_pass(
     // Files that failed verification are put back; each round sends them again, until every job
     // is finished (done, or failed too often: `settle` counts the tries).
     while progress.iter().any(|p| !p.finished) {
-        send_round(link, jobs, theirs, progress, report, opts, on_event).await?;
+        send_round((link, dial), jobs, theirs, progress, report, opts, on_event).await?;
     }
     Ok(())
 }
 
 /// Visits every unfinished job once, in order, pipelining requests, and settles every reply.
 pub(super) async fn send_round(
-    link: &mut Link,
+    (link, dial): (&mut Link, &dyn Dial),
     jobs: &[Job],
     theirs: &Theirs,
     progress: &mut [Progress],
@@ -679,7 +679,8 @@ pub(super) async fn send_round(
                     mtime: *mtime,
                 };
                 let owed_entry =
-                    upload_file(link, index, remote, *size, file, at, on_event).await?;
+                    upload_file((link, dial, opts), index, remote, *size, file, at, on_event)
+                        .await?;
                 owed.push_back(owed_entry);
                 progress[index].unanswered = true;
             }
@@ -775,7 +776,7 @@ pub(super) struct PutAt {
 
 /// Sends one file from `from`: put, data, end. Returns what the server owes for it.
 pub(super) async fn upload_file(
-    link: &mut Link,
+    (link, dial, opts): (&mut Link, &dyn Dial, &Options),
     job: usize,
     remote: &str,
     size: u64,
@@ -798,6 +799,17 @@ pub(super) async fn upload_file(
         size,
         offset: from,
     });
+    let streams = match reuse {
+        None => super::stripe::streams_for(opts, size, from),
+        Some(_) => 1, // an update sends few chunks, scattered
+    };
+    let stripe = match streams {
+        1 => None,
+        streams => Some(barge_proto::wire::Stripe {
+            key: super::stripe::new_key()?,
+            streams,
+        }),
+    };
     link.request(&Request::Put {
         id,
         path: remote.to_owned(),
@@ -806,6 +818,7 @@ pub(super) async fn upload_file(
         replaces,
         reuse: reuse.as_deref().map(barge_proto::wire::format_chunk_set),
         mtime: Some(mtime),
+        stripe: stripe.clone(),
     })
     .await?;
     let cloned = file.try_clone().map_err(TransferError::Lost)?;
@@ -845,6 +858,34 @@ pub(super) async fn upload_file(
         single = Some(data.clone());
         sent = size;
         link.data(&cv, data).await?;
+    } else if let Some(stripe) = &stripe {
+        let striped = super::stripe::send_chunks(
+            (link, dial, opts),
+            (id, &stripe.key, stripe.streams),
+            remote,
+            &file,
+            (size, from),
+            on_event,
+        )
+        .await?;
+        if striped.refused {
+            // As below: `end` closes the put, whose refusal is settled in order.
+            link.request(&Request::End {
+                id,
+                digest: hex(&[0; 32]),
+            })
+            .await?;
+            return Ok(Owed {
+                id,
+                job,
+                digest: None,
+                transferred: striped.bytes,
+                started,
+                replacing,
+            });
+        }
+        cvs.extend(striped.cvs);
+        sent = striped.bytes;
     } else {
         let mut chunks = read_chunks(file, size, from);
         let mut done = from;
