@@ -207,6 +207,9 @@ def main():
     ap.add_argument("--files", type=int, default=10000)
     ap.add_argument("--work", default=None, help="folder for the files (default: a temp folder in /tmp)")
     ap.add_argument("--seed-dir", default=os.path.join(ROOT, "..", "shared", "seed"))
+    ap.add_argument("--file-size", default="4K", help="size of each small file")
+    ap.add_argument("--small-only", action="store_true",
+                    help="only the small-file rows (rsync and barge), e.g. --files 100000 --file-size 1K")
     ap.add_argument("--stable", action="store_true",
                     help="pause free-page reporting and pre-fault memory (root; see the docstring)")
     ap.add_argument("--stream-limit", default="16M",
@@ -219,7 +222,10 @@ def main():
 
 
 def run_all(a):
-    size = parse_size(a.size)
+    size = 1 << 20 if a.small_only else parse_size(a.size)
+    file_size = parse_size(a.file_size)
+    small_rsync_row = "rsync daemon push, %d x %s" % (a.files, a.file_size)
+    small_barge_row = "barge send, %d x %s (--no-fsync)" % (a.files, a.file_size)
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     work = tempfile.mkdtemp(prefix="barge-bench-", dir=a.work)
     b = Bench(work, os.path.abspath(a.seed_dir))
@@ -236,7 +242,7 @@ def run_all(a):
             d = os.path.join(tree, "d%02d" % (i % 20))
             os.makedirs(d, exist_ok=True)
             with open(os.path.join(d, "f%05d" % i), "wb") as f:
-                f.write(os.urandom(4096))
+                f.write(os.urandom(file_size))
         striped = os.path.join(work, "striped.bin")
         with open(src, "rb") as f, open(striped, "wb") as out:
             out.write(f.read(128 << 20).ljust(128 << 20, b"\0"))
@@ -267,8 +273,8 @@ def run_all(a):
             ("dd bs=1M conv=fsync -> file (durable ceiling)", mb, lambda: b.dd(src, ["conv=fsync"])),
             ("barge send --tls (--no-fsync)", mb, lambda: b.barge_send(src, [], ["--tls", "--no-fsync"])),
             ("barge get --no-fsync", mb, lambda: b.barge_get("src.bin", served, ["--no-fsync"])),
-            ("rsync daemon push, %d x 4 KiB" % a.files, a.files * 4096 / 1e6, lambda: b.rsync(tree, rsync_port)),
-            ("barge send, %d x 4 KiB (--no-fsync)" % a.files, a.files * 4096 / 1e6, lambda: b.barge_send(tree, [], ["--no-fsync"])),
+            (small_rsync_row, a.files * file_size / 1e6, lambda: b.rsync(tree, rsync_port)),
+            (small_barge_row, a.files * file_size / 1e6, lambda: b.barge_send(tree, [], ["--no-fsync"])),
             ("iperf3 -l 1M, memory to memory, 4 GiB", (4 << 30) / 1e6, lambda: b.iperf3(4 << 30)),
             ("barge bench, memory to memory, 4 GiB", (4 << 30) / 1e6, lambda: b.barge_bench(4 << 30)),
             ("barge send --streams 1, 128 MiB, L per connection", (128 << 20) / 1e6,
@@ -276,6 +282,8 @@ def run_all(a):
             ("barge send --streams 4, 128 MiB, L per connection", (128 << 20) / 1e6,
              lambda: b.barge_send(striped, ["--streams", "4"], ["--no-fsync", "--bwlimit-per-connection", a.stream_limit])),
         ]
+        if a.small_only:
+            rows = [r for r in rows if r[0] in (small_rsync_row, small_barge_row)]
         secs = {name: [] for name, _, _ in rows}
         for r in range(a.rounds):
             order = rows if r % 2 == 0 else list(reversed(rows))
@@ -288,6 +296,12 @@ def run_all(a):
             print("round %d/%d done" % (r + 1, a.rounds), file=sys.stderr, flush=True)
 
         med = {name: statistics.median(v) for name, v in secs.items()}
+        if a.small_only:
+            for name, megabytes, _ in rows:
+                print("| %s | %.3f s | %.1f MB/s |" % (name, med[name], megabytes / med[name]))
+            print("barge vs rsync: %.2fx (medians of %d rounds, alternating)" % (
+                med[small_rsync_row] / med[small_barge_row], a.rounds))
+            return
         ceiling = med[rows[0][0]]
         nc = med[rows[1][0]]
         print()
@@ -306,8 +320,8 @@ def run_all(a):
         durable = med["barge send (BLAKE3 verified, fsync)"]
         get = med["barge get (BLAKE3 verified)"]
         get_nf = med["barge get --no-fsync"]
-        small_rsync = med["rsync daemon push, %d x 4 KiB" % a.files]
-        small_barge = med["barge send, %d x 4 KiB (--no-fsync)" % a.files]
+        small_rsync = med[small_rsync_row]
+        small_barge = med[small_barge_row]
         bench = med["barge bench, memory to memory, 4 GiB"]
         iperf = med["iperf3 -l 1M, memory to memory, 4 GiB"]
         ddf = med["dd bs=1M conv=fsync -> file (durable ceiling)"]
@@ -326,7 +340,7 @@ def run_all(a):
             ("get --no-fsync vs nc", nc / get_nf, 1.5),
             ("get --no-fsync vs dd (page cache)", ceiling / get_nf, 0.6),
             ("send --tls vs plain (both --no-fsync)", barge1 / tls, 0.9),
-            ("%d x 4 KiB vs rsync" % a.files, small_rsync / small_barge, 2.0),
+            ("%d x %s vs rsync" % (a.files, a.file_size), small_rsync / small_barge, 2.0),
             ("barge bench vs iperf3", iperf / bench, 0.9),
             ("--streams 1 vs L (%s/s per connection)" % a.stream_limit, one_stream, 0.9),
             ("--streams 4 vs 4 x L", four_streams, 0.9),

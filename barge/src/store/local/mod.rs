@@ -283,6 +283,76 @@ fn publish(
     Ok(stored)
 }
 
+/// Opens an unnamed file in `dir` (`O_TMPFILE`), for [`link_unnamed`]; `None` where the file
+/// system has no unnamed files.
+fn open_unnamed(dir: &Path) -> Result<Option<File>, StoreError> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC;
+    match rustix::fs::open(dir, flags, Mode::from_bits_truncate(0o666)) {
+        Ok(fd) => Ok(Some(File::from(fd))),
+        Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::ISDIR | rustix::io::Errno::INVAL) => {
+            Ok(None)
+        }
+        Err(e) => Err(io::Error::from(e).into()),
+    }
+}
+
+/// Gives an unnamed file (see [`open_unnamed`]) its name in `dir`, never replacing anything:
+/// one directory insert, where a temporary name costs a create, then a rename's lookups, removal
+/// and insert (those were 40 % of a server's time storing 100,000 small files). `Ok(None)` when
+/// the link cannot be made here (no `CAP_DAC_READ_SEARCH` and no `/proc`): the caller stores the
+/// file the usual way. [`OnConflict::Overwrite`] is not for this path (a link never replaces).
+fn link_unnamed(
+    config: &LocalConfig,
+    on_conflict: OnConflict,
+    dir: &Path,
+    file: &File,
+    name: &str,
+    size: u64,
+) -> Result<Option<Stored>, StoreError> {
+    use rustix::fs::{AtFlags, CWD, linkat};
+    use rustix::io::Errno;
+    let link = |candidate: &str| {
+        let target = dir.join(candidate);
+        match linkat(file, "", CWD, &target, AtFlags::EMPTY_PATH) {
+            // Linking by descriptor needs CAP_DAC_READ_SEARCH; /proc's link to it does not.
+            Err(Errno::NOENT | Errno::PERM) => {
+                let own = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(file));
+                linkat(CWD, own.as_str(), CWD, &target, AtFlags::SYMLINK_FOLLOW)
+            }
+            other => other,
+        }
+    };
+    let mut n = 0;
+    let stored = loop {
+        let candidate = if n == 0 {
+            name.to_owned()
+        } else {
+            numbered(name, n)
+        };
+        if n > MAX_RENAME_ATTEMPTS || validate_file_name(&candidate).is_err() {
+            return Err(StoreError::Conflict(name.to_owned()));
+        }
+        match link(&candidate) {
+            Ok(()) => {
+                break Stored {
+                    name: candidate,
+                    size,
+                    digest: None,
+                };
+            }
+            Err(Errno::EXIST) if on_conflict == OnConflict::Rename => n += 1,
+            Err(Errno::EXIST) => return Err(StoreError::Conflict(name.to_owned())),
+            Err(_) if n == 0 => return Ok(None),
+            Err(e) => return Err(io::Error::from(e).into()),
+        }
+    };
+    if config.fsync {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(Some(stored))
+}
+
 /// `movie.mp4` -> `movie (n).mp4`; names without an extension (or dot-files) get the suffix at
 /// the end. The stem is shortened (whole characters) so the result stays within the name rule's
 /// 255 bytes; an extension too long to leave room is treated as part of the stem.

@@ -41,7 +41,7 @@ use tempfile::TempPath;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use super::{LocalStore, StoreError, Stored, blocking, publish};
+use super::{LocalStore, StoreError, Stored, blocking, link_unnamed, open_unnamed, publish};
 use crate::store::{Begin, BoxFuture, Listing, Meta, OnConflict, Partial, Reading, Store, Version};
 
 /// Blocks are preallocated this far ahead of the data received at first (then in windows as large
@@ -332,6 +332,23 @@ impl LocalStore {
             if on_conflict == OnConflict::Fail && std::fs::symlink_metadata(dir.join(&name)).is_ok()
             {
                 return Err(StoreError::Conflict(path));
+            }
+            // Unnamed until whole: nothing to lock, nothing a crash leaves behind.
+            if on_conflict != OnConflict::Overwrite
+                && let Some(mut file) = open_unnamed(&dir)?
+            {
+                file.write_all(&data)?;
+                set_mtime(&file, mtime)?;
+                if config.fsync {
+                    file.sync_all()?;
+                }
+                cache_digest(&file, &digest);
+                if let Some(mut stored) =
+                    link_unnamed(config, on_conflict, &dir, &file, &name, size)?
+                {
+                    stored.digest = Some(digest);
+                    return Ok(stored);
+                }
             }
             let named = tempfile::Builder::new()
                 .prefix(RESERVED_PREFIX)
@@ -1598,6 +1615,50 @@ mod tests {
             listed(s).await,
             Some(blake3::hash(&after).to_hex().to_string())
         );
+    }
+
+    /// Small files go in unnamed and are linked in under their name: nothing else ever appears
+    /// in the folder, a name taken is numbered (or refused under `Fail`), and the sender's mtime
+    /// and the cached digest stay with the file.
+    #[tokio::test]
+    async fn a_small_file_appears_under_its_name_only_when_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let s = open(d.path(), |_| {});
+        let body = b"small".to_vec();
+        let whole = digest(&body);
+        let put = |on_conflict| {
+            s.put_small(
+                "s.txt",
+                Bytes::from(body.clone()),
+                whole,
+                on_conflict,
+                Some(1_000_000_000),
+            )
+        };
+        assert_eq!(put(OnConflict::Rename).await.unwrap().name, "s.txt");
+        assert_eq!(put(OnConflict::Rename).await.unwrap().name, "s (1).txt");
+        assert!(matches!(
+            put(OnConflict::Fail).await,
+            Err(StoreError::Conflict(_))
+        ));
+        let mut names: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != ".barge")
+            .collect();
+        names.sort();
+        assert_eq!(names, ["s (1).txt", "s.txt"]);
+        for name in &names {
+            let path = d.path().join(name);
+            assert_eq!(std::fs::read(&path).unwrap(), body);
+            let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+            assert_eq!(
+                mtime,
+                std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000)
+            );
+        }
+        let listed = s.list("s.txt", false).await.unwrap();
+        assert_eq!(listed[0].digest.as_deref(), Some(hex(&whole).as_str()));
     }
 
     fn data(seed: u8, len: u64) -> Vec<u8> {
