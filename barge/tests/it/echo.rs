@@ -236,11 +236,7 @@ fn barge_echo_send_works_against_seed_server() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "HELLO\nWöRLD\n");
 }
 

@@ -70,11 +70,7 @@ fn barge_send_uploads_several_files_to_seed_server() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     // barge send returns once the server closed the connection, after reading everything;
     // the seed server exits after that one connection.
     let status = server.0.wait().unwrap();

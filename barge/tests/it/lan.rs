@@ -93,11 +93,7 @@ impl Pair {
             .args(["-c", script])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeded(&out);
         out.stdout
     }
 
@@ -192,11 +188,7 @@ fn a_server_is_found_by_name_reached_by_name_and_forgotten_when_it_stops() {
         .args(["discover", "--json", "--timeout", "2"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     let found = json_lines(&out.stdout);
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0]["name"], "studio");
@@ -242,11 +234,7 @@ fn a_server_is_found_by_name_reached_by_name_and_forgotten_when_it_stops() {
         .args(["--to", "studio", "-q"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     assert_eq!(
         std::fs::read(inbox.join("hello.bin")).unwrap(),
         content(7, 300_000)

@@ -134,11 +134,7 @@ fn files_of_every_size_arrive_byte_identical() {
         files.push(p);
     }
     let (out, events) = send(work.path(), port, &files);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     assert_eq!(
         events.iter().filter(|e| e["event"] == "sent").count(),
         4,
@@ -172,11 +168,7 @@ fn a_batch_of_a_hundred_files_arrives_in_one_session() {
         })
         .collect();
     let (out, events) = send(work.path(), port, &files);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     assert_eq!(events.iter().filter(|e| e["event"] == "session").count(), 1);
     assert_eq!(events.iter().filter(|e| e["event"] == "sent").count(), 100);
     for (i, f) in files.iter().enumerate() {

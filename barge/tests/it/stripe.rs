@@ -44,6 +44,24 @@ fn server_waiting(wait: Duration) -> TestServer {
     TestServer::start_service(service, ServerConfig::default(), "127.0.0.1:0", dir)
 }
 
+/// Sends `file` through `proxy` over `streams` connections; the report and the events.
+async fn send_striped(
+    proxy: &Proxy,
+    file: std::path::PathBuf,
+    streams: u32,
+) -> (v1::Report, Vec<Event>) {
+    let mut events = Vec::new();
+    let report = within(
+        "send",
+        v1::send(&tcp(proxy.addr), &[file], &opts(streams), &mut |e| {
+            events.push(e)
+        }),
+    )
+    .await
+    .unwrap();
+    (report, events)
+}
+
 fn source(size: usize) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("big.bin");
@@ -58,12 +76,7 @@ async fn a_striped_send_is_byte_identical_and_spreads_over_its_connections() {
     let size = (21 << 20) + 12345;
     let (_src, file) = source(size);
     let proxy = Proxy::start(server.addr, Fault::None, None).await;
-    let report = within(
-        "send",
-        v1::send(&tcp(proxy.addr), &[file], &opts(4), &mut |_| {}),
-    )
-    .await
-    .unwrap();
+    let (report, _) = send_striped(&proxy, file, 4).await;
     assert_eq!((report.files, report.transferred), (1, size as u64));
     assert_eq!(server.read("big.bin"), content(11, size));
     // The put's connection and three joins, each carrying about a quarter of the chunks.
@@ -81,12 +94,7 @@ async fn a_small_file_is_not_striped() {
     // 6 chunks: fewer than four per stream for two streams or more.
     let (_src, file) = source(6 << 20);
     let proxy = Proxy::start(server.addr, Fault::None, None).await;
-    let report = within(
-        "send",
-        v1::send(&tcp(proxy.addr), &[file], &opts(4), &mut |_| {}),
-    )
-    .await
-    .unwrap();
+    let (report, _) = send_striped(&proxy, file, 4).await;
     assert_eq!(report.files, 1);
     assert_eq!(proxy.counts().len(), 1);
     assert_eq!(server.read("big.bin"), content(11, 6 << 20));
@@ -108,13 +116,7 @@ async fn a_flipped_byte_on_a_stripe_heals_and_never_stores_corrupt_data() {
         None,
     )
     .await;
-    let mut events = Vec::new();
-    let report = within(
-        "send",
-        v1::send(&tcp(proxy.addr), &[file], &opts(4), &mut |e| events.push(e)),
-    )
-    .await
-    .unwrap();
+    let (report, events) = send_striped(&proxy, file, 4).await;
     assert_eq!(report.files, 1, "{events:?}");
     assert!(
         events.iter().any(|e| matches!(e, Event::Retry { .. })),
@@ -143,13 +145,7 @@ async fn a_cut_stripe_resumes_from_the_chunks_verified_in_order() {
         None,
     )
     .await;
-    let mut events = Vec::new();
-    let report = within(
-        "send",
-        v1::send(&tcp(proxy.addr), &[file], &opts(4), &mut |e| events.push(e)),
-    )
-    .await
-    .unwrap();
+    let (report, events) = send_striped(&proxy, file, 4).await;
     assert_eq!(report.files, 1, "{events:?}");
     assert!(report.retries >= 1);
     let resumed = events
@@ -375,11 +371,7 @@ async fn the_cli_sends_striped_and_refuses_a_stream_count_out_of_range() {
         .arg(&file)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     assert_eq!(server.read("big.bin"), content(11, size));
     for n in ["0", "17"] {
         let out = barge()

@@ -357,3 +357,13 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .expect("VmHWM")
 }
+
+/// Asserts that a command succeeded, showing its stderr when it did not.
+#[track_caller]
+pub fn succeeded(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

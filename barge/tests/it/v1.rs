@@ -776,11 +776,7 @@ async fn a_killed_client_resumes_where_it_stopped() {
         "10",
     ]))
     .await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     let done = done_event(&out.stdout);
     let transferred = done["transferred"].as_u64().unwrap();
     assert!(
@@ -1109,11 +1105,7 @@ async fn bench_counts_bytes_memory_to_memory_and_stores_nothing() {
     let out =
         run_blocking(barge().args(["bench", &server.addr.to_string(), "--size", "8M", "--json"]))
             .await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["bytes"], 8 << 20);
     assert!(v["bits_per_second"].as_f64().unwrap() > 0.0);
@@ -1937,11 +1929,7 @@ async fn a_dry_run_says_what_would_move_and_moves_nothing() {
                 .args(["--to", &addr, "--dry-run", "--json"]),
         )
         .await;
-    assert!(
-        dry.status.success(),
-        "{}",
-        String::from_utf8_lossy(&dry.stderr)
-    );
+    succeeded(&dry);
     let events: Vec<serde_json::Value> = String::from_utf8_lossy(&dry.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

@@ -869,20 +869,15 @@ pub(super) async fn upload_file(
         )
         .await?;
         if striped.refused {
-            // As below: `end` closes the put, whose refusal is settled in order.
-            link.request(&Request::End {
-                id,
-                digest: hex(&[0; 32]),
-            })
-            .await?;
-            return Ok(Owed {
+            let owed = Owed {
                 id,
                 job,
                 digest: None,
                 transferred: striped.bytes,
                 started,
                 replacing,
-            });
+            };
+            return end_refused(link, owed).await;
         }
         cvs.extend(striped.cvs);
         sent = striped.bytes;
@@ -907,21 +902,15 @@ pub(super) async fn upload_file(
             link.data(&chunk.cv, chunk.data).await?;
             throttle.tick(remote, done, size, on_event);
             if link.refused_already(id)? {
-                // The server refused the file (too large, no space, ...): the rest would only be
-                // skipped there. `end` closes the put; the refusal is settled in order.
-                link.request(&Request::End {
-                    id,
-                    digest: hex(&[0; 32]),
-                })
-                .await?;
-                return Ok(Owed {
+                let owed = Owed {
                     id,
                     job,
                     digest: None,
                     transferred: sent,
                     started,
                     replacing,
-                });
+                };
+                return end_refused(link, owed).await;
             }
         }
     }
@@ -943,6 +932,17 @@ pub(super) async fn upload_file(
         started,
         replacing,
     })
+}
+
+/// Closes a put the server refused while it was being sent (too large, no space, ...): the rest
+/// would only be skipped there. `end` ends its frames; the refusal is settled in order.
+async fn end_refused(link: &mut Link, owed: Owed) -> Result<Owed, TransferError> {
+    link.request(&Request::End {
+        id: owed.id,
+        digest: hex(&[0; 32]),
+    })
+    .await?;
+    Ok(owed)
 }
 
 pub(super) async fn settle_all(

@@ -3,14 +3,18 @@
 //! folder and becomes visible under its name only after the last byte, by `rename` inside one
 //! file system (atomic, so a reader never sees a partial file); without overwrite it is
 //! `renameat2(RENAME_NOREPLACE)` (via `tempfile`), so two publishes of one name cannot both take
-//! it. A symlink in the folder is never followed: rename replaces or skips the link itself.
+//! it. A one-chunk file is written unnamed (`O_TMPFILE`) where the file system allows and linked
+//! in under its name when whole (`linkat` never replaces: the same guarantee, one directory
+//! operation instead of two). A symlink in the folder is never followed: rename and link replace
+//! or skip the link itself.
 //!
 //! Layout of a storage directory:
 //! ```text
 //! DIR/                      published files, each complete
 //! DIR/.barge/               barge's own state; never a published name, never listed
 //! DIR/.barge/partial/       resumable transfers, for DIR and every token root below it
-//! DIR/**/.barge-KEY.part    a one-chunk file being received next to its final name
+//! DIR/**/.barge-KEY.part    a one-chunk file being received next to its final name (where it
+//!                           cannot be unnamed, or replaces a file)
 //! ```
 //! A token root is a view of the same store ([`LocalStore::subfolder`]): it publishes below its
 //! folder but shares the state folder, the quota and the sweep. The partials, their lock, the

@@ -6,9 +6,12 @@
 //! A part enters the resume state only when it was uploaded *and* every chunk it covers was
 //! verified: a resume starts at a part boundary (a part cannot be appended to), and never claims
 //! bytes that were not checked. What a killed server loses is bounded by `parts_in_flight` parts
-//! and one chunk: a new part may take its first chunk while older ones complete, no more until
-//! all but the `parts_in_flight - 1` last are in the state in the bucket (with 1, one part and a
-//! chunk at most). State saves run beside the bytes, one at a time.
+//! and a chunk or two: with 1, a new part takes no byte until the one before is in the state in
+//! the bucket (one part, and what the front end had read of the next chunk: the bound);
+//! with more, a new part may take its first chunk while older ones complete (faster: garage's
+//! answers and the state saves overlap the bytes), no more until all but the
+//! `parts_in_flight - 1` last are in the state (N parts, that chunk and the next read). State
+//! saves run beside the bytes, one at a time.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -856,8 +859,16 @@ impl Partial for S3Partial {
                     None => return Err(failed("no part is open")),
                 };
                 let n = (bytes.len() as u64).min(room).min(QUEUE_PIECE as u64);
-                // Past the new part's first chunk, the one before must be in the state.
-                if self.resumable && sent + n > CHUNK {
+                // With one part in flight a new part waits for the one before from its first
+                // byte (letting its first chunk in lost a part, a chunk and the next read: 9.27 MiB
+                // with 8 MiB parts in a CI run); with more, from its second chunk (13 % faster
+                // on garage with two).
+                let overlap = if self.store.inner.config.parts_in_flight > 1 {
+                    CHUNK
+                } else {
+                    0
+                };
+                if self.resumable && sent + n > overlap {
                     self.settle(index).await?;
                 }
                 self.send(bytes.split_to(n as usize)).await?;
