@@ -42,7 +42,16 @@ fn backends_with_units() -> Vec<Backend> {
 /// exists), or runs through a file (`f/g`), fails with 500 where S3 answers 404. The store asks
 /// exactly that (is this name free?), so those answers are mapped to what S3 says; every other
 /// operation is `s3s-fs`'s own.
-struct FsAsS3(s3s_fs::FileSystem);
+///
+/// With `ghosts`, listings lag behind deletes the way S3 allows (and garage was seen doing): a
+/// deleted key stays listed, with its size, until it is written again, while HEAD and GET
+/// already answer 404.
+struct FsAsS3 {
+    fs: s3s_fs::FileSystem,
+    /// The folder `s3s-fs` serves: an object is the file `root/bucket/key`.
+    root: std::path::PathBuf,
+    ghosts: Option<std::sync::Mutex<std::collections::BTreeMap<String, i64>>>,
+}
 
 /// An internal error of the file system double, for a read of a key: S3's "no such key".
 fn as_s3<T>(r: s3s::S3Result<T>) -> s3s::S3Result<T> {
@@ -55,73 +64,109 @@ fn as_s3<T>(r: s3s::S3Result<T>) -> s3s::S3Result<T> {
     })
 }
 
+impl FsAsS3 {
+    /// Keeps a key about to be deleted in later listings, with its size (lagging only).
+    fn haunt(&self, bucket: &str, key: &str) {
+        if let Some(ghosts) = &self.ghosts
+            && let Ok(meta) = std::fs::metadata(self.root.join(bucket).join(key))
+        {
+            let size = i64::try_from(meta.len()).unwrap_or(i64::MAX);
+            ghosts.lock().unwrap().insert(key.to_owned(), size);
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl s3s::S3 for FsAsS3 {
     async fn head_object(
         &self,
         req: s3s::S3Request<s3s::dto::HeadObjectInput>,
     ) -> s3s::S3Result<s3s::S3Response<s3s::dto::HeadObjectOutput>> {
-        as_s3(self.0.head_object(req).await)
+        as_s3(self.fs.head_object(req).await)
     }
     async fn get_object(
         &self,
         req: s3s::S3Request<s3s::dto::GetObjectInput>,
     ) -> s3s::S3Result<s3s::S3Response<s3s::dto::GetObjectOutput>> {
-        as_s3(self.0.get_object(req).await)
+        as_s3(self.fs.get_object(req).await)
     }
     async fn put_object(
         &self,
         req: s3s::S3Request<s3s::dto::PutObjectInput>,
     ) -> s3s::S3Result<s3s::S3Response<s3s::dto::PutObjectOutput>> {
-        self.0.put_object(req).await
+        if let Some(ghosts) = &self.ghosts {
+            ghosts.lock().unwrap().remove(&req.input.key);
+        }
+        self.fs.put_object(req).await
     }
     async fn delete_object(
         &self,
         req: s3s::S3Request<s3s::dto::DeleteObjectInput>,
     ) -> s3s::S3Result<s3s::S3Response<s3s::dto::DeleteObjectOutput>> {
-        self.0.delete_object(req).await
+        self.haunt(&req.input.bucket, &req.input.key);
+        self.fs.delete_object(req).await
     }
     async fn delete_objects(
         &self,
         req: s3s::S3Request<s3s::dto::DeleteObjectsInput>,
     ) -> s3s::S3Result<s3s::S3Response<s3s::dto::DeleteObjectsOutput>> {
-        self.0.delete_objects(req).await
+        for object in &req.input.delete.objects {
+            self.haunt(&req.input.bucket, &object.key);
+        }
+        self.fs.delete_objects(req).await
     }
     async fn copy_object(
         &self,
         req: s3s::S3Request<s3s::dto::CopyObjectInput>,
     ) -> s3s::S3Result<s3s::S3Response<s3s::dto::CopyObjectOutput>> {
-        self.0.copy_object(req).await
+        self.fs.copy_object(req).await
     }
     async fn list_objects_v2(
         &self,
         req: s3s::S3Request<s3s::dto::ListObjectsV2Input>,
     ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListObjectsV2Output>> {
-        self.0.list_objects_v2(req).await
+        let prefix = req.input.prefix.clone().unwrap_or_default();
+        let mut listed = self.fs.list_objects_v2(req).await?;
+        if let Some(ghosts) = &self.ghosts {
+            let contents = listed.output.contents.get_or_insert_with(Vec::new);
+            for (key, size) in ghosts.lock().unwrap().iter() {
+                if key.starts_with(&prefix) {
+                    contents.push(s3s::dto::Object {
+                        key: Some(key.clone()),
+                        size: Some(*size),
+                        last_modified: Some(std::time::SystemTime::now().into()),
+                        ..Default::default()
+                    });
+                }
+            }
+            contents.sort_by(|a, b| a.key.cmp(&b.key));
+            listed.output.key_count = Some(contents.len() as i32);
+        }
+        Ok(listed)
     }
     async fn create_multipart_upload(
         &self,
         req: s3s::S3Request<s3s::dto::CreateMultipartUploadInput>,
     ) -> s3s::S3Result<s3s::S3Response<s3s::dto::CreateMultipartUploadOutput>> {
-        self.0.create_multipart_upload(req).await
+        self.fs.create_multipart_upload(req).await
     }
     async fn upload_part(
         &self,
         req: s3s::S3Request<s3s::dto::UploadPartInput>,
     ) -> s3s::S3Result<s3s::S3Response<s3s::dto::UploadPartOutput>> {
-        self.0.upload_part(req).await
+        self.fs.upload_part(req).await
     }
     async fn complete_multipart_upload(
         &self,
         req: s3s::S3Request<s3s::dto::CompleteMultipartUploadInput>,
     ) -> s3s::S3Result<s3s::S3Response<s3s::dto::CompleteMultipartUploadOutput>> {
-        self.0.complete_multipart_upload(req).await
+        self.fs.complete_multipart_upload(req).await
     }
     async fn abort_multipart_upload(
         &self,
         req: s3s::S3Request<s3s::dto::AbortMultipartUploadInput>,
     ) -> s3s::S3Result<s3s::S3Response<s3s::dto::AbortMultipartUploadOutput>> {
-        self.0.abort_multipart_upload(req).await
+        self.fs.abort_multipart_upload(req).await
     }
 }
 
@@ -134,10 +179,24 @@ fn s3s_backend() -> (super::S3Store, tempfile::TempDir) {
 
 /// The configuration of [`s3s_backend`], its server started; the folder lives as long as it.
 pub(crate) fn s3s_config() -> (super::S3Config, tempfile::TempDir) {
+    s3s_serve(false)
+}
+
+/// [`s3s_config`] on a server whose listings keep showing deleted keys (see [`FsAsS3`]).
+pub(crate) fn s3s_lagging_config() -> (super::S3Config, tempfile::TempDir) {
+    s3s_serve(true)
+}
+
+fn s3s_serve(lagging: bool) -> (super::S3Config, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("bucket")).unwrap();
     let fs = s3s_fs::FileSystem::new(dir.path()).unwrap();
-    let mut builder = s3s::service::S3ServiceBuilder::new(FsAsS3(fs));
+    let ghosts = lagging.then(Default::default);
+    let mut builder = s3s::service::S3ServiceBuilder::new(FsAsS3 {
+        fs,
+        root: dir.path().to_owned(),
+        ghosts,
+    });
     builder.set_auth(s3s::auth::SimpleAuth::from_single(
         "AKIDBARGETEST",
         "barge-test-secret",
