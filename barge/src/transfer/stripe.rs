@@ -88,8 +88,34 @@ impl Stripe {
             taken: Mutex::new(taken),
             wait,
         });
+        // A stream that never joins would hold the upload (and its partial, which a retry then
+        // cannot resume) until some lane's turn wait ran out: the joins get the join wait.
+        let join_wait = JOIN_WAIT.min(wait);
+        let watched = Arc::downgrade(&stripe);
+        tokio::spawn(async move {
+            tokio::time::sleep(join_wait).await;
+            if let Some(stripe) = watched.upgrade() {
+                stripe.check_joined(join_wait);
+            }
+        });
         let lane = Lane::new(&stripe, 0);
         (stripe, lane)
+    }
+
+    /// Fails the stripe if a stream that has chunks to carry has not joined.
+    fn check_joined(&self, waited: Duration) {
+        if *self.turn.borrow() >= self.count {
+            return;
+        }
+        let missing = self.taken.lock().ok().and_then(|taken| {
+            (0..self.streams).find(|&s| !taken[s as usize] && self.first + s < self.count)
+        });
+        if let Some(stream) = missing {
+            self.fail(&StoreError::BadRequest(format!(
+                "stream {stream} did not join within {} s",
+                waited.as_secs()
+            )));
+        }
     }
 
     /// The lane of `stream` (1 ..= streams - 1), for a connection that joins. Each is given once.

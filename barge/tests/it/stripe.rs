@@ -340,23 +340,63 @@ async fn a_stripe_whose_join_goes_away_fails_and_keeps_the_chunks_verified_in_or
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_join_that_never_comes_fails_the_put_within_the_wait() {
+async fn a_join_that_never_comes_fails_the_put_within_the_join_wait() {
     let server = server_waiting(Duration::from_secs(2));
     let size = 8 * CHUNK;
     let data = content(6, size as usize);
     let mut main = Raw::open(server.addr).await;
     main.request(&put(2, size, KEY, 2)).await;
     main.chunk(&data[..CHUNK as usize], 0).await;
-    main.chunk(&data[2 * CHUNK as usize..3 * CHUNK as usize], 2)
-        .await;
-    // Chunk 2 waits for chunk 1, which nobody sends: the put fails after the wait.
+    // Stream 1 never joins: the put fails when the join wait runs out, with chunk 0 kept, and
+    // its partial is free at once for a retry that resumes (the next test waits on a turn).
     let reply = main.reply().await.unwrap();
     assert_eq!(
         (reply.id, reply.status),
         (2, Status::BadRequest),
         "{reply:?}"
     );
-    assert!(reply.message.unwrap().contains("waited"));
+    let message = reply.message.unwrap();
+    assert!(message.contains("stream 1 did not join"), "{message}");
+    assert_eq!(reply.offset, Some(CHUNK));
+    drop(main);
+    let mut again = Raw::open(server.addr).await;
+    again
+        .request(&Request::Probe {
+            id: 3,
+            path: "s.bin".into(),
+            size,
+        })
+        .await;
+    let reply = again.reply().await.unwrap();
+    assert_eq!(reply.offset, Some(CHUNK), "{reply:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_that_never_comes_fails_the_put_within_the_turn_wait() {
+    let server = server_waiting(Duration::from_secs(2));
+    let size = 8 * CHUNK;
+    let data = content(6, size as usize);
+    let mut main = Raw::open(server.addr).await;
+    main.request(&put(2, size, KEY, 2)).await;
+    let mut lane = Raw::open(server.addr).await;
+    lane.request(&Request::Join {
+        id: 1,
+        key: KEY.into(),
+        stream: 1,
+    })
+    .await;
+    main.chunk(&data[..CHUNK as usize], 0).await;
+    main.chunk(&data[2 * CHUNK as usize..3 * CHUNK as usize], 2)
+        .await;
+    // Chunk 2 waits for chunk 1, which the joined stream never sends.
+    let reply = main.reply().await.unwrap();
+    assert_eq!(
+        (reply.id, reply.status),
+        (2, Status::BadRequest),
+        "{reply:?}"
+    );
+    let message = reply.message.unwrap();
+    assert!(message.contains("waited"), "{message}");
     assert_eq!(reply.offset, Some(CHUNK));
 }
 
