@@ -349,15 +349,7 @@ async fn a_join_that_never_comes_fails_the_put_within_the_join_wait() {
     main.chunk(&data[..CHUNK as usize], 0).await;
     // Stream 1 never joins: the put fails when the join wait runs out, with chunk 0 kept, and
     // its partial is free at once for a retry that resumes (the next test waits on a turn).
-    let reply = main.reply().await.unwrap();
-    assert_eq!(
-        (reply.id, reply.status),
-        (2, Status::BadRequest),
-        "{reply:?}"
-    );
-    let message = reply.message.unwrap();
-    assert!(message.contains("stream 1 did not join"), "{message}");
-    assert_eq!(reply.offset, Some(CHUNK));
+    refused_keeping_one_chunk(&mut main, "stream 1 did not join").await;
     drop(main);
     let mut again = Raw::open(server.addr).await;
     again
@@ -389,6 +381,11 @@ async fn a_chunk_that_never_comes_fails_the_put_within_the_turn_wait() {
     main.chunk(&data[2 * CHUNK as usize..3 * CHUNK as usize], 2)
         .await;
     // Chunk 2 waits for chunk 1, which the joined stream never sends.
+    refused_keeping_one_chunk(&mut main, "waited").await;
+}
+
+/// Put 2 is refused with a message saying `why`, and chunk 0 is kept for a resume.
+async fn refused_keeping_one_chunk(main: &mut Raw, why: &str) {
     let reply = main.reply().await.unwrap();
     assert_eq!(
         (reply.id, reply.status),
@@ -396,7 +393,7 @@ async fn a_chunk_that_never_comes_fails_the_put_within_the_turn_wait() {
         "{reply:?}"
     );
     let message = reply.message.unwrap();
-    assert!(message.contains("waited"), "{message}");
+    assert!(message.contains(why), "{message}");
     assert_eq!(reply.offset, Some(CHUNK));
 }
 
