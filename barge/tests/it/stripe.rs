@@ -236,10 +236,34 @@ async fn joins_that_do_not_fit_are_refused_and_close_their_connection() {
     let server = server_waiting(Duration::from_secs(2));
     let mut main = Raw::open(server.addr).await;
     main.request(&put(2, 8 * CHUNK, KEY, 2)).await;
+    // Stream 1 joins once; a second connection for it is refused.
+    let mut one = Raw::open(server.addr).await;
+    one.request(&Request::Join {
+        id: 2,
+        key: KEY.into(),
+        stream: 1,
+    })
+    .await;
+    let mut again = Raw::open(server.addr).await;
+    again
+        .request(&Request::Join {
+            id: 2,
+            key: KEY.into(),
+            stream: 1,
+        })
+        .await;
+    // Whichever the server took second is refused; the other has the stream and waits for data.
+    let reply = tokio::select! {
+        r = one.reply() => r,
+        r = again.reply() => r,
+    };
+    assert!(reply.unwrap().message.unwrap().contains("joined already"));
+    // Joins that do not fit; the unknown key last: it waits as long as the stripe waits for its
+    // joins, after which this stripe has failed.
     for (key, stream, why) in [
-        ("ffffffffffffffffffffffffffffffff", 1, "no striped upload"),
         (KEY, 0, "not one of this stripe's"),
         (KEY, 2, "not one of this stripe's"),
+        ("ffffffffffffffffffffffffffffffff", 1, "no striped upload"),
     ] {
         let mut join = Raw::open(server.addr).await;
         join.request(&Request::Join {
@@ -264,28 +288,6 @@ async fn joins_that_do_not_fit_are_refused_and_close_their_connection() {
         let reply = bad.reply().await.unwrap();
         assert_eq!((reply.id, reply.status), (id, Status::BadRequest));
     }
-    // Stream 1 joins once; a second connection for it is refused.
-    let mut one = Raw::open(server.addr).await;
-    one.request(&Request::Join {
-        id: 2,
-        key: KEY.into(),
-        stream: 1,
-    })
-    .await;
-    let mut again = Raw::open(server.addr).await;
-    again
-        .request(&Request::Join {
-            id: 2,
-            key: KEY.into(),
-            stream: 1,
-        })
-        .await;
-    // Whichever the server took second is refused; the other has the stream and waits for data.
-    let reply = tokio::select! {
-        r = one.reply() => r,
-        r = again.reply() => r,
-    };
-    assert!(reply.unwrap().message.unwrap().contains("joined already"));
     drop(one);
     drop(main);
     assert!(server.published().is_empty());
