@@ -668,10 +668,16 @@ impl S3Store {
         if !is_file && !recursive && keys.iter().any(|(k, _)| *k != marker) {
             return Err(StoreError::NotEmpty(path.to_owned()));
         }
-        let freed: u64 = keys.iter().map(|(_, s)| s).sum();
-        for (k, _) in keys {
+        // Under a quota a listed key is asked for first: a listing may still name what was just
+        // deleted, whose bytes were given back then (a file's own key came from a HEAD already).
+        let asked = !is_file && self.inner.config.quota.is_some();
+        let mut freed = 0;
+        for (k, size) in keys {
+            if asked && self.head(&k).await?.is_none() {
+                continue;
+            }
             match self.inner.s3.delete(&Key::from(k.as_str())).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => freed += size,
                 Err(e) => return Err(io_error(e)),
             }
         }
@@ -1005,6 +1011,33 @@ mod tests {
         ));
         assert_eq!(store.remove("b", true).await.unwrap(), 4);
         assert!(store.list("", true).await.unwrap().is_empty());
+    }
+
+    /// Under a quota, removing a folder whose listing still names deleted keys gives back only
+    /// the bytes that were there (the deleted ones were given back when they went).
+    #[tokio::test]
+    async fn a_quota_gets_back_only_what_a_remove_found() {
+        let (mut config, _dir) = s3s_lagging_config();
+        let quota = crate::store::Quota::new(1 << 20, 0);
+        config.quota = Some(quota.clone());
+        let store = S3Store::open(config).unwrap();
+        for (path, data) in [
+            ("a/one.txt", &b"one"[..]),
+            ("a/two.txt", b"two!"),
+            ("x.txt", b"x"),
+        ] {
+            let data = Bytes::copy_from_slice(data);
+            let digest = blake3::hash(&data).into();
+            store
+                .put_small(path, data, digest, OnConflict::Fail, None)
+                .await
+                .unwrap();
+        }
+        assert_eq!(quota.used(), 8);
+        assert_eq!(store.remove("a/one.txt", false).await.unwrap(), 3);
+        assert_eq!(quota.used(), 5);
+        assert_eq!(store.remove("a", true).await.unwrap(), 4);
+        assert_eq!(quota.used(), 1, "x.txt is all that is stored");
     }
 
     /// An upload nobody continues within the TTL is aborted: its multipart upload, its staging
