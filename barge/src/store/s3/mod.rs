@@ -306,9 +306,16 @@ impl S3Store {
         if self.head(key).await?.is_some() {
             return Ok(true);
         }
+        // A folder: something below it that is still there (a listing may lag behind deletes,
+        // so what it names is asked for; the first that answers settles it).
         let below = Key::from(key);
         let mut list = self.inner.s3.list(Some(&below));
-        Ok(list.next().await.transpose().map_err(io_error)?.is_some())
+        while let Some(meta) = list.try_next().await.map_err(io_error)? {
+            if self.head(meta.location.as_ref()).await?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The digest of an object without barge's metadata (put there by another S3 tool): read
@@ -665,8 +672,13 @@ impl S3Store {
             return Err(StoreError::NotFound(path.to_owned()));
         }
         let marker = format!("{key}/{FOLDER_MARKER}");
-        if !is_file && !recursive && keys.iter().any(|(k, _)| *k != marker) {
-            return Err(StoreError::NotEmpty(path.to_owned()));
+        if !is_file && !recursive {
+            // Anything else listed makes the folder not empty, if it is still there.
+            for (k, _) in keys.iter().filter(|(k, _)| *k != marker) {
+                if self.head(k).await?.is_some() {
+                    return Err(StoreError::NotEmpty(path.to_owned()));
+                }
+            }
         }
         // Under a quota a listed key is asked for first: a listing may still name what was just
         // deleted, whose bytes were given back then (a file's own key came from a HEAD already).
@@ -982,6 +994,11 @@ mod tests {
                 .any(|m| m.location.as_ref().ends_with("a/one.txt")),
             "the double lags: the deleted key is still listed"
         );
+        // A folder only ghosts are left in is free for a new folder or file of its name.
+        assert!(!store.exists("m").await.unwrap() && store.exists("a").await.unwrap());
+        store.mkdir("m").await.unwrap();
+        assert!(store.exists("m").await.unwrap());
+        store.remove("m", false).await.unwrap();
         let names = |listing: Listing| {
             listing
                 .into_iter()
