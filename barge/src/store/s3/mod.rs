@@ -154,6 +154,10 @@ struct Inner {
     queued: Arc<tokio::sync::Semaphore>,
 }
 
+/// How many of the objects under a folder a non-recursive listing keeps to ask whether the
+/// folder is still there (see `list_tree`).
+const ASKED_PER_FOLDER: usize = 8;
+
 fn io_error(e: object_store::Error) -> StoreError {
     match e {
         object_store::Error::NotFound { path, .. } => StoreError::NotFound(path),
@@ -472,9 +476,10 @@ impl S3Store {
         // a key its HEAD already called gone), so every file and folder marker about to be shown
         // is asked for, and one that is gone is left out with the folders only it made. Deeper
         // names of a non-recursive listing only name their top folder: it is shown when the
-        // first of them that is asked for is there (one request per folder, as a rule).
+        // first of them that is asked for is there (one request per folder, as a rule). Only the
+        // first few are kept (memory stays small under a huge folder); past them it is shown.
         let mut asked = Vec::new();
-        let mut below: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut below: BTreeMap<String, (Vec<String>, bool)> = BTreeMap::new();
         let mut dirs = BTreeSet::new();
         let list_prefix = Key::from(folder.trim_end_matches('/'));
         let mut found = false;
@@ -502,7 +507,12 @@ impl S3Store {
             };
             let shown = recursive || folders.len() <= usize::from(!is_file);
             if !shown {
-                below.entry(folders[0].to_owned()).or_default().push(key);
+                let (keys, more) = below.entry(folders[0].to_owned()).or_default();
+                if keys.len() < ASKED_PER_FOLDER {
+                    keys.push(key);
+                } else {
+                    *more = true;
+                }
                 continue;
             }
             let made: Vec<String> = (1..=folders.len())
@@ -552,7 +562,7 @@ impl S3Store {
         }
         below.retain(|dir, _| !dirs.contains(dir));
         let shown: Vec<Option<String>> = futures::stream::iter(below)
-            .map(|(dir, keys)| {
+            .map(|(dir, (keys, more))| {
                 let this = this.clone();
                 async move {
                     for key in keys {
@@ -560,7 +570,7 @@ impl S3Store {
                             return Ok::<_, StoreError>(Some(dir));
                         }
                     }
-                    Ok(None)
+                    Ok(more.then_some(dir))
                 }
             })
             .buffer_unordered(16)
