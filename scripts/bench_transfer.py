@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import BARGE, ROOT, start, stop, stop_all, free_port, wait_tcp, wait_listening
+from benchlib import BARGE, ROOT, start, stop, stop_all, free_port, random_file, wait_tcp, wait_listening
 
 
 def parse_size(s):
@@ -231,12 +231,7 @@ def run_all(a):
     b = Bench(work, os.path.abspath(a.seed_dir))
     try:
         src = os.path.join(work, "src.bin")
-        with open(src, "wb") as f:
-            left = size
-            while left:
-                n = min(left, 16 << 20)
-                f.write(os.urandom(n))
-                left -= n
+        random_file(src, size)
         tree = os.path.join(work, "tree")
         for i in range(a.files):
             d = os.path.join(tree, "d%02d" % (i % 20))

@@ -68,6 +68,17 @@ def wait_listening(port, deadline=10.0):
     raise SystemExit("nothing listens on port %d" % port)
 
 
+def random_file(path, size):
+    """Writes `size` random bytes to `path`, 16 MiB at a time (random: garage and compression
+    must not get cheaper runs from repeated data)."""
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 16 << 20)
+            f.write(os.urandom(n))
+            left -= n
+
+
 def peak_rss_kib(pid):
     """The peak resident set size (VmHWM) of a running process, in KiB."""
     with open("/proc/%d/status" % pid) as f:

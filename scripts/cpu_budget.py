@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import BARGE, start, stop, stop_all, free_port, wait_listening
+from benchlib import BARGE, start, stop, stop_all, free_port, random_file, wait_listening
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -156,12 +156,7 @@ def main():
     try:
         src = os.path.join(work, "src", "big.bin")
         os.makedirs(os.path.dirname(src))
-        with open(src, "wb") as f:
-            left = size
-            while left:
-                n = min(left, 16 << 20)
-                f.write(os.urandom(n))
-                left -= n
+        random_file(src, size)
         ways = Ways(work, src)
         rows = [
             ("dd bs=1M -> file", ways.dd),

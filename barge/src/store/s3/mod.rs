@@ -975,18 +975,7 @@ mod tests {
     async fn keys_a_listing_shows_after_their_delete_are_left_out() {
         let (config, _dir) = s3s_lagging_config();
         let store = S3Store::open(config).unwrap();
-        for (path, data) in [
-            ("a/one.txt", &b"one"[..]),
-            ("a/two.txt", b"two!"),
-            ("x.txt", b"x"),
-        ] {
-            let data = Bytes::copy_from_slice(data);
-            let digest = blake3::hash(&data).into();
-            store
-                .put_small(path, data, digest, OnConflict::Fail, None)
-                .await
-                .unwrap();
-        }
+        three_files(&store).await;
         store.mkdir("m/n").await.unwrap();
         assert_eq!(store.remove("a/one.txt", false).await.unwrap(), 3);
         assert_eq!(store.remove("m", true).await.unwrap(), 0);
@@ -1048,6 +1037,16 @@ mod tests {
         let quota = crate::store::Quota::new(1 << 20, 0);
         config.quota = Some(quota.clone());
         let store = S3Store::open(config).unwrap();
+        three_files(&store).await;
+        assert_eq!(quota.used(), 8);
+        assert_eq!(store.remove("a/one.txt", false).await.unwrap(), 3);
+        assert_eq!(quota.used(), 5);
+        assert_eq!(store.remove("a", true).await.unwrap(), 4);
+        assert_eq!(quota.used(), 1, "x.txt is all that is stored");
+    }
+
+    /// Stores `a/one.txt` (3 bytes), `a/two.txt` (4) and `x.txt` (1).
+    async fn three_files(store: &S3Store) {
         for (path, data) in [
             ("a/one.txt", &b"one"[..]),
             ("a/two.txt", b"two!"),
@@ -1060,11 +1059,6 @@ mod tests {
                 .await
                 .unwrap();
         }
-        assert_eq!(quota.used(), 8);
-        assert_eq!(store.remove("a/one.txt", false).await.unwrap(), 3);
-        assert_eq!(quota.used(), 5);
-        assert_eq!(store.remove("a", true).await.unwrap(), 4);
-        assert_eq!(quota.used(), 1, "x.txt is all that is stored");
     }
 
     /// An upload nobody continues within the TTL is aborted: its multipart upload, its staging
