@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import BARGE, ROOT, peak_rss_kib, stop
+from benchlib import BARGE, ROOT, peak_rss_kib, random_file, stop
 
 
 def serve(dir_, extra):
@@ -65,12 +65,7 @@ def connections(work, n):
 
 def uploads(work, m, size):
     src = os.path.join(work, "big.bin")
-    with open(src, "wb") as f:
-        left = size
-        while left:
-            k = min(left, 16 << 20)
-            f.write(os.urandom(k))
-            left -= k
+    random_file(src, size)
     dir_ = os.path.join(work, "uploads")
     server, addr = serve(dir_, [])
     try:
