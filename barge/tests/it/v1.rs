@@ -1952,6 +1952,44 @@ async fn a_dry_run_says_what_would_move_and_moves_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_get_changes_nothing_here_not_even_barges_state_folder() {
+    let server_dir = tempfile::tempdir().unwrap();
+    let tree = server_dir.path().join("share");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("same.txt"), b"same").unwrap();
+    std::fs::write(tree.join("sub/new.txt"), b"new!").unwrap();
+    let dial = Memory(memory_service(server_dir.path()));
+    let out = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(out.path().join("share")).unwrap();
+    std::fs::write(out.path().join("share/same.txt"), b"same").unwrap();
+    let before = std::fs::read_dir(out.path().join("share")).unwrap().count();
+    let dry = v1::Options {
+        dry_run: true,
+        ..opts()
+    };
+    let report = v1::get(&dial, &["share".into()], out.path(), &dry, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!((report.would_transfer, report.unchanged), ((1, 4), 1));
+    assert!(
+        !out.path().join(".barge").exists(),
+        "a dry run made barge's state folder"
+    );
+    assert_eq!(
+        std::fs::read_dir(out.path().join("share")).unwrap().count(),
+        before,
+        "a dry run changed the folder"
+    );
+    // Into a folder that is not there: told what would move, and the folder is still not there.
+    let missing = out.path().join("not/yet");
+    let report = v1::get(&dial, &["share".into()], &missing, &dry, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.would_transfer, (2, 8));
+    assert!(!out.path().join("not").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_delete_removes_what_the_server_no_longer_has_and_only_that() {
     let server_dir = tempfile::tempdir().unwrap();
     let tree = server_dir.path().join("share");

@@ -37,6 +37,8 @@ pub async fn get(
         sweep_tree: false,
         writers: opts.writers.clone(),
         fsync: opts.fsync,
+        // A dry run changes nothing here, not even barge's own state folder.
+        look_only: opts.dry_run,
         ..LocalConfig::new(out)
     })
     .map_err(|e| match e {

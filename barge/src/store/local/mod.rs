@@ -73,6 +73,11 @@ pub struct LocalConfig {
     /// The writer threads of this store, so that whoever owns it can wait for them to save
     /// their resume points before the process exits (see [`Writers::wait`]).
     pub writers: Writers,
+    /// Open for looking only (a dry run): nothing is created, cleaned or swept, and a folder
+    /// that is not there simply holds nothing. Writing through such a store is a mistake. (A
+    /// digest computed while looking is still cached in the file's extended attribute, as any
+    /// listing does: the file's bytes and times stay as they are.)
+    pub look_only: bool,
 }
 
 impl LocalConfig {
@@ -87,6 +92,7 @@ impl LocalConfig {
             max_partials_per_client: 64,
             sweep_tree: true,
             writers: Writers::default(),
+            look_only: false,
         }
     }
 }
@@ -123,13 +129,20 @@ impl LocalStore {
     /// Opens (creating if needed) the storage directory and its state folder, and removes
     /// temporary files a crashed earlier run left behind.
     pub fn open(config: LocalConfig) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(&config.dir)?;
         let state_dir = config.dir.join(STATE_DIR);
-        real_dir(&state_dir)?;
         let partial_dir = state_dir.join("partial");
-        real_dir(&partial_dir)?;
+        let look_only = config.look_only;
+        if !look_only {
+            std::fs::create_dir_all(&config.dir)?;
+            real_dir(&state_dir)?;
+            real_dir(&partial_dir)?;
+        }
         let mut stale = 0;
-        for entry in std::fs::read_dir(&state_dir)? {
+        let old_temps = match look_only {
+            true => Vec::new(),
+            false => std::fs::read_dir(&state_dir)?.collect(),
+        };
+        for entry in old_temps {
             let entry = entry?;
             if entry
                 .file_name()
@@ -159,6 +172,9 @@ impl LocalStore {
             dir,
             prefix: String::new(),
         };
+        if look_only {
+            return Ok(storage);
+        }
         storage.expire_partials()?;
         if storage.inner.config.sweep_tree {
             storage.sweep_orphans(Duration::ZERO);
