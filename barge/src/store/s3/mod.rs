@@ -694,15 +694,15 @@ impl S3Store {
         // deleted, whose bytes were given back then (a file's own key came from a HEAD already).
         let asked = !is_file && self.inner.config.quota.is_some();
         let mut freed = 0;
+        let mut gone = Vec::with_capacity(keys.len());
         for (k, size) in keys {
             if asked && self.head(&k).await?.is_none() {
                 continue;
             }
-            match self.inner.s3.delete(&Key::from(k.as_str())).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => freed += size,
-                Err(e) => return Err(io_error(e)),
-            }
+            freed += size;
+            gone.push(k);
         }
+        self.delete_all(gone).await?;
         if let Some(q) = &self.inner.config.quota {
             q.release(freed);
         }
@@ -741,9 +741,17 @@ impl S3Store {
         if moved.is_empty() {
             return Err(StoreError::NotFound(from.to_owned()));
         }
-        for k in moved {
-            match self.inner.s3.delete(&Key::from(k.as_str())).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+        self.delete_all(moved).await
+    }
+
+    /// Deletes `keys`, a thousand per request (S3's DeleteObjects, batched by object_store): a
+    /// folder of many files goes in a few round trips, not one each. A key already gone is fine.
+    async fn delete_all(&self, keys: Vec<String>) -> Result<(), StoreError> {
+        let keys = futures::stream::iter(keys.into_iter().map(|k| Ok(Key::from(k)))).boxed();
+        let mut deleted = self.inner.s3.delete_stream(keys);
+        while let Some(done) = deleted.next().await {
+            match done {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(io_error(e)),
             }
         }
@@ -1043,6 +1051,38 @@ mod tests {
         assert_eq!(quota.used(), 5);
         assert_eq!(store.remove("a", true).await.unwrap(), 4);
         assert_eq!(quota.used(), 1, "x.txt is all that is stored");
+    }
+
+    /// A folder of more objects than one DeleteObjects request takes goes whole, and a rename of
+    /// it deletes every original.
+    #[tokio::test]
+    async fn folders_of_more_than_a_thousand_objects_move_and_go_whole() {
+        let (config, _dir) = s3s_config();
+        let store = S3Store::open(config).unwrap();
+        let n = 1_100u64;
+        futures::stream::iter(0..n)
+            .map(|i| {
+                let store = store.clone();
+                async move {
+                    let data = Bytes::from(format!("{i}"));
+                    let digest = blake3::hash(&data).into();
+                    let path = format!("big/f{i:04}");
+                    store
+                        .put_small(&path, data, digest, OnConflict::Fail, None)
+                        .await
+                }
+            })
+            .buffer_unordered(16)
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap();
+        let bytes: u64 = (0..n).map(|i| format!("{i}").len() as u64).sum();
+        store.rename("big", "moved").await.unwrap();
+        assert!(!store.exists("big").await.unwrap());
+        let started = std::time::Instant::now();
+        assert_eq!(store.remove("moved", true).await.unwrap(), bytes);
+        eprintln!("removed {n} objects in {:?}", started.elapsed());
+        assert!(store.list("", true).await.unwrap().is_empty());
     }
 
     /// Stores `a/one.txt` (3 bytes), `a/two.txt` (4) and `x.txt` (1).
