@@ -518,7 +518,7 @@ impl S3Store {
             let made: Vec<String> = (1..=folders.len())
                 .map(|depth| folders[..depth].join("/"))
                 .collect();
-            asked.push((rel.to_owned(), meta.size, key, made, is_file));
+            asked.push((rel.to_owned(), key, made, is_file));
         }
         if !found && !path.is_empty() {
             return Err(StoreError::NotFound(path.to_owned()));
@@ -526,7 +526,7 @@ impl S3Store {
         // Digests come from each object's metadata (a listing has none): asked 16 at a time.
         let this = self.clone();
         let found: Vec<Option<(Option<Entry>, Vec<String>)>> = futures::stream::iter(asked)
-            .map(|(rel, _, key, made, is_file)| {
+            .map(|(rel, key, made, is_file)| {
                 let this = this.clone();
                 async move {
                     let Some((size, mtime, digest)) = this.head(&key).await? else {
