@@ -137,28 +137,6 @@ impl LocalStore {
             real_dir(&state_dir)?;
             real_dir(&partial_dir)?;
         }
-        let mut stale = 0;
-        let old_temps = match look_only {
-            true => Vec::new(),
-            false => std::fs::read_dir(&state_dir)?.collect(),
-        };
-        for entry in old_temps {
-            let entry = entry?;
-            if entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with(OLD_TEMP_PREFIX)
-            {
-                std::fs::remove_file(entry.path())?;
-                stale += 1;
-            }
-        }
-        if stale > 0 {
-            info!(
-                count = stale,
-                "removed unfinished uploads left by an earlier run"
-            );
-        }
         let dir = config.dir.clone();
         let storage = Self {
             inner: Arc::new(Inner {
@@ -174,6 +152,24 @@ impl LocalStore {
         };
         if look_only {
             return Ok(storage);
+        }
+        let mut stale = 0;
+        for entry in std::fs::read_dir(&state_dir)? {
+            let entry = entry?;
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(OLD_TEMP_PREFIX)
+            {
+                std::fs::remove_file(entry.path())?;
+                stale += 1;
+            }
+        }
+        if stale > 0 {
+            info!(
+                count = stale,
+                "removed unfinished uploads left by an earlier run"
+            );
         }
         storage.expire_partials()?;
         if storage.inner.config.sweep_tree {
